@@ -49,3 +49,7 @@ class LogCorruptionError(RayfsError):
 
 class StoreClosedError(RayfsError):
     """An operation on a store that was closed."""
+
+
+class StoreOpenError(RayfsError):
+    """The store is already open (its shard actors exist) in this Ray cluster."""

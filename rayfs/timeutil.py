@@ -53,7 +53,7 @@ def format_window(us: int | None) -> str | None:
     """
     if us is None:
         return None
-    for unit in ("w", "d", "h", "m", "s", "ms", "us"):
+    for unit in ("d", "h", "m", "s", "ms", "us"):
         if us % _UNITS[unit] == 0:
             return f"{us // _UNITS[unit]}{unit}"
     raise AssertionError("unreachable")

@@ -1,0 +1,51 @@
+"""rayfs: an event-sourced feature store for machine learning, built on Ray.
+
+>>> import rayfs
+>>> rayfs.Feature(name="n", stream="upvotes", entity="user", agg="count").window is None
+True
+"""
+
+from rayfs.definitions import Feature, Stream
+from rayfs.errors import (
+    AggregateError,
+    DefinitionError,
+    LogCorruptionError,
+    RayfsError,
+    SchemaError,
+    SqlError,
+    StoreClosedError,
+    TimestampError,
+    UnknownFeatureError,
+    UnknownStreamError,
+    WindowError,
+)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # FeatureStore pulls in Ray; import it lazily so pure modules (and unit tests) stay Ray-free.
+    if name == "FeatureStore":
+        from rayfs.store import FeatureStore
+
+        return FeatureStore
+    raise AttributeError(f"module 'rayfs' has no attribute {name!r}")
+
+
+__all__ = [
+    "AggregateError",
+    "DefinitionError",
+    "Feature",
+    "FeatureStore",
+    "LogCorruptionError",
+    "RayfsError",
+    "SchemaError",
+    "SqlError",
+    "Stream",
+    "StoreClosedError",
+    "TimestampError",
+    "UnknownFeatureError",
+    "UnknownStreamError",
+    "WindowError",
+    "__version__",
+]

@@ -1,0 +1,272 @@
+"""The :class:`Aggregate` contract and the machinery every aggregate shares.
+
+An aggregate works on a *vector of states*: a :data:`State` is a ``dict[str, np.ndarray]`` whose arrays all
+have the same length ``n`` (one slot per entity or per query). Subclasses implement :meth:`Aggregate.zero`,
+:meth:`Aggregate.reduce`, :meth:`Aggregate.merge` and :meth:`Aggregate.finalize` (and
+:meth:`Aggregate.unmerge` when invertible); the base class derives ``update``, ``delete``, ``take``,
+``put``, the wire format and a generic vectorised segment-tree ``range_query`` from them.
+
+This module imports only numpy, pandas and the standard library.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from rayfs.errors import AggregateError
+
+State = dict[str, np.ndarray]
+"""A vector of aggregate states: named arrays of one common length."""
+
+KINDS = frozenset({"num", "str", "none"})
+"""Every value kind: ``num`` (float64 values), ``str`` (object array of str), ``none`` (no column)."""
+
+
+def as_slots(slots: Any) -> np.ndarray:
+    """Return ``slots`` as a 1-d int64 array."""
+    return np.asarray(slots, dtype=np.int64).reshape(-1)
+
+
+def segments(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group events by slot without a Python loop.
+
+    Args:
+        slots: the int64 slot of each event (any order, not empty).
+
+    Returns:
+        ``(order, starts, uniq)``: a stable permutation that sorts the events by slot, the start of each
+        slot's run in that order, and the sorted unique slots.
+    """
+    order = np.argsort(slots, kind="stable")
+    s = slots[order]
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    return order, starts, s[starts]
+
+
+def run_lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    """The length of each run given the run starts and the total length ``n``."""
+    return np.diff(np.append(starts, n)).astype(np.int64)
+
+
+def factorize_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and uniques of ``values`` with codes ordered like the values (for min/max of strings)."""
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(np.int64), np.asarray(uniques, dtype=values.dtype)
+
+
+def _encode(arr: np.ndarray) -> Any:
+    if arr.dtype == object:
+        return arr.tolist()
+    return {"dtype": arr.dtype.str, "data": np.ascontiguousarray(arr).tobytes()}
+
+
+def _decode(wire: Any) -> np.ndarray:
+    if isinstance(wire, dict):
+        return np.frombuffer(wire["data"], dtype=np.dtype(wire["dtype"])).copy()
+    out = np.empty(len(wire), dtype=object)
+    out[:] = list(wire)
+    return out
+
+
+class Aggregate(ABC):
+    """An aggregate over vectors of states; see the module docstring.
+
+    Args:
+        kind: the kind of the aggregated values: ``"num"``, ``"str"`` or ``"none"`` (rows, no column).
+
+    Raises:
+        AggregateError: the aggregate does not accept ``kind``.
+    """
+
+    name: ClassVar[str]
+    kinds: ClassVar[frozenset[str]]
+    needs_column: ClassVar[bool] = True
+    invertible: ClassVar[bool] = False
+
+    def __init__(self, kind: str):
+        if kind not in self.kinds:
+            raise AggregateError(f"aggregate {self.name!r} does not apply to values of kind {kind!r}; "
+                                 f"it accepts: {', '.join(sorted(self.kinds))}")
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r})"
+
+    # ---------------------------------------------------------------- to implement
+
+    @abstractmethod
+    def zero(self, n: int) -> State:
+        """``n`` empty states."""
+
+    def reduce(self, slots: np.ndarray, values: np.ndarray | None, ts: np.ndarray | None,
+               seq: np.ndarray | None) -> tuple[np.ndarray, State]:
+        """Partial states of a batch of events, vectorised.
+
+        Args:
+            slots: the int64 slot of each event.
+            values: the non-null values (``None`` for kind ``"none"``).
+            ts: event times in µs (int64).
+            seq: ingest sequence numbers (int64).
+
+        Returns:
+            The sorted unique slots and a State of the same length holding each slot's partial state.
+        """
+        slots, values, ts, seq = self._prepare(slots, values, ts, seq)
+        if len(slots) == 0:
+            return slots, self.zero(0)
+        return self._reduce(slots, values, ts, seq)
+
+    @abstractmethod
+    def _reduce(self, slots: np.ndarray, values: np.ndarray | None, ts: np.ndarray | None,
+                seq: np.ndarray | None) -> tuple[np.ndarray, State]:
+        """:meth:`reduce` on normalised, non-empty input."""
+
+    @abstractmethod
+    def merge(self, a: State, b: State) -> State:
+        """Elementwise combination of two equally long state vectors (commutative, associative)."""
+
+    @abstractmethod
+    def finalize(self, state: State) -> np.ndarray:
+        """The aggregate's value for each state."""
+
+    def unmerge(self, a: State, b: State) -> State:
+        """The state ``c`` with ``merge(c, b) == a``; only for invertible aggregates.
+
+        Raises:
+            AggregateError: the aggregate is not invertible.
+        """
+        raise AggregateError(f"aggregate {self.name!r} is not invertible; events cannot be deleted")
+
+    # ---------------------------------------------------------------- derived
+
+    def _prepare(self, slots: Any, values: Any, ts: Any, seq: Any) -> tuple:
+        slots = as_slots(slots)
+        if values is not None:
+            values = np.asarray(values, dtype=np.float64 if self.kind == "num" else object).reshape(-1)
+            if self.kind == "num":
+                values = values + 0.0  # -0.0 -> 0.0 so equal values are equal everywhere
+            if len(values) != len(slots):
+                raise ValueError(f"{len(values)} values for {len(slots)} slots")
+        elif self.kind != "none":
+            raise ValueError(f"aggregate {self.name!r} of kind {self.kind!r} needs values")
+        ts = None if ts is None else np.asarray(ts, dtype=np.int64).reshape(-1)
+        seq = None if seq is None else np.asarray(seq, dtype=np.int64).reshape(-1)
+        for name, arr in (("ts", ts), ("seq", seq)):
+            if arr is not None and len(arr) != len(slots):
+                raise ValueError(f"{len(arr)} {name} for {len(slots)} slots")
+        return slots, values, ts, seq
+
+    def update(self, state: State, slots: np.ndarray, values: np.ndarray | None, ts: np.ndarray | None,
+               seq: np.ndarray | None) -> None:
+        """Fold a batch of events into ``state`` in place (``state[u] = merge(state[u], partial)``)."""
+        if len(slots) == 0:
+            return
+        uniq, part = self.reduce(slots, values, ts, seq)
+        self.put(state, uniq, self.merge(self.take(state, uniq), part))
+
+    def delete(self, state: State, slots: np.ndarray, values: np.ndarray | None, ts: np.ndarray | None,
+               seq: np.ndarray | None) -> None:
+        """Remove a batch of previously added events from ``state`` in place (inverse of :meth:`update`).
+
+        Raises:
+            AggregateError: the aggregate is not invertible.
+        """
+        if not self.invertible:
+            raise AggregateError(f"aggregate {self.name!r} is not invertible; events cannot be deleted")
+        if len(slots) == 0:
+            return
+        uniq, part = self.reduce(slots, values, ts, seq)
+        self.put(state, uniq, self.unmerge(self.take(state, uniq), part))
+
+    def take(self, state: State, idx: np.ndarray) -> State:
+        """A copy of the states at ``idx``."""
+        return {k: v[idx] for k, v in state.items()}
+
+    def put(self, state: State, idx: np.ndarray, sub: State) -> None:
+        """Overwrite the states at ``idx`` with ``sub`` in place."""
+        for k, v in state.items():
+            v[idx] = sub[k]
+
+    def to_wire(self, state: State) -> dict:
+        """``state`` as msgpack-able primitives.
+
+        Numeric arrays become ``{"dtype": str, "data": bytes}``, object arrays lists.
+        """
+        return {k: _encode(v) for k, v in state.items()}
+
+    def from_wire(self, wire: dict) -> State:
+        """The inverse of :meth:`to_wire` (writable copies)."""
+        return {k: _decode(v) for k, v in wire.items()}
+
+    def range_query(self, values: np.ndarray | None, ts: np.ndarray | None, seq: np.ndarray | None,
+                    lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """The finalized aggregate over ``values[lo[i]:hi[i]]`` for each query ``i``.
+
+        The events are sorted by (entity slot, ts, seq) and a range never spans two entities. This generic
+        version builds a segment tree from :meth:`zero`, :meth:`reduce` and :meth:`merge` (one leaf per
+        event, padded to a power of two with zero states, built level by level) and answers every query at
+        once bottom-up in about ``2 * log2(n)`` vectorised merge rounds.
+
+        Args:
+            values: the sorted events' values (``None`` for kind ``"none"``).
+            ts: their event times.
+            seq: their sequence numbers.
+            lo: the first index of each query's range (inclusive).
+            hi: the end of each query's range (exclusive); ``lo == hi`` is an empty range.
+
+        Returns:
+            One finalized value per query.
+        """
+        n = self._n_events(values, ts, seq)
+        lo, hi = self._check_ranges(lo, hi, n)
+        size = 1
+        while size < n:
+            size *= 2
+        tree = self.zero(2 * size)
+        if n:
+            leaf_slots = np.arange(n, dtype=np.int64)
+            _, leaves = self.reduce(leaf_slots, values, ts, seq)
+            self.put(tree, leaf_slots + size, leaves)
+            half = size // 2
+            while half >= 1:
+                idx = np.arange(half, 2 * half)
+                self.put(tree, idx, self.merge(self.take(tree, 2 * idx), self.take(tree, 2 * idx + 1)))
+                half //= 2
+        q = len(lo)
+        left, right = self.zero(q), self.zero(q)
+        lp, rp = lo + size, hi + size
+        while True:
+            active = lp < rp
+            if not active.any():
+                break
+            sel = np.flatnonzero(active & (lp & 1 == 1))
+            if len(sel):
+                self.put(left, sel, self.merge(self.take(left, sel), self.take(tree, lp[sel])))
+                lp[sel] += 1
+            sel = np.flatnonzero(active & (rp & 1 == 1))
+            if len(sel):
+                rp[sel] -= 1
+                self.put(right, sel, self.merge(self.take(tree, rp[sel]), self.take(right, sel)))
+            lp >>= 1
+            rp >>= 1
+        return self.finalize(self.merge(left, right))
+
+    def _n_events(self, values: Any, ts: Any, seq: Any) -> int:
+        for arr in (values, ts, seq):
+            if arr is not None:
+                return len(arr)
+        raise ValueError(f"aggregate {self.name!r}: range_query needs values, ts or seq")
+
+    @staticmethod
+    def _check_ranges(lo: Any, hi: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.array(lo, dtype=np.int64).reshape(-1)
+        hi = np.array(hi, dtype=np.int64).reshape(-1)
+        if lo.shape != hi.shape:
+            raise ValueError(f"{len(lo)} range starts for {len(hi)} range ends")
+        if len(lo) and ((lo < 0).any() or (hi < lo).any() or (hi > n).any()):
+            raise ValueError(f"ranges must satisfy 0 <= lo <= hi <= {n}")
+        return lo, hi

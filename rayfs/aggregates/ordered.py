@@ -1,0 +1,98 @@
+"""Order-dependent aggregates: ``first`` and ``last``, the value of the earliest / latest event.
+
+Events are ordered by ``(ts, seq)``: at equal event time the larger ingest sequence is later. The state
+keeps the winning event's ``ts``, ``seq`` and value plus a ``has`` flag, so merging is commutative and
+associative as long as ``(ts, seq)`` pairs are unique (``seq`` is unique per ingested event).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from rayfs.aggregates.base import Aggregate, State
+
+
+class _Ordered(Aggregate):
+    """Shared implementation of ``first`` and ``last``. State: ts, seq, value, has."""
+
+    kinds: ClassVar[frozenset[str]] = frozenset({"num", "str"})
+    _latest: ClassVar[bool]
+
+    def zero(self, n: int) -> State:
+        value = np.zeros(n, dtype=np.float64) if self.kind == "num" else np.full(n, None, dtype=object)
+        return {"ts": np.zeros(n, dtype=np.int64), "seq": np.zeros(n, dtype=np.int64), "value": value,
+                "has": np.zeros(n, dtype=bool)}
+
+    def _reduce(self, slots, values, ts, seq):
+        if ts is None or seq is None:
+            raise ValueError(f"aggregate {self.name!r} needs ts and seq")
+        order = np.lexsort((seq, ts, slots))
+        s = slots[order]
+        change = np.flatnonzero(s[1:] != s[:-1])
+        if self._latest:
+            pick = order[np.append(change, len(s) - 1)]
+        else:
+            pick = order[np.concatenate(([0], change + 1))]
+        return slots[pick], {"ts": ts[pick], "seq": seq[pick], "value": values[pick],
+                             "has": np.ones(len(pick), dtype=bool)}
+
+    def merge(self, a: State, b: State) -> State:
+        if self._latest:
+            better = (b["ts"] > a["ts"]) | ((b["ts"] == a["ts"]) & (b["seq"] > a["seq"]))
+        else:
+            better = (b["ts"] < a["ts"]) | ((b["ts"] == a["ts"]) & (b["seq"] < a["seq"]))
+        take_b = b["has"] & (~a["has"] | better)
+        return {k: np.where(take_b, b[k], a[k]) for k in ("ts", "seq", "value", "has")}
+
+    def finalize(self, state: State) -> np.ndarray:
+        if self.kind == "num":
+            return np.where(state["has"], state["value"], np.nan)
+        out = state["value"].copy()
+        out[~state["has"]] = None
+        return out
+
+    def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
+        """The value at ``lo`` (first) or ``hi - 1`` (last): events are sorted by (slot, ts, seq)."""
+        n = self._n_events(values, ts, seq)
+        lo, hi = self._check_ranges(lo, hi, n)
+        out = self.finalize(self.zero(len(lo)))
+        if n == 0:
+            return out
+        _, values, _, _ = self._prepare(np.zeros(n, dtype=np.int64), values, None, None)
+        hit = np.flatnonzero(hi > lo)
+        out[hit] = values[hi[hit] - 1] if self._latest else values[lo[hit]]
+        return out
+
+
+class First(_Ordered):
+    """The value of the earliest event by (ts, seq); NaN (numbers) or None (strings) when empty.
+
+    Example:
+        >>> agg = First("str")
+        >>> state = agg.zero(2)
+        >>> agg.update(state, np.array([0, 0, 0]), np.array(["x", "y", "z"], dtype=object),
+        ...            ts=np.array([5, 3, 3]), seq=np.array([0, 2, 1]))
+        >>> agg.finalize(state)
+        array(['z', None], dtype=object)
+    """
+
+    name: ClassVar[str] = "first"
+    _latest: ClassVar[bool] = False
+
+
+class Last(_Ordered):
+    """The value of the latest event by (ts, seq); NaN (numbers) or None (strings) when empty.
+
+    Example:
+        >>> agg = Last("num")
+        >>> state = agg.zero(2)
+        >>> agg.update(state, np.array([1, 1, 1]), np.array([1.0, 2.0, 3.0]),
+        ...            ts=np.array([7, 7, 2]), seq=np.array([4, 3, 9]))
+        >>> agg.finalize(state)
+        array([nan,  1.])
+    """
+
+    name: ClassVar[str] = "last"
+    _latest: ClassVar[bool] = True

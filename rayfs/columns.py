@@ -1,0 +1,224 @@
+"""Columnar batches: user input → validated numpy columns, and columns ↔ msgpack-able wire form.
+
+Inside rayfs a batch is a ``dict[str, np.ndarray]`` of equal-length columns with one of these kinds:
+
+* ``"i"``: int64, no nulls (integers, booleans);
+* ``"f"``: float64, NaN is null (floats; integers with nulls);
+* ``"s"``: object array of ``str``, ``None`` is null;
+* ``"k"``: object array of ``int``/``str`` keys, ``None`` is null (entity columns mixing types);
+* ``"t"``: int64 microseconds since the epoch (the timestamp column, and datetime values).
+
+Value kinds seen by aggregates: ``"num"`` for ``i``/``f``, ``"str"`` for ``s``. A stream's schema maps each
+column to ``"num"`` or ``"str"``; a later batch must agree, a column that is all null agrees with either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from rayfs.errors import SchemaError
+from rayfs.timeutil import to_micros
+
+Batch = dict[str, np.ndarray]
+
+
+def to_frame(data, *, what: str) -> pd.DataFrame:
+    """Accept a DataFrame, pyarrow Table, list of dicts or dict of arrays; return a DataFrame."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        return data.to_pandas()
+    if isinstance(data, Mapping):
+        try:
+            return pd.DataFrame({k: (v if np.ndim(v) else [v]) for k, v in data.items()})
+        except ValueError as exc:
+            raise SchemaError(f"{what}: columns of a dict batch must have equal lengths ({exc})") from None
+    if isinstance(data, (list, tuple)):
+        if not all(isinstance(r, Mapping) for r in data):
+            raise SchemaError(f"{what}: a list batch must hold dicts (one per event)")
+        return pd.DataFrame(list(data))
+    raise SchemaError(f"{what}: unsupported batch type {type(data).__name__}; use a pandas DataFrame, "
+                      "pyarrow Table, list of dicts or dict of arrays")
+
+
+def value_column(series: pd.Series, *, what: str) -> np.ndarray:
+    """Normalise one value column to kind ``i``, ``f`` or ``s`` (see module docstring)."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        if series.isna().any():
+            return series.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        return series.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(dtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        raise SchemaError(f"{what}: datetime values are only supported in the timestamp column")
+    # strings and Python objects
+    items = series.to_numpy(dtype=object)
+    nulls = pd.isna(series).to_numpy()
+    nonnull = items[~nulls]
+    if len(nonnull) == 0:
+        return np.full(len(items), np.nan)
+    types = {type(v) for v in nonnull}
+    if types <= {str}:
+        out = items.copy()
+        out[nulls] = None
+        return out
+    if all(issubclass(t, (int, float, np.integer, np.floating)) and not issubclass(t, bool) for t in types):
+        return np.where(nulls, np.nan, items).astype(np.float64)
+    if all(issubclass(t, (bool, np.bool_)) for t in types):
+        return np.where(nulls, np.nan, items).astype(np.float64)
+    bad = sorted(t.__name__ for t in types)
+    raise SchemaError(f"{what}: values must be all numbers or all strings, got {', '.join(bad)}")
+
+
+def key_column(series: pd.Series, *, what: str) -> np.ndarray:
+    """Normalise an entity-key column: int64 (no nulls), or object array of ``int``/``str`` with None.
+
+    Floats that are whole numbers become ints (pandas turns int columns with nulls into floats).
+    """
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        raise SchemaError(f"{what}: entity keys must be strings or integers, not booleans")
+    if pd.api.types.is_integer_dtype(dtype) and not series.isna().any():
+        return series.to_numpy(dtype=np.int64)
+    nulls = pd.isna(series).to_numpy()
+    if pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        f = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        ok = f[~nulls]
+        if not np.all(ok == np.round(ok)):
+            raise SchemaError(f"{what}: entity keys must be strings or integers, got fractional numbers")
+        if not nulls.any():
+            return f.astype(np.int64)
+        out = np.empty(len(f), dtype=object)
+        out[~nulls] = f[~nulls].astype(np.int64).tolist()
+        out[nulls] = None
+        return out
+    items = series.to_numpy(dtype=object).copy()
+    items[nulls] = None
+    for i in np.flatnonzero(~nulls):
+        v = items[i]
+        if isinstance(v, str):
+            continue
+        if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            items[i] = int(v)
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            items[i] = int(v)
+        else:
+            raise SchemaError(f"{what}: entity keys must be strings or integers, got {type(v).__name__} {v!r}")
+    return items
+
+
+def key_nulls(keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of null keys."""
+    if keys.dtype == object:
+        return np.fromiter((k is None for k in keys), dtype=bool, count=len(keys))
+    return np.zeros(len(keys), dtype=bool)
+
+
+def kind_of(col: np.ndarray) -> str | None:
+    """The schema kind (``"num"``/``"str"``) of a value column, ``None`` if it is all null."""
+    if col.dtype == object:
+        return "str" if any(v is not None for v in col) else None
+    if col.dtype.kind == "f" and np.isnan(col).all():
+        return None
+    return "num"
+
+
+def null_mask(col: np.ndarray) -> np.ndarray:
+    """Boolean mask of nulls in a value column."""
+    if col.dtype == object:
+        return np.fromiter((v is None for v in col), dtype=bool, count=len(col))
+    if col.dtype.kind == "f":
+        return np.isnan(col)
+    return np.zeros(len(col), dtype=bool)
+
+
+def conform(col: np.ndarray, kind: str | None) -> np.ndarray:
+    """Give an all-null column the representation of ``kind``."""
+    if kind == "str" and col.dtype != object:
+        return np.full(len(col), None, dtype=object)
+    return col
+
+
+# ---------------------------------------------------------------------------------------------- wire form
+def encode(col: np.ndarray) -> dict:
+    """Encode a column as msgpack-able primitives (strings dictionary-encoded)."""
+    if col.dtype == object:
+        codes, uniques = pd.factorize(pd.Series(col, dtype=object), use_na_sentinel=True)
+        uniq = uniques.tolist()
+        if all(isinstance(u, str) for u in uniq):
+            return {"k": "s", "u": uniq, "c": codes.astype(np.int32).tobytes()}
+        return {"k": "k", "u": [int(u) if not isinstance(u, str) else u for u in uniq],
+                "c": codes.astype(np.int32).tobytes()}
+    if col.dtype.kind in "iub":
+        return {"k": "i", "d": col.astype(np.int64, copy=False).tobytes()}
+    if col.dtype.kind == "f":
+        return {"k": "f", "d": col.astype(np.float64, copy=False).tobytes()}
+    if col.dtype.kind == "M":
+        return {"k": "t", "d": col.astype("datetime64[us]").astype(np.int64).tobytes()}
+    raise TypeError(f"cannot encode dtype {col.dtype}")
+
+
+def decode(wire: dict) -> np.ndarray:
+    """Inverse of :func:`encode` (returns writable arrays)."""
+    k = wire["k"]
+    if k in ("s", "k"):
+        codes = np.frombuffer(wire["c"], dtype=np.int32)
+        table = np.empty(len(wire["u"]) + 1, dtype=object)
+        table[:-1] = wire["u"]
+        table[-1] = None
+        return table[codes]  # code -1 picks the trailing None
+    if k == "i":
+        return np.frombuffer(wire["d"], dtype=np.int64).copy()
+    if k == "f":
+        return np.frombuffer(wire["d"], dtype=np.float64).copy()
+    if k == "t":
+        return np.frombuffer(wire["d"], dtype=np.int64).copy().astype("datetime64[us]")
+    raise ValueError(f"unknown column kind {k!r}")
+
+
+def encode_batch(cols: Batch) -> dict:
+    return {name: encode(c) for name, c in cols.items()}
+
+
+def decode_batch(wire: dict) -> Batch:
+    return {name: decode(c) for name, c in wire.items()}
+
+
+def take(cols: Batch, idx) -> Batch:
+    return {k: v[idx] for k, v in cols.items()}
+
+
+def concat(batches: list[Batch]) -> Batch:
+    """Concatenate batches column-wise (columns missing from a batch are filled with nulls)."""
+    if not batches:
+        return {}
+    names: list[str] = []
+    for b in batches:
+        names.extend(n for n in b if n not in names)
+    out = {}
+    for name in names:
+        parts = []
+        for b in batches:
+            n = len(next(iter(b.values()))) if b else 0
+            parts.append(b[name] if name in b else np.full(n, np.nan))
+        if any(p.dtype == object for p in parts):
+            parts = [p if p.dtype == object else _to_object(p) for p in parts]
+        out[name] = np.concatenate(parts)
+    return out
+
+
+def _to_object(col: np.ndarray) -> np.ndarray:
+    out = col.astype(object)
+    if col.dtype.kind == "f":
+        out[np.isnan(col)] = None
+    return out
+
+
+def timestamps(series: pd.Series, *, what: str) -> np.ndarray:
+    """The timestamp column as int64 µs (see :func:`rayfs.timeutil.to_micros`)."""
+    return to_micros(series, what=what)

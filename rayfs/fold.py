@@ -1,0 +1,208 @@
+"""The single fold path: from a columnar batch to per-entity aggregate states.
+
+Online folding (ingest), backfill, windowed online reads and point-in-time replay all select events
+through :func:`feature_rows` and aggregate them through the same :class:`~rayfs.aggregates.Aggregate`
+objects, so their semantics cannot drift:
+
+* an event counts for a feature iff its entity key is non-null and owned by this shard, the feature's
+  ``where`` predicate is TRUE for it, and (when the feature has a column) its value is non-null;
+* events are ordered by ``(ts, seq)``; ``seq`` grows with ingest order on a shard, so among events with
+  equal timestamps the later-ingested one is later;
+* folding is order-independent: any arrival order and batching yields identical state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from rayfs.aggregates import Aggregate, make_aggregate
+from rayfs.columns import Batch, null_mask
+from rayfs.definitions import Feature
+from rayfs.errors import SchemaError
+
+SEQ_ROW_BITS = 24  # seq = log offset << 24 | row: batches are capped at 2**24 rows
+MAX_BATCH_ROWS = 1 << SEQ_ROW_BITS
+TS = "__ts"
+SEQ = "__seq"
+
+
+def slot_column(entity: str) -> str:
+    """Name of the internal column holding the shard-local slot of ``entity`` (-1: not counted here)."""
+    return f"__slot_{entity}"
+
+
+class KeyIndex:
+    """Dense integer slots for the entity keys of one (stream, entity field) on one shard.
+
+    Keys are Python ``int`` or ``str``; ``1`` and ``"1"`` are different keys.
+
+    >>> ki = KeyIndex()
+    >>> ki.lookup(np.array(["a", None, "b", "a"], dtype=object), add=True).tolist()
+    [0, -1, 1, 0]
+    >>> ki.lookup(np.array([7, 1]), add=False).tolist()
+    [-1, -1]
+    """
+
+    def __init__(self, keys: list | None = None) -> None:
+        self._keys: list = list(keys or [])
+        self._slot: dict = {k: i for i, k in enumerate(self._keys)}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self) -> list:
+        return self._keys
+
+    def lookup(self, keys: np.ndarray, *, add: bool) -> np.ndarray:
+        """Slots of ``keys`` (-1 for null keys, and for unknown keys unless ``add``)."""
+        if len(keys) == 0:
+            return np.zeros(0, dtype=np.int64)
+        codes, uniques = pd.factorize(pd.Series(keys, dtype=keys.dtype), use_na_sentinel=True)
+        table = np.empty(len(uniques) + 1, dtype=np.int64)
+        table[-1] = -1
+        slot = self._slot
+        for i, k in enumerate(uniques.tolist()):
+            s = slot.get(k)
+            if s is None:
+                if add:
+                    s = slot[k] = len(self._keys)
+                    self._keys.append(k)
+                else:
+                    s = -1
+            table[i] = s
+        return table[codes]
+
+
+@dataclass
+class CompiledFeature:
+    """A feature bound to its aggregate and predicate for the value kind seen so far."""
+
+    feature: Feature
+    agg: Aggregate
+    kind: str
+    predicate: object | None  # rayfs.predicate.Predicate
+
+    @property
+    def window_us(self) -> int | None:
+        return self.feature.window_us
+
+
+def compile_feature(feature: Feature, kind: str | None) -> CompiledFeature:
+    """Bind ``feature`` to an aggregate for value kind ``kind`` (``None``: no non-null value seen yet)."""
+    from rayfs.predicate import Predicate
+
+    if feature.column is None:
+        kind = "none"
+    elif kind is None:
+        kind = "num" if "num" in _kinds(feature.agg) else "str"
+    agg = make_aggregate(feature.agg, kind)
+    pred = Predicate.parse(feature.where, feature=feature.name) if feature.where else None
+    return CompiledFeature(feature=feature, agg=agg, kind=kind, predicate=pred)
+
+
+def _kinds(agg: str) -> frozenset[str]:
+    from rayfs.aggregates import REGISTRY
+
+    return REGISTRY[agg].kinds
+
+
+def feature_rows(cf: CompiledFeature, cols: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows of ``cols`` that count for ``cf`` and the aggregated values at those rows.
+
+    Returns:
+        (indices of counted rows, values at those rows or ``None`` for row counts).
+    """
+    f = cf.feature
+    slots = cols[slot_column(f.entity)]
+    mask = slots >= 0
+    n = len(slots)
+    if cf.predicate is not None:
+        mask &= cf.predicate.evaluate(cols, n)
+    if f.column is None:
+        return np.flatnonzero(mask), None
+    col = cols[f.column]
+    mask &= ~null_mask(col)
+    idx = np.flatnonzero(mask)
+    vals = col[idx]
+    if cf.kind == "num":
+        if vals.dtype == object:
+            raise SchemaError(f"feature {f.name!r}: column {f.column!r} of stream {f.stream!r} holds strings")
+        vals = vals.astype(np.float64, copy=False)
+    elif vals.dtype != object:  # integer entity keys aggregated as objects
+        vals = vals.astype(object)
+    return idx, vals
+
+
+class StateTable:
+    """Aggregate states of one feature for every slot, grown on demand (capacity doubling)."""
+
+    def __init__(self, agg: Aggregate, state: dict | None = None, size: int = 0) -> None:
+        self.agg = agg
+        self.size = size
+        self.state = state if state is not None else agg.zero(0)
+
+    def _capacity(self) -> int:
+        return len(next(iter(self.state.values()))) if self.state else 0
+
+    def grow(self, n: int) -> None:
+        """Make slots ``[0, n)`` addressable (new slots hold the zero state)."""
+        if n <= self._capacity():
+            self.size = max(self.size, n)
+            return
+        cap = max(n, 2 * self._capacity(), 16)
+        z = self.agg.zero(cap)
+        self.agg.put(z, np.arange(self.size), self.agg.take(self.state, np.arange(self.size)))
+        self.state = z
+        self.size = n
+
+    def fold(self, slots: np.ndarray, values, ts: np.ndarray, seq: np.ndarray) -> None:
+        if len(slots):
+            self.grow(int(slots.max()) + 1)
+            self.agg.update(self.state, slots, values, ts, seq)
+
+    def read(self, slots: np.ndarray) -> np.ndarray:
+        """Finalized values at ``slots`` (-1 or unknown slots give the empty value)."""
+        ok = (slots >= 0) & (slots < self.size)
+        sub = self.agg.zero(len(slots))
+        if ok.any():
+            self.agg.put(sub, np.flatnonzero(ok), self.agg.take(self.state, slots[ok]))
+        return self.agg.finalize(sub)
+
+    def compact(self) -> dict:
+        """The state trimmed to its used size."""
+        return self.agg.take(self.state, np.arange(self.size))
+
+
+def fold_into(table: StateTable, cf: CompiledFeature, cols: Batch) -> None:
+    """Fold every counted event of ``cols`` into ``table`` (online ingest and backfill)."""
+    idx, vals = feature_rows(cf, cols)
+    table.fold(cols[slot_column(cf.feature.entity)][idx], vals, cols[TS][idx], cols[SEQ][idx])
+
+
+def fold_window(cf: CompiledFeature, cols: Batch, query_slots: np.ndarray, lower_us: int) -> np.ndarray:
+    """Finalized values over events with ``ts >= lower_us`` for each of ``query_slots`` (windowed online).
+
+    ``cols`` holds (at least) every event of the stream that may fall in the window.
+    """
+    agg = cf.agg
+    q = len(query_slots)
+    state = agg.zero(q)
+    if q and len(cols.get(TS, ())):
+        idx, vals = feature_rows(cf, cols)
+        slots = cols[slot_column(cf.feature.entity)][idx]
+        pos = np.full(int(max(slots.max(initial=-1), query_slots.max(initial=-1))) + 2, -1, dtype=np.int64)
+        ok_q = query_slots >= 0
+        pos[query_slots[ok_q]] = np.flatnonzero(ok_q)
+        qi = pos[slots]
+        keep = (qi >= 0) & (cols[TS][idx] >= lower_us)
+        # A key asked twice gets its value copied below; fold once per distinct slot.
+        sel = idx[keep]
+        agg.update(state, qi[keep], None if vals is None else vals[keep], cols[TS][sel], cols[SEQ][sel])
+        first = pos[query_slots[ok_q]]
+        dup = np.flatnonzero(ok_q)[first != np.flatnonzero(ok_q)]
+        if len(dup):
+            agg.put(state, dup, agg.take(state, pos[query_slots[dup]]))
+    return agg.finalize(state)

@@ -1,0 +1,46 @@
+"""The parallel replay driver: fan observations out to the shards that own their keys, gather, restore order.
+
+Each shard answers its observations with :meth:`rayfs.shardcore.ShardCore.replay` (its log replayed in
+event-time order); shards work in parallel and the driver only routes and scatters results back into
+the input order. Observations with a null key get the empty value without a shard call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import ray
+
+from rayfs.routing import shard_of
+
+
+def fan_out(handles: Sequence, method: str, keys: np.ndarray, extra: Sequence[np.ndarray], names: list[str],
+            entity: str, defaults: dict[str, np.ndarray], tail: tuple = ()) -> dict[str, np.ndarray]:
+    """Call ``method`` on every shard owning some of ``keys`` and scatter the answers into ``defaults``.
+
+    Args:
+        handles: shard actor handles, index = shard id.
+        method: ``"replay"`` (extra = [times]) or ``"get"`` (extra = []).
+        keys: normalised entity keys (see :func:`rayfs.columns.key_column`).
+        extra: per-key arrays passed along (sliced the same way as ``keys``).
+        names: feature names to compute.
+        entity: the entity field.
+        defaults: name → output array pre-filled with each feature's empty value; filled in place.
+        tail: extra positional arguments appended to each call.
+    """
+    owner = shard_of(keys, len(handles))
+    calls, positions = [], []
+    for s in np.unique(owner[owner >= 0]).tolist():
+        pos = np.flatnonzero(owner == s)
+        args = [entity, keys[pos], *[e[pos] for e in extra], names, *tail]
+        calls.append(getattr(handles[s], method).remote(*args))
+        positions.append(pos)
+    for pos, res in zip(positions, ray.get(calls), strict=True):
+        for n in names:
+            col = defaults[n]
+            vals = res[n]
+            if col.dtype != vals.dtype and col.dtype != object:
+                vals = vals.astype(col.dtype)
+            col[pos] = vals
+    return defaults

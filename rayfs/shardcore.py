@@ -1,0 +1,356 @@
+"""One shard's state machine: log, fold, snapshot, online reads and replay (no Ray here).
+
+A shard owns the entity keys whose stable hash falls in its range (:mod:`rayfs.routing`). For each
+ingested batch it (1) decodes and validates the rows routed to it, (2) appends the batch to its
+segmented log (durable before the call returns), (3) folds it into the lifetime states and the window
+buffers, and (4) now and then snapshots all state with the log offset it covers into LMDB.
+
+Invariants:
+
+* state = snapshot ⊕ fold(log[snapshot offset:]); the log alone always suffices to rebuild.
+* A batch id is applied at most once (ids of recent batches are remembered, see ``REMEMBER_IDS``).
+* Every event's ``seq`` is ``offset << 24 | row``: ingest order on this shard, the tie-break for equal ts.
+* The window buffer of a stream holds every event with ``ts >= local max ts - longest window``, which
+  includes every event any windowed online read can see.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from rayfs.aggregates import REGISTRY
+from rayfs.columns import Batch, concat, decode, decode_batch, encode, encode_batch, kind_of, take
+from rayfs.definitions import Feature, Stream
+from rayfs.fold import (
+    SEQ,
+    SEQ_ROW_BITS,
+    TS,
+    CompiledFeature,
+    KeyIndex,
+    StateTable,
+    compile_feature,
+    fold_into,
+    fold_window,
+    slot_column,
+)
+from rayfs.log import SegmentedLog
+from rayfs.pit import evaluate
+from rayfs.routing import shard_of
+from rayfs.snapshot import SnapshotStore
+
+REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
+
+
+class ShardCore:
+    """The state of one shard. Wrapped as a Ray actor by :mod:`rayfs.shard`."""
+
+    def __init__(self, root: str, shard_id: int, n_shards: int, streams: list[dict], features: list[dict],
+                 *, durability: str = "sync", segment_bytes: int = 64 << 20,
+                 snapshot_every: int = 200) -> None:
+        self.shard_id, self.n_shards = shard_id, n_shards
+        self.dir = os.path.join(root, "shards", f"shard-{shard_id:03d}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.log = SegmentedLog(os.path.join(self.dir, "log"), segment_bytes=segment_bytes,
+                                durability=durability)
+        self.snap = _open_snapshot(os.path.join(self.dir, "snapshot.lmdb"))
+        self.snapshot_every = snapshot_every
+        self.streams = {d["name"]: Stream.from_dict(d) for d in streams}
+        self.features = {d["name"]: Feature.from_dict(d) for d in features}
+        self.keys: dict[tuple[str, str], KeyIndex] = {}
+        self.schema: dict[str, dict[str, str]] = {s: {} for s in self.streams}
+        self.compiled: dict[str, CompiledFeature] = {}
+        self.tables: dict[str, StateTable] = {}
+        self.buffers: dict[str, Batch] = {}
+        self.buffer_window: dict[str, int] = {}
+        self.local_max: dict[str, int] = {}
+        self.applied: OrderedDict[str, int] = OrderedDict()
+        self.cache: dict[str, list[Batch]] | None = None  # every event, loaded on first replay
+        self.since_snapshot = 0
+        self._recover()
+
+    # ------------------------------------------------------------------------------------- recovery
+    def _recover(self) -> None:
+        snap = self.snap.load()
+        start = 0
+        restored: set[str] = set()
+        if snap is not None and snap["meta"]["offset"] <= self.log.next_offset:
+            start = self._restore(snap)
+            restored = {n for n in self.tables}
+        elif snap is not None:
+            warnings.warn(f"shard {self.shard_id}: snapshot is ahead of the log; rebuilding from the log",
+                          RuntimeWarning, stacklevel=2)
+        for name in self.features:
+            self._ensure_compiled(name)
+        stale_buffers = {s for s in self.streams if self.buffer_window.get(s, 0) != self._longest_window(s)}
+        full = [n for n in self.tables if n not in restored]
+        first = 0 if (full or stale_buffers) else start
+        for s in stale_buffers:
+            self.buffers[s] = {}
+            self.buffer_window[s] = self._longest_window(s)
+        for offset, record in self.log.read(first):
+            cols = self._decode(record, offset)
+            stream = record["stream"]
+            tail = offset >= start
+            names = [n for n in self._lifetime(stream) if tail or n in full]
+            self._fold(stream, cols, names, buffer=tail or stream in stale_buffers)
+            if tail:
+                self._remember(record["batch_id"], offset)
+        self.since_snapshot = self.log.next_offset - start
+
+    def _restore(self, snap: dict) -> int:
+        meta = snap["meta"]
+        for key, wire in snap.items():
+            if key.startswith("keys/"):
+                _, stream, entity = key.split("/")
+                self.keys[(stream, entity)] = KeyIndex(decode(wire).tolist())
+        self.schema.update({s: dict(v) for s, v in meta["schema"].items() if s in self.streams})
+        self.local_max = {s: int(v) for s, v in meta["local_max"].items()}
+        for name, fp in meta["features"].items():
+            f = self.features.get(name)
+            if f is None or f.fingerprint() != fp["fingerprint"]:
+                continue
+            cf = compile_feature(f, fp["kind"] if fp["kind"] != "none" else None)
+            self.compiled[name] = cf
+            st = cf.agg.from_wire(snap[f"state/{name}"])
+            self.tables[name] = StateTable(cf.agg, st, fp["size"])
+        for stream, w in meta["buffer_window"].items():
+            if stream in self.streams:
+                self.buffers[stream] = decode_batch(snap[f"buffer/{stream}"])
+                self.buffer_window[stream] = w
+        for bid, off in snap["ids"]:
+            self.applied[bid] = off
+        return int(meta["offset"])
+
+    def snapshot(self) -> dict:
+        """Write all state with the log offset it covers into LMDB."""
+        self.log.sync()
+        entries: dict[str, Any] = {"ids": list(self.applied.items())}
+        for (stream, entity), ki in self.keys.items():
+            entries[f"keys/{stream}/{entity}"] = encode(_key_array(ki.keys()))
+        feats = {}
+        for name, table in self.tables.items():
+            entries[f"state/{name}"] = table.agg.to_wire(table.compact())
+            cf = self.compiled[name]
+            feats[name] = {"fingerprint": cf.feature.fingerprint(), "kind": cf.kind, "size": table.size}
+        for stream in list(self.buffers):
+            self._evict(stream)
+            entries[f"buffer/{stream}"] = encode_batch(self.buffers[stream])
+        meta = {"offset": self.log.next_offset, "schema": self.schema, "local_max": self.local_max,
+                "features": feats, "buffer_window": self.buffer_window}
+        written = self.snap.save(meta, entries)
+        self.since_snapshot = 0
+        return {"offset": self.log.next_offset, "bytes": written}
+
+    # ------------------------------------------------------------------------------------- definitions
+    def add_stream(self, stream: dict) -> None:
+        s = Stream.from_dict(stream)
+        self.streams[s.name] = s
+        self.schema.setdefault(s.name, {})
+
+    def add_feature(self, feature: dict) -> None:
+        """Register a feature and backfill it from the log (cold start)."""
+        f = Feature.from_dict(feature)
+        self.features[f.name] = f
+        self._ensure_compiled(f.name)
+        stream = f.stream
+        if f.window is None:
+            self._backfill([f.name])
+        elif self.buffer_window.get(stream, 0) != self._longest_window(stream):
+            self.buffers[stream] = {}
+            self.buffer_window[stream] = self._longest_window(stream)
+            for _offset, cols in self._events(stream):
+                self._append_buffer(stream, cols)
+
+    def _backfill(self, names: list[str]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for n in names:
+            by_stream.setdefault(self.features[n].stream, []).append(n)
+        for stream, ns in by_stream.items():
+            for _offset, cols in self._events(stream):
+                for n in ns:
+                    fold_into(self.tables[n], self.compiled[n], cols)
+
+    def _events(self, stream: str):
+        """(offset, decoded batch) of every logged batch of ``stream`` (from the cache when loaded)."""
+        if self.cache is not None:
+            yield from ((None, c) for c in self.cache.get(stream, []))
+            return
+        for offset, record in self.log.read(0):
+            if record["stream"] == stream:
+                yield offset, self._decode(record, offset)
+
+    def _ensure_compiled(self, name: str) -> None:
+        f = self.features[name]
+        kind = self.schema.get(f.stream, {}).get(f.column) if f.column else None
+        if f.column in self.streams[f.stream].entities:
+            # Keys (ints and/or strings) are aggregated as Python objects where the aggregate allows.
+            kind = "str" if "str" in REGISTRY[f.agg].kinds else "num"
+        cf = self.compiled.get(name)
+        if cf is not None and (f.column is None or kind is None or cf.kind == kind):
+            return
+        # First sight of the column's kind: every value so far was null, so a zero state is exact.
+        cf = compile_feature(f, kind)
+        self.compiled[name] = cf
+        if f.window is None:
+            self.tables[name] = StateTable(cf.agg)
+
+    def _lifetime(self, stream: str) -> list[str]:
+        return [n for n, f in self.features.items() if f.stream == stream and f.window is None]
+
+    def _longest_window(self, stream: str) -> int:
+        return max((f.window_us for f in self.features.values() if f.stream == stream and f.window),
+                   default=0)
+
+    # ------------------------------------------------------------------------------------- ingest
+    def ingest(self, record: dict) -> dict:
+        """Append one routed batch to the log and fold it; a repeated batch id is a no-op."""
+        bid = record["batch_id"]
+        if bid in self.applied:
+            return {"offset": self.applied[bid], "duplicate": True, "local_max": self.local_max}
+        offset = self.log.next_offset
+        cols = self._decode(record, offset)  # validates before anything is written
+        self.log.append(record)
+        self._fold(record["stream"], cols, self._lifetime(record["stream"]), buffer=True)
+        if self.cache is not None:
+            self.cache.setdefault(record["stream"], []).append(cols)
+        self._remember(bid, offset)
+        self.since_snapshot += 1
+        if self.since_snapshot >= self.snapshot_every:
+            self.snapshot()
+        return {"offset": offset, "duplicate": False, "local_max": self.local_max}
+
+    def _remember(self, bid: str, offset: int) -> None:
+        self.applied[bid] = offset
+        while len(self.applied) > REMEMBER_IDS:
+            self.applied.popitem(last=False)
+
+    def _decode(self, record: dict, offset: int) -> Batch:
+        stream = self.streams[record["stream"]]
+        cols = decode_batch(record["cols"])
+        n = len(cols[TS])
+        cols[SEQ] = (np.int64(offset) << np.int64(SEQ_ROW_BITS)) + np.arange(n, dtype=np.int64)
+        for e in stream.entities:
+            keys = cols[e]
+            owner = shard_of(keys, self.n_shards)
+            mine = np.flatnonzero(owner == self.shard_id)
+            slots = np.full(n, -1, dtype=np.int64)
+            ki = self.keys.setdefault((stream.name, e), KeyIndex())
+            slots[mine] = ki.lookup(keys[mine], add=True)
+            cols[slot_column(e)] = slots
+        schema = self.schema.setdefault(stream.name, {})
+        for name, col in cols.items():
+            if not name.startswith("__") and name not in schema:
+                k = kind_of(col)
+                if k is not None:
+                    schema[name] = k
+        return cols
+
+    def _fold(self, stream: str, cols: Batch, names: list[str], *, buffer: bool) -> None:
+        for n in self.features:
+            if self.features[n].stream == stream:
+                self._ensure_compiled(n)
+        for n in names:
+            fold_into(self.tables[n], self.compiled[n], cols)
+        if len(cols[TS]):
+            self.local_max[stream] = max(self.local_max.get(stream, -(2**62)), int(cols[TS].max()))
+        if buffer:
+            self._append_buffer(stream, cols)
+
+    def _append_buffer(self, stream: str, cols: Batch) -> None:
+        w = self._longest_window(stream)
+        self.buffer_window[stream] = w
+        if w == 0:
+            self.buffers[stream] = {}
+            return
+        floor = max(self.local_max.get(stream, -(2**62)), int(cols[TS].max(initial=-(2**62)))) - w
+        new = take(cols, cols[TS] >= floor)
+        buf = self.buffers.get(stream)
+        # Evict while copying anyway: the buffer never holds events older than any window can see.
+        self.buffers[stream] = concat([take(buf, buf[TS] >= floor), new]) if buf else new
+
+    def _evict(self, stream: str) -> None:
+        buf = self.buffers.get(stream)
+        if buf and stream in self.local_max:
+            keep = buf[TS] >= self.local_max[stream] - self.buffer_window[stream]
+            if not keep.all():
+                self.buffers[stream] = take(buf, keep)
+
+    # ------------------------------------------------------------------------------------- reads
+    def get(self, entity: str, keys: np.ndarray, names: list[str], watermarks: dict[str, int]) -> dict:
+        """Online values of ``names`` for ``keys`` (all owned by this shard) as of each stream's watermark."""
+        out = {}
+        for n in names:
+            f = self.features[n]
+            self._ensure_compiled(n)
+            cf = self.compiled[n]
+            ki = self.keys.get((f.stream, entity))
+            slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
+            if f.window is None:
+                out[n] = self.tables[n].read(slots)
+            else:
+                t = watermarks.get(f.stream)
+                lower = (t + 1 - f.window_us) if t is not None else 0
+                out[n] = fold_window(cf, self.buffers.get(f.stream) or {}, slots, lower)
+        return out
+
+    def replay(self, entity: str, keys: np.ndarray, t: np.ndarray, names: list[str]) -> dict:
+        """Point-in-time values of ``names`` for observations ``(keys[i], t[i])`` owned by this shard."""
+        self._load_cache()
+        by_stream: dict[str, list[str]] = {}
+        for n in names:
+            self._ensure_compiled(n)
+            by_stream.setdefault(self.features[n].stream, []).append(n)
+        out = {}
+        for stream, ns in by_stream.items():
+            ki = self.keys.get((stream, entity))
+            slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
+            cols = concat(self.cache.get(stream, []))
+            vals = evaluate([self.compiled[n] for n in ns], cols, slots, t)
+            out.update(zip(ns, vals, strict=True))
+        return out
+
+    def _load_cache(self) -> None:
+        if self.cache is None:
+            cache: dict[str, list[Batch]] = {}
+            for offset, record in self.log.read(0):
+                cache.setdefault(record["stream"], []).append(self._decode(record, offset))
+            for s, parts in cache.items():
+                cache[s] = [concat(parts)] if len(parts) > 1 else parts
+            self.cache = cache
+
+    def info(self) -> dict:
+        return {"shard": self.shard_id, "next_offset": self.log.next_offset, "local_max": self.local_max,
+                "log_bytes": self.log.size_bytes(), "since_snapshot": self.since_snapshot,
+                "schema": self.schema}
+
+    def flush(self) -> dict:
+        self.log.sync()
+        return self.info()
+
+    def close(self) -> None:
+        self.snapshot()
+        self.log.close()
+        self.snap.close()
+
+
+def _key_array(keys: list) -> np.ndarray:
+    arr = np.empty(len(keys), dtype=object)
+    arr[:] = keys
+    return arr
+
+
+def _open_snapshot(path: str) -> SnapshotStore:
+    try:
+        return SnapshotStore(path)
+    except lmdb.Error as exc:
+        warnings.warn(f"snapshot {path}: cannot open ({exc}); discarding it, the log rebuilds the state",
+                      RuntimeWarning, stacklevel=2)
+        shutil.rmtree(path, ignore_errors=True)
+        return SnapshotStore(path)

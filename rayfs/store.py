@@ -1,0 +1,442 @@
+"""FeatureStore: the public entry point. Wires the catalog, the shard actors and the replay driver.
+
+Embedded by default: :meth:`FeatureStore.open` starts a private local Ray (``address="local"``) unless
+Ray is already initialised in this process or ``RAY_ADDRESS`` names a cluster, and shuts down only a
+Ray it started itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import ray
+
+from rayfs import columns as C
+from rayfs.catalog import Catalog
+from rayfs.definitions import Feature, Stream
+from rayfs.errors import (
+    DefinitionError,
+    SchemaError,
+    StoreClosedError,
+    StoreOpenError,
+    UnknownStreamError,
+)
+from rayfs.fold import MAX_BATCH_ROWS, TS, compile_feature
+from rayfs.log import SegmentedLog
+from rayfs.replay import fan_out
+from rayfs.routing import shard_of
+from rayfs.shard import ShardActor, actor_name
+from rayfs.timeutil import to_micros
+
+DURABILITY = ("sync", "none")
+
+
+def _ensure_ray() -> bool:
+    """Initialise Ray if needed; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    kwargs = dict(namespace="rayfs", include_dashboard=False, logging_level="ERROR",
+                  configure_logging=True, log_to_driver=False)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        ray.init(address="local", **kwargs)
+    return True
+
+
+def _actor_exists(name: str) -> bool:
+    try:
+        ray.get_actor(name)
+        return True
+    except ValueError:
+        return False
+
+
+class FeatureStore:
+    """An event-sourced feature store whose shards are Ray actors.
+
+    Use :meth:`open`; see the README for a tour.
+    """
+
+    def __init__(self, path: str, catalog: Catalog, handles: list, started_ray: bool, durability: str,
+                 actor_names: list[str]) -> None:
+        self.path = path
+        self._actor_names = actor_names
+        self._catalog = catalog
+        self._handles = handles
+        self._started_ray = started_ray
+        self._durability = durability
+        self._watermark: dict[str, int] = {}
+        self._closed = False
+        self._obs_logs: dict[str, SegmentedLog] = {}
+        self._refresh_watermarks()
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    @classmethod
+    def open(cls, path: str | os.PathLike, shards: int | None = None, *, durability: str = "sync",
+             segment_bytes: int = 64 << 20, snapshot_every: int = 200) -> FeatureStore:
+        """Open (or create) the store at ``path``.
+
+        Args:
+            path: the data folder; an existing store there is recovered (definitions, events, state).
+            shards: number of shard actors for a new store (default 4); an existing store keeps its own
+                and an explicit different number is an error.
+            durability: ``"sync"`` (fsync before an ingest returns) or ``"none"`` (OS buffering).
+            segment_bytes: log segment size at which a new segment file is started.
+            snapshot_every: a shard snapshots its state every this many batches (and on close).
+        """
+        path = os.path.abspath(os.fspath(path))
+        if durability not in DURABILITY:
+            raise DefinitionError(f"durability must be one of {DURABILITY}, not {durability!r}")
+        catalog = Catalog.load(path)
+        if catalog is None:
+            n = 4 if shards is None else shards
+            if not isinstance(n, int) or n < 1:
+                raise DefinitionError(f"shards must be a positive integer, not {shards!r}")
+            catalog = Catalog(path, n)
+            catalog.save()
+        elif shards is not None and shards != catalog.shards:
+            raise DefinitionError(f"store {path} has {catalog.shards} shards; cannot reopen with {shards}")
+        started = _ensure_ray()
+        store_id = hashlib.sha1(path.encode()).hexdigest()[:12]
+        streams = [s.to_dict() for s in catalog.streams.values()]
+        feats = [f.to_dict() for f in catalog.features.values()]
+        names = [actor_name(store_id, i) for i in range(catalog.shards)]
+        for name in names:
+            if _actor_exists(name):
+                raise StoreOpenError(f"store {path} is already open in this Ray cluster (actor {name}); "
+                                     "close it first")
+        handles = [ShardActor.options(name=names[i]).remote(
+            path, i, catalog.shards, streams, feats, durability=durability, segment_bytes=segment_bytes,
+            snapshot_every=snapshot_every) for i in range(catalog.shards)]
+        ray.get([h.info.remote() for h in handles])  # wait until every shard has recovered
+        return cls(path, catalog, handles, started, durability, names)
+
+    def close(self) -> None:
+        """Snapshot every shard, stop the actors, and shut Ray down if :meth:`open` started it."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            ray.get([h.close.remote() for h in self._handles])
+        finally:
+            for h in self._handles:
+                ray.kill(h, no_restart=True)
+            # ray.kill is asynchronous: wait until the names are free so a reopen gets fresh shards.
+            deadline = time.monotonic() + 60
+            while any(_actor_exists(n) for n in self._actor_names) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for log in self._obs_logs.values():
+                log.close()
+            if self._started_ray:
+                ray.shutdown()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"store {self.path} is closed")
+
+    def _refresh_watermarks(self) -> None:
+        for info in ray.get([h.info.remote() for h in self._handles]):
+            for s, t in info["local_max"].items():
+                self._watermark[s] = max(self._watermark.get(s, t), t)
+
+    # ------------------------------------------------------------------------------------- definitions
+    @property
+    def streams(self) -> dict[str, Stream]:
+        return dict(self._catalog.streams)
+
+    @property
+    def features(self) -> dict[str, Feature]:
+        return dict(self._catalog.features)
+
+    def register_stream(self, name: str, entities: Sequence[str] | str, timestamp: str) -> Stream:
+        """Declare a stream of events keyed by ``entities`` with event time in column ``timestamp``.
+
+        Registering an identical stream again is a no-op; a different one with the same name is an error.
+        """
+        self._check_open()
+        s = Stream(name=name, entities=tuple([entities] if isinstance(entities, str) else entities),
+                   timestamp=timestamp)
+        old = self._catalog.streams.get(name)
+        if old is not None:
+            if old == s:
+                return old
+            raise DefinitionError(f"stream {name!r} is already registered as {old.to_dict()}")
+        self._catalog.streams[name] = s
+        self._catalog.schema.setdefault(name, {})
+        self._catalog.save()
+        ray.get([h.add_stream.remote(s.to_dict()) for h in self._handles])
+        return s
+
+    def register_feature(self, feature: Feature) -> Feature:
+        """Register ``feature``; events already logged are folded into it at once (backfill).
+
+        Registering an identical definition again is a no-op; a conflicting one is an error.
+        """
+        self._check_open()
+        if not isinstance(feature, Feature):
+            raise DefinitionError(f"register_feature takes a rayfs.Feature, not {type(feature).__name__}")
+        if self._catalog.check_feature(feature):
+            self._check_columns_known(feature)
+            self._catalog.features[feature.name] = feature
+            self._catalog.save()
+            ray.get([h.add_feature.remote(feature.to_dict()) for h in self._handles])
+        return self._catalog.features[feature.name]
+
+    def _check_columns_known(self, f: Feature) -> None:
+        """Once a stream has data, a feature may only read columns it has."""
+        kinds = self._catalog.schema.get(f.stream, {})
+        if not kinds:
+            return
+        s = self._catalog.streams[f.stream]
+        need: set[str] = set()
+        if f.column:
+            need.add(f.column)
+        if f.where:
+            from rayfs.predicate import Predicate
+
+            need |= Predicate.parse(f.where, feature=f.name).columns
+        missing = sorted(c for c in need if c not in kinds and c not in s.entities)
+        if missing:
+            raise DefinitionError(f"feature {f.name!r}: stream {f.stream!r} has no column(s) {missing}; "
+                                  f"it has {sorted(kinds)}")
+
+    def register_sql(self, sql: str, window=None, description: str = "") -> list[Feature]:
+        """Register the features of ``SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream>
+        [WHERE ...] GROUP BY <entity>``, optionally over a trailing ``window``; returns them."""
+        from rayfs.sql import features_from_sql
+
+        self._check_open()
+        feats = features_from_sql(sql, window=window, streams=self._catalog.streams, description=description)
+        for f in feats:  # validate all before registering any
+            self._catalog.check_feature(f)
+            self._check_columns_known(f)
+        return [self.register_feature(f) for f in feats]
+
+    # ------------------------------------------------------------------------------------- ingest
+    def ingest(self, stream: str, data, *, batch_id: str | None = None) -> dict:
+        """Append a batch of events to ``stream``; returns when it is durable and folded on every shard.
+
+        Args:
+            stream: a registered stream.
+            data: a pandas DataFrame, pyarrow Table, list of dicts or dict of arrays.
+            batch_id: an id making retries idempotent (generated if not given).
+
+        Returns:
+            ``{"rows": n, "batch_id": id}``.
+
+        Raises:
+            SchemaError, TimestampError, UnknownStreamError: on bad input; nothing is then written.
+        """
+        self._check_open()
+        s = self._catalog.stream(stream)
+        cols, kinds = self._normalise(s, data)
+        n = len(cols[TS])
+        schema = self._catalog.schema.setdefault(s.name, {})
+        new = {c: k for c, k in kinds.items() if k is not None and c not in schema}
+        if new:
+            schema.update(new)
+            self._catalog.save()
+        bid = batch_id or uuid.uuid4().hex
+        chunks = range(0, n, MAX_BATCH_ROWS)
+        for i, lo in enumerate(chunks):
+            part = C.take(cols, slice(lo, lo + MAX_BATCH_ROWS)) if len(chunks) > 1 else cols
+            self._send(s, part, bid if len(chunks) == 1 else f"{bid}#{i}")
+        self._watermark[s.name] = max(self._watermark.get(s.name, -(2**62)), int(cols[TS].max()))
+        return {"rows": n, "batch_id": bid}
+
+    def _normalise(self, s: Stream, data) -> tuple[C.Batch, dict[str, str | None]]:
+        what = f"stream {s.name!r}"
+        df = C.to_frame(data, what=what)
+        if len(df) == 0:
+            raise SchemaError(f"{what}: empty batch")
+        if df.columns.duplicated().any():
+            raise SchemaError(f"{what}: duplicate column names {list(df.columns[df.columns.duplicated()])}")
+        for c in (s.timestamp, *s.entities):
+            if c not in df.columns:
+                raise SchemaError(f"{what}: batch lacks column {c!r}")
+        for c, fname in self._catalog.required_columns(s.name).items():
+            if c not in df.columns:
+                raise SchemaError(f"{what}: batch lacks column {c!r} used by feature {fname!r}")
+        cols: C.Batch = {TS: C.timestamps(df[s.timestamp], what=f"{what} column {s.timestamp!r}")}
+        kinds: dict[str, str | None] = {}
+        schema = self._catalog.schema.get(s.name, {})
+        for c in df.columns:
+            if c == s.timestamp:
+                continue
+            if not isinstance(c, str) or c.startswith("__"):
+                raise SchemaError(f"{what}: bad column name {c!r}")
+            where = f"{what} column {c!r}"
+            col = C.key_column(df[c], what=where) if c in s.entities else C.value_column(df[c], what=where)
+            kind = C.kind_of(col)
+            # Entity keys may mix ints and strings across batches; value columns may not.
+            if kind is not None and schema.get(c, kind) != kind and c not in s.entities:
+                raise SchemaError(f"{where}: holds {kind} values but earlier batches held {schema[c]} values")
+            cols[c] = col if c in s.entities else C.conform(col, schema.get(c, kind))
+            kinds[c] = kind
+        return cols, kinds
+
+    def _send(self, s: Stream, cols: C.Batch, bid: str) -> None:
+        n = len(cols[TS])
+        owners = [shard_of(cols[e], len(self._handles)) for e in s.entities]
+        routed = np.zeros((len(self._handles), n), dtype=bool)
+        for o in owners:
+            ok = o >= 0
+            routed[o[ok], np.flatnonzero(ok)] = True
+        routed[0] |= ~routed.any(axis=0)  # rows with only null keys are still logged (on shard 0)
+        calls = []
+        for shard, mask in enumerate(routed):
+            if mask.any():
+                part = cols if mask.all() else C.take(cols, mask)
+                record = {"stream": s.name, "batch_id": bid, "cols": C.encode_batch(part)}
+                calls.append(self._handles[shard].ingest.remote(record))
+        ray.get(calls)
+
+    def flush(self) -> None:
+        """Return when every ingested event is durable and folded on every shard."""
+        self._check_open()
+        ray.get([h.flush.remote() for h in self._handles])
+
+    def snapshot(self) -> None:
+        """Snapshot every shard's state into LMDB now."""
+        self._check_open()
+        ray.get([h.snapshot.remote() for h in self._handles])
+
+    # ------------------------------------------------------------------------------------- reads
+    def _feature_list(self, features: Iterable[str] | str | None, entity: str | None) -> list[Feature]:
+        if features is None:
+            fs = [f for f in self._catalog.features.values() if entity is None or f.entity == entity]
+        else:
+            fs = [self._catalog.feature(n) for n in ([features] if isinstance(features, str) else features)]
+        return fs
+
+    def _empty(self, f: Feature, n: int) -> np.ndarray:
+        kind = self._catalog.schema.get(f.stream, {}).get(f.column) if f.column else None
+        cf = compile_feature(f, kind)
+        return cf.agg.finalize(cf.agg.zero(n))
+
+    def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None = None) -> pd.DataFrame:
+        """Online feature values for ``keys`` of ``entity``, one row per key in the order given.
+
+        Values are as of just after the newest event ingested on each feature's stream; keys never seen
+        get the empty value (0 for counts, null otherwise).
+        """
+        self._check_open()
+        fs = self._feature_list(features, entity)
+        for f in fs:
+            if f.entity != entity:
+                raise DefinitionError(f"feature {f.name!r} groups by {f.entity!r}, not {entity!r}")
+        k = C.key_column(pd.Series(list(keys), dtype=object), what=f"keys of entity {entity!r}")
+        out = {f.name: self._empty(f, len(k)) for f in fs}
+        if fs and len(k):
+            fan_out(self._handles, "get", k, [], [f.name for f in fs], entity, out,
+                    tail=(dict(self._watermark),))
+        frame = pd.DataFrame({entity: pd.Series(list(keys), dtype=object)})
+        for f in fs:
+            frame[f.name] = out[f.name]
+        return frame
+
+    def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None = None,
+                     timestamp: str = "ts") -> pd.DataFrame:
+        """Point-in-time correct feature values for each observation row.
+
+        Args:
+            observations: a DataFrame with the features' entity columns and ``timestamp``, or the name of
+                an observation stream filled by :meth:`append_observation`.
+            features: feature names (default: every feature whose entity column is in the observations).
+            timestamp: the observation time column; a row at time ``t`` sees events with ``ts < t``
+                (and ``t - window <= ts`` for windowed features).
+
+        Returns:
+            The observation columns plus one column per feature: same rows, same order.
+        """
+        self._check_open()
+        obs = self.observations(observations) if isinstance(observations, str) else observations
+        obs = C.to_frame(obs, what="observations")
+        if timestamp not in obs.columns:
+            raise SchemaError(f"observations lack the timestamp column {timestamp!r}")
+        fs = self._feature_list(features, None)
+        if features is None:
+            fs = [f for f in fs if f.entity in obs.columns]
+        t = to_micros(obs[timestamp], what=f"observations column {timestamp!r}")
+        out = obs.copy()
+        by_entity: dict[str, list[Feature]] = {}
+        results: dict[str, np.ndarray] = {}
+        for f in fs:
+            if f.entity not in obs.columns:
+                raise SchemaError(f"observations lack column {f.entity!r} needed by feature {f.name!r}")
+            by_entity.setdefault(f.entity, []).append(f)
+        for entity, group in by_entity.items():
+            keys = C.key_column(obs[entity], what=f"observations column {entity!r}")
+            vals = {f.name: self._empty(f, len(obs)) for f in group}
+            if len(obs):
+                fan_out(self._handles, "replay", keys, [t], [f.name for f in group], entity, vals)
+            results.update(vals)
+        for f in fs:
+            out[f.name] = results[f.name]
+        return out
+
+    # ------------------------------------------------------------------------------------- observations
+    def _obs_log(self, name: str) -> SegmentedLog:
+        from rayfs.definitions import check_name
+
+        if name not in self._obs_logs:
+            check_name(name, "observation stream")
+            self._obs_logs[name] = SegmentedLog(os.path.join(self.path, "observations", name),
+                                                durability=self._durability)
+        return self._obs_logs[name]
+
+    def append_observation(self, name: str, rows) -> int:
+        """Durably append one observation (a dict) or many (DataFrame, list of dicts) to stream ``name``.
+
+        Returns the number of rows appended.
+        """
+        self._check_open()
+        if name in self._catalog.streams:
+            raise DefinitionError(f"{name!r} is an event stream; observation streams need their own name")
+        rows = [rows] if isinstance(rows, dict) else rows
+        df = C.to_frame(rows, what=f"observation stream {name!r}")
+        if len(df) == 0:
+            raise SchemaError(f"observation stream {name!r}: empty batch")
+        cols = {}
+        for c in df.columns:
+            what = f"observation stream {name!r} column {c!r}"
+            s = df[c]
+            if pd.api.types.is_datetime64_any_dtype(s.dtype) or (
+                    s.dtype == object and len(s) and isinstance(s.dropna().iloc[0] if s.notna().any() else None,
+                                                                (pd.Timestamp, np.datetime64))):
+                cols[c] = to_micros(s, what=what).astype("datetime64[us]")
+                continue
+            try:
+                cols[c] = C.value_column(s, what=what)
+            except SchemaError:
+                cols[c] = C.key_column(s, what=what)
+        self._obs_log(name).append({"cols": C.encode_batch(cols)})
+        return len(df)
+
+    def observations(self, name: str) -> pd.DataFrame:
+        """Every observation appended to stream ``name``, in append order."""
+        path = os.path.join(self.path, "observations", name)
+        if name not in self._obs_logs and not os.path.isdir(path):
+            raise UnknownStreamError(f"unknown observation stream {name!r}")
+        batches = [C.decode_batch(r["cols"]) for _, r in self._obs_log(name).read(0)]
+        frame = pd.DataFrame(C.concat(batches)) if batches else pd.DataFrame()
+        return frame
+
+    def info(self) -> list[dict]:
+        """Per-shard figures: log offset and bytes, events since the last snapshot, newest event times."""
+        return ray.get([h.info.remote() for h in self._handles])
+
+
