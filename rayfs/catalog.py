@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from rayfs import routing
 from rayfs.definitions import Feature, Stream
 from rayfs.errors import DefinitionError, UnknownFeatureError, UnknownStreamError
 
@@ -37,10 +38,14 @@ class Catalog:
         cat.streams = {s["name"]: Stream.from_dict(s) for s in d["streams"]}
         cat.features = {f["name"]: Feature.from_dict(f) for f in d["features"]}
         cat.schema = d["schema"]
+        if d.get("routing") != routing.fingerprint():
+            raise DefinitionError(f"store {root}: its keys were placed with a different routing hash "
+                                  f"({d.get('routing')}, this rayfs uses {routing.fingerprint()})")
         return cat
 
     def save(self) -> None:
-        d = {"format": 1, "shards": self.shards, "streams": [s.to_dict() for s in self.streams.values()],
+        d = {"format": 1, "routing": routing.fingerprint(), "shards": self.shards,
+             "streams": [s.to_dict() for s in self.streams.values()],
              "features": [f.to_dict() for f in self.features.values()], "schema": self.schema}
         os.makedirs(self.root, exist_ok=True)
         tmp = os.path.join(self.root, FILE + ".tmp")

@@ -99,6 +99,11 @@ def key_column(series: pd.Series, *, what: str) -> np.ndarray:
         return out
     items = series.to_numpy(dtype=object).copy()
     items[nulls] = None
+    kind = pd.api.types.infer_dtype(items[~nulls], skipna=False)
+    if kind == "string":
+        return items
+    if kind == "integer" and not nulls.any():
+        return items.astype(np.int64)
     for i in np.flatnonzero(~nulls):
         v = items[i]
         if isinstance(v, str):
@@ -115,7 +120,7 @@ def key_column(series: pd.Series, *, what: str) -> np.ndarray:
 def key_nulls(keys: np.ndarray) -> np.ndarray:
     """Boolean mask of null keys."""
     if keys.dtype == object:
-        return np.fromiter((k is None for k in keys), dtype=bool, count=len(keys))
+        return pd.isna(keys)
     return np.zeros(len(keys), dtype=bool)
 
 
@@ -131,7 +136,7 @@ def kind_of(col: np.ndarray) -> str | None:
 def null_mask(col: np.ndarray) -> np.ndarray:
     """Boolean mask of nulls in a value column."""
     if col.dtype == object:
-        return np.fromiter((v is None for v in col), dtype=bool, count=len(col))
+        return pd.isna(col)
     if col.dtype.kind == "f":
         return np.isnan(col)
     return np.zeros(len(col), dtype=bool)
