@@ -12,7 +12,7 @@ import ray
 
 from rayfs.shardcore import ShardCore
 
-ShardActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=1)(ShardCore)
+ShardActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=8)(ShardCore)
 
 
 def actor_name(store_id: str, shard_id: int) -> str:

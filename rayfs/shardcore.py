@@ -16,8 +16,10 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import threading
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -40,12 +42,25 @@ from rayfs.fold import (
     fold_window,
     slot_column,
 )
+from rayfs.groupcommit import GroupCommit
 from rayfs.log import SegmentedLog
 from rayfs.pit import evaluate
 from rayfs.routing import shard_of
 from rayfs.snapshot import SnapshotStore
 
+DURABILITY = ("sync", "group", "none")
 REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
+
+
+def _locked(method):
+    """Run ``method`` holding the shard's lock."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class ShardCore:
@@ -57,8 +72,15 @@ class ShardCore:
         self.shard_id, self.n_shards = shard_id, n_shards
         self.dir = os.path.join(root, "shards", f"shard-{shard_id:03d}")
         os.makedirs(self.dir, exist_ok=True)
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {DURABILITY}, not {durability!r}")
+        self.durability = durability
         self.log = SegmentedLog(os.path.join(self.dir, "log"), segment_bytes=segment_bytes,
-                                durability=durability)
+                                durability="sync" if durability == "sync" else "none")
+        self.group = GroupCommit(self.log.sync) if durability == "group" else None
+        # The actor runs calls on a few threads (so group commit can gather concurrent ingests);
+        # every state access holds this lock, only the wait for a group fsync happens outside it.
+        self.lock = threading.RLock()
         self.snap = _open_snapshot(os.path.join(self.dir, "snapshot.lmdb"))
         self.snapshot_every = snapshot_every
         self.streams = {d["name"]: Stream.from_dict(d) for d in streams}
@@ -128,6 +150,7 @@ class ShardCore:
             self.applied[bid] = off
         return int(meta["offset"])
 
+    @_locked
     def snapshot(self) -> dict:
         """Write all state with the log offset it covers into LMDB."""
         self.log.sync()
@@ -149,11 +172,13 @@ class ShardCore:
         return {"offset": self.log.next_offset, "bytes": written}
 
     # ------------------------------------------------------------------------------------- definitions
+    @_locked
     def add_stream(self, stream: dict) -> None:
         s = Stream.from_dict(stream)
         self.streams[s.name] = s
         self.schema.setdefault(s.name, {})
 
+    @_locked
     def add_feature(self, feature: dict) -> None:
         """Register a feature and backfill it from the log (cold start)."""
         f = Feature.from_dict(feature)
@@ -210,10 +235,21 @@ class ShardCore:
 
     # ------------------------------------------------------------------------------------- ingest
     def ingest(self, record: dict) -> dict:
-        """Append one routed batch to the log and fold it; a repeated batch id is a no-op."""
+        """Append one routed batch to the log and fold it; a repeated batch id is a no-op.
+
+        Returns once the batch is durable per the shard's durability mode and folded.
+        """
+        with self.lock:
+            result = self._ingest_locked(record)
+            ticket = self.group.ticket() if self.group is not None and not result["duplicate"] else None
+        if ticket is not None:
+            self.group.wait(ticket)
+        return result
+
+    def _ingest_locked(self, record: dict) -> dict:
         bid = record["batch_id"]
         if bid in self.applied:
-            return {"offset": self.applied[bid], "duplicate": True, "local_max": self.local_max}
+            return {"offset": self.applied[bid], "duplicate": True, "local_max": dict(self.local_max)}
         offset = self.log.next_offset
         cols = self._decode(record, offset)  # validates before anything is written
         self.log.append(record)
@@ -224,7 +260,7 @@ class ShardCore:
         self.since_snapshot += 1
         if self.since_snapshot >= self.snapshot_every:
             self.snapshot()
-        return {"offset": offset, "duplicate": False, "local_max": self.local_max}
+        return {"offset": offset, "duplicate": False, "local_max": dict(self.local_max)}
 
     def _remember(self, bid: str, offset: int) -> None:
         self.applied[bid] = offset
@@ -283,6 +319,7 @@ class ShardCore:
                 self.buffers[stream] = take(buf, keep)
 
     # ------------------------------------------------------------------------------------- reads
+    @_locked
     def get(self, entity: str, keys: np.ndarray, names: list[str], watermarks: dict[str, int]) -> dict:
         """Online values of ``names`` for ``keys`` (all owned by this shard) as of each stream's watermark."""
         out = {}
@@ -300,6 +337,7 @@ class ShardCore:
                 out[n] = fold_window(cf, self.buffers.get(f.stream) or {}, slots, lower)
         return out
 
+    @_locked
     def replay(self, entity: str, keys: np.ndarray, t: np.ndarray, names: list[str]) -> dict:
         """Point-in-time values of ``names`` for observations ``(keys[i], t[i])`` owned by this shard."""
         self._load_cache()
@@ -325,16 +363,21 @@ class ShardCore:
                 cache[s] = [concat(parts)] if len(parts) > 1 else parts
             self.cache = cache
 
+    @_locked
     def info(self) -> dict:
         return {"shard": self.shard_id, "next_offset": self.log.next_offset, "local_max": self.local_max,
                 "log_bytes": self.log.size_bytes(), "since_snapshot": self.since_snapshot,
                 "schema": self.schema}
 
+    @_locked
     def flush(self) -> dict:
         self.log.sync()
         return self.info()
 
+    @_locked
     def close(self) -> None:
+        if self.group is not None:
+            self.group.close()
         self.snapshot()
         self.log.close()
         self.snap.close()
