@@ -182,27 +182,39 @@ def fold_into(table: StateTable, cf: CompiledFeature, cols: Batch) -> None:
     table.fold(cols[slot_column(cf.feature.entity)][idx], vals, cols[TS][idx], cols[SEQ][idx])
 
 
-def fold_window(cf: CompiledFeature, cols: Batch, query_slots: np.ndarray, lower_us: int) -> np.ndarray:
-    """Finalized values over events with ``ts >= lower_us`` for each of ``query_slots`` (windowed online).
+class WindowEvents:
+    """The counted events of one windowed feature in a window buffer, sorted by (slot, ts, seq).
 
-    ``cols`` holds (at least) every event of the stream that may fall in the window.
+    Built once per buffer version (ingest invalidates it), so an online read costs a binary search per
+    key plus the events of those keys, not a scan of the buffer.
     """
-    agg = cf.agg
-    q = len(query_slots)
-    state = agg.zero(q)
-    if q and len(cols.get(TS, ())):
+
+    def __init__(self, cf: CompiledFeature, cols: Batch) -> None:
+        self.cf = cf
+        if not len(cols.get(TS, ())):
+            self.slots = np.zeros(0, np.int64)
+            self.ts = self.seq = self.slots
+            self.vals = None if cf.kind == "none" else np.zeros(0, object if cf.kind == "str" else np.float64)
+            return
         idx, vals = feature_rows(cf, cols)
-        slots = cols[slot_column(cf.feature.entity)][idx]
-        pos = np.full(int(max(slots.max(initial=-1), query_slots.max(initial=-1))) + 2, -1, dtype=np.int64)
-        ok_q = query_slots >= 0
-        pos[query_slots[ok_q]] = np.flatnonzero(ok_q)
-        qi = pos[slots]
-        keep = (qi >= 0) & (cols[TS][idx] >= lower_us)
-        # A key asked twice gets its value copied below; fold once per distinct slot.
-        sel = idx[keep]
-        agg.update(state, qi[keep], None if vals is None else vals[keep], cols[TS][sel], cols[SEQ][sel])
-        first = pos[query_slots[ok_q]]
-        dup = np.flatnonzero(ok_q)[first != np.flatnonzero(ok_q)]
-        if len(dup):
-            agg.put(state, dup, agg.take(state, pos[query_slots[dup]]))
-    return agg.finalize(state)
+        slots, ts, seq = cols[slot_column(cf.feature.entity)][idx], cols[TS][idx], cols[SEQ][idx]
+        order = np.lexsort((seq, ts, slots))
+        self.slots, self.ts, self.seq = slots[order], ts[order], seq[order]
+        self.vals = None if vals is None else vals[order]
+
+    def fold(self, query_slots: np.ndarray, lower_us: int) -> np.ndarray:
+        """Finalized values over events with ``ts >= lower_us`` for each of ``query_slots`` (-1: unknown)."""
+        agg = self.cf.agg
+        q = len(query_slots)
+        state = agg.zero(q)
+        lo = np.searchsorted(self.slots, query_slots, side="left")
+        hi = np.where(query_slots >= 0, np.searchsorted(self.slots, query_slots, side="right"), lo)
+        lengths = hi - lo
+        if lengths.sum():
+            owner = np.repeat(np.arange(q), lengths)
+            # every row of every range: position within its range + the range's start
+            rows = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths - lo, lengths)
+            keep = self.ts[rows] >= lower_us
+            rows, owner = rows[keep], owner[keep]
+            agg.update(state, owner, None if self.vals is None else self.vals[rows], self.ts[rows], self.seq[rows])
+        return agg.finalize(state)

@@ -37,9 +37,9 @@ from rayfs.fold import (
     CompiledFeature,
     KeyIndex,
     StateTable,
+    WindowEvents,
     compile_feature,
     fold_into,
-    fold_window,
     slot_column,
 )
 from rayfs.groupcommit import GroupCommit
@@ -94,6 +94,7 @@ class ShardCore:
         self.local_max: dict[str, int] = {}
         self.applied: OrderedDict[str, int] = OrderedDict()
         self.cache: dict[str, list[Batch]] | None = None  # every event, loaded on first replay
+        self.window_events: dict[str, WindowEvents] = {}  # per windowed feature, dropped when its buffer changes
         self.since_snapshot = 0
         self._recover()
 
@@ -306,6 +307,7 @@ class ShardCore:
             self.buffers[stream] = {}
             return
         floor = max(self.local_max.get(stream, -(2**62)), int(cols[TS].max(initial=-(2**62)))) - w
+        self._invalidate(stream)
         new = take(cols, cols[TS] >= floor)
         buf = self.buffers.get(stream)
         # Evict while copying anyway: the buffer never holds events older than any window can see.
@@ -317,6 +319,11 @@ class ShardCore:
             keep = buf[TS] >= self.local_max[stream] - self.buffer_window[stream]
             if not keep.all():
                 self.buffers[stream] = take(buf, keep)
+                self._invalidate(stream)
+
+    def _invalidate(self, stream: str) -> None:
+        for n in [n for n in self.window_events if self.features[n].stream == stream]:
+            del self.window_events[n]
 
     # ------------------------------------------------------------------------------------- reads
     @_locked
@@ -334,7 +341,10 @@ class ShardCore:
             else:
                 t = watermarks.get(f.stream)
                 lower = (t + 1 - f.window_us) if t is not None else 0
-                out[n] = fold_window(cf, self.buffers.get(f.stream) or {}, slots, lower)
+                we = self.window_events.get(n)
+                if we is None or we.cf is not cf:
+                    we = self.window_events[n] = WindowEvents(cf, self.buffers.get(f.stream) or {})
+                out[n] = we.fold(slots, lower)
         return out
 
     @_locked
@@ -362,6 +372,11 @@ class ShardCore:
             for s, parts in cache.items():
                 cache[s] = [concat(parts)] if len(parts) > 1 else parts
             self.cache = cache
+
+    @_locked
+    def pid(self) -> int:
+        """The id of the process running this shard (for fault-injection tests)."""
+        return os.getpid()
 
     @_locked
     def info(self) -> dict:
