@@ -13,6 +13,8 @@ objects, so their semantics cannot drift:
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,23 +58,31 @@ class KeyIndex:
     def keys(self) -> list:
         return self._keys
 
-    def lookup(self, keys: np.ndarray, *, add: bool) -> np.ndarray:
-        """Slots of ``keys`` (-1 for null keys, and for unknown keys unless ``add``)."""
+    def lookup(self, keys: np.ndarray, *, add: bool | Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Slots of ``keys``: -1 for null keys, and for unknown keys unless added.
+
+        Args:
+            keys: int64 or object array of keys.
+            add: ``True`` adds every unknown key; a function of an array of unknown keys returning a
+                boolean mask adds the keys it selects (e.g. those this shard owns); ``False`` adds none.
+        """
         if len(keys) == 0:
             return np.zeros(0, dtype=np.int64)
         codes, uniques = pd.factorize(pd.Series(keys, dtype=keys.dtype), use_na_sentinel=True)
-        table = np.empty(len(uniques) + 1, dtype=np.int64)
+        uniq = uniques.tolist()
+        table = np.empty(len(uniq) + 1, dtype=np.int64)
+        table[:-1] = np.fromiter(map(self._slot.get, uniq, itertools.repeat(-1)), dtype=np.int64, count=len(uniq))
         table[-1] = -1
-        slot = self._slot
-        for i, k in enumerate(uniques.tolist()):
-            s = slot.get(k)
-            if s is None:
-                if add:
-                    s = slot[k] = len(self._keys)
-                    self._keys.append(k)
-                else:
-                    s = -1
-            table[i] = s
+        unknown = np.flatnonzero(table[:-1] < 0)
+        if len(unknown) and add is not False:
+            if add is not True:
+                arr = np.empty(len(unknown), dtype=object)
+                arr[:] = [uniq[i] for i in unknown.tolist()]
+                unknown = unknown[add(arr if keys.dtype == object else arr.astype(np.int64))]
+            for i in unknown.tolist():
+                k = uniq[i]
+                table[i] = self._slot[k] = len(self._keys)
+                self._keys.append(k)
         return table[codes]
 
 

@@ -4,9 +4,10 @@ Rule (Chronon's, held everywhere in rayfs): an observation of entity key ``k`` a
 events of ``k`` with ``ts < t``; with a window ``w`` it sees ``t - w <= ts < t``. An event at exactly ``t``
 is not seen; an event at exactly ``t - w`` is.
 
-Events are selected by :func:`rayfs.fold.feature_rows` (the same selection as the online fold), sorted
-once per entity field by ``(slot, ts, seq)``, and every observation becomes a half-open index range
-``[lo, hi)`` into the sorted events of its key; the aggregate's ``range_query`` answers all ranges.
+Events are selected by :func:`rayfs.fold.feature_rows` (the same selection as the online fold) and
+sorted by ``(slot, ts, seq)``; every observation becomes a half-open index range ``[lo, hi)`` into the
+sorted events of its key, and the aggregate's ``range_query`` answers all ranges at once. The sort is
+done once per (stream, entity field) and reused until the shard ingests again.
 """
 
 from __future__ import annotations
@@ -17,58 +18,69 @@ from rayfs.columns import Batch
 from rayfs.fold import SEQ, TS, CompiledFeature, feature_rows, slot_column
 
 
-def evaluate(cfs: list[CompiledFeature], cols: Batch, obs_slots: np.ndarray, obs_t: np.ndarray) -> list[np.ndarray]:
-    """Values of each feature for each observation ``(slot, t)``; features share one entity field.
+class EventIndex:
+    """The events of one stream on one shard, sorted for one entity field.
 
-    Args:
-        cfs: compiled features, all grouped by the same entity field of the stream in ``cols``.
-        cols: every event of the stream on this shard (with ``__ts``, ``__seq`` and slot columns).
-        obs_slots: the observation keys' slots on this shard (-1: key never seen here).
-        obs_t: observation times, int64 µs.
+    Sort keys are ``slot * width + rank(ts)`` with ``rank`` the position of ``ts`` among the distinct event
+    times, so "key ``k`` and ``ts < t``" is one binary search: ``searchsorted(times, t)`` counts the
+    distinct event times before ``t``.
     """
-    if not cfs:
-        return []
-    entity = cfs[0].feature.entity
-    n = len(cols.get(TS, ()))
-    if n == 0:
-        empty = np.full(len(obs_t), -1, dtype=np.int64)
-        return [cf.agg.range_query(None if cf.kind == "none" else np.zeros(0, _dtype(cf)),
-                                   np.zeros(0, np.int64), np.zeros(0, np.int64), empty + 1, empty + 1)
-                for cf in cfs]
-    slots_all = cols[slot_column(entity)]
-    ts_all, seq_all = cols[TS], cols[SEQ]
-    # One sort for all features of this entity field; each feature then filters the sorted order.
-    order = np.lexsort((seq_all, ts_all, slots_all))
-    order = order[slots_all[order] >= 0]
-    rank_of = np.empty(n, dtype=np.int64)
-    rank_of[order] = np.arange(len(order))
 
-    # Dense ranks of every time we compare with, so (slot, time) fits one int64 sort key.
-    windows = sorted({cf.window_us for cf in cfs if cf.window_us is not None})
-    probe_times = [obs_t] + [obs_t - w for w in windows]
-    times = np.unique(np.concatenate([ts_all[order], *probe_times]))
-    width = np.int64(len(times) + 1)
-    obs_ok = obs_slots >= 0
-    obs_base = np.where(obs_ok, obs_slots, 0).astype(np.int64) * width
+    def __init__(self, cols: Batch, entity: str) -> None:
+        self.cols = cols
+        self.n = len(cols.get(TS, ()))
+        self.entity = entity
+        self._features: dict[str, tuple] = {}
+        if self.n == 0:
+            return
+        slots, ts, seq = cols[slot_column(entity)], cols[TS], cols[SEQ]
+        order = np.lexsort((seq, ts, slots))
+        order = order[slots[order] >= 0]
+        self.rank_of = np.full(self.n, -1, dtype=np.int64)
+        self.rank_of[order] = np.arange(len(order))
+        self.times = np.unique(ts)
+        self.width = np.int64(len(self.times) + 1)
+        self.key_all = slots.astype(np.int64) * self.width + np.searchsorted(self.times, ts)
 
-    out = []
-    for cf in cfs:
-        idx, vals = feature_rows(cf, cols)
-        sel = idx[np.argsort(rank_of[idx], kind="stable")]  # counted events in (slot, ts, seq) order
-        if vals is not None:
-            vals = vals[np.argsort(rank_of[idx], kind="stable")]
-        ts_s, seq_s = ts_all[sel], seq_all[sel]
-        keys = slots_all[sel].astype(np.int64) * width + np.searchsorted(times, ts_s)
-        hi = np.searchsorted(keys, obs_base + np.searchsorted(times, obs_t), side="left")
-        if cf.window_us is None:
-            lo = np.searchsorted(keys, obs_base, side="left")
-        else:
-            lo = np.searchsorted(keys, obs_base + np.searchsorted(times, obs_t - cf.window_us), side="left")
-        lo = np.where(obs_ok, lo, 0)
-        hi = np.where(obs_ok, np.maximum(hi, lo), 0)
-        out.append(cf.agg.range_query(vals, ts_s, seq_s, lo, hi))
-    return out
+    def _sorted(self, cf: CompiledFeature) -> tuple:
+        """The feature's counted events in sort order: (keys, values, ts, seq); cached per compiled feature."""
+        hit = self._features.get(cf.feature.name)
+        if hit is not None and hit[0] is cf:
+            return hit[1]
+        idx, vals = feature_rows(cf, self.cols)
+        perm = np.argsort(self.rank_of[idx], kind="stable")
+        sel = idx[perm]
+        out = (self.key_all[sel], None if vals is None else vals[perm], self.cols[TS][sel], self.cols[SEQ][sel])
+        self._features[cf.feature.name] = (cf, out)
+        return out
 
+    def evaluate(self, cfs: list[CompiledFeature], obs_slots: np.ndarray, obs_t: np.ndarray) -> list[np.ndarray]:
+        """Values of each feature (all grouped by this entity field) for observations ``(slot, t)``.
 
-def _dtype(cf: CompiledFeature):
-    return object if cf.kind == "str" else np.float64
+        Args:
+            cfs: compiled features of this index's stream and entity field.
+            obs_slots: the observation keys' slots on this shard (-1: key never seen here).
+            obs_t: observation times, int64 µs.
+        """
+        q = len(obs_t)
+        obs_ok = obs_slots >= 0
+        out = []
+        if self.n:
+            base = np.where(obs_ok, obs_slots, 0).astype(np.int64) * self.width
+            hi_key = base + np.searchsorted(self.times, obs_t, side="left")
+        for cf in cfs:
+            if self.n == 0:
+                empty = np.zeros(q, dtype=np.int64)
+                vals = None if cf.kind == "none" else np.zeros(0, object if cf.kind == "str" else np.float64)
+                out.append(cf.agg.range_query(vals, np.zeros(0, np.int64), np.zeros(0, np.int64), empty, empty))
+                continue
+            keys, vals, ts, seq = self._sorted(cf)
+            hi = np.searchsorted(keys, hi_key, side="left")
+            if cf.window_us is None:
+                lo = np.searchsorted(keys, base, side="left")
+            else:
+                lo = np.searchsorted(keys, base + np.searchsorted(self.times, obs_t - cf.window_us), side="left")
+            lo = np.where(obs_ok, lo, 0)
+            hi = np.where(obs_ok, np.maximum(hi, lo), 0)
+            out.append(cf.agg.range_query(vals, ts, seq, lo, hi))
+        return out

@@ -44,7 +44,7 @@ from rayfs.fold import (
 )
 from rayfs.groupcommit import GroupCommit
 from rayfs.log import SegmentedLog
-from rayfs.pit import evaluate
+from rayfs.pit import EventIndex
 from rayfs.routing import shard_of
 from rayfs.snapshot import SnapshotStore
 
@@ -94,6 +94,7 @@ class ShardCore:
         self.local_max: dict[str, int] = {}
         self.applied: OrderedDict[str, int] = OrderedDict()
         self.cache: dict[str, list[Batch]] | None = None  # every event, loaded on first replay
+        self.indexes: dict[tuple[str, str], EventIndex] = {}  # replay sort per (stream, entity field)
         self.window_events: dict[str, WindowEvents] = {}  # per windowed feature, dropped when its buffer changes
         self.since_snapshot = 0
         self._recover()
@@ -257,6 +258,7 @@ class ShardCore:
         self._fold(record["stream"], cols, self._lifetime(record["stream"]), buffer=True)
         if self.cache is not None:
             self.cache.setdefault(record["stream"], []).append(cols)
+            self.indexes = {k: v for k, v in self.indexes.items() if k[0] != record["stream"]}
         self._remember(bid, offset)
         self.since_snapshot += 1
         if self.since_snapshot >= self.snapshot_every:
@@ -274,13 +276,9 @@ class ShardCore:
         n = len(cols[TS])
         cols[SEQ] = (np.int64(offset) << np.int64(SEQ_ROW_BITS)) + np.arange(n, dtype=np.int64)
         for e in stream.entities:
-            keys = cols[e]
-            owner = shard_of(keys, self.n_shards)
-            mine = np.flatnonzero(owner == self.shard_id)
-            slots = np.full(n, -1, dtype=np.int64)
             ki = self.keys.setdefault((stream.name, e), KeyIndex())
-            slots[mine] = ki.lookup(keys[mine], add=True)
-            cols[slot_column(e)] = slots
+            # Known keys are ours by construction; only keys new to this shard are hashed.
+            cols[slot_column(e)] = ki.lookup(cols[e], add=self._owns)
         schema = self.schema.setdefault(stream.name, {})
         for name, col in cols.items():
             if not name.startswith("__") and name not in schema:
@@ -288,6 +286,9 @@ class ShardCore:
                 if k is not None:
                     schema[name] = k
         return cols
+
+    def _owns(self, keys: np.ndarray) -> np.ndarray:
+        return shard_of(keys, self.n_shards) == self.shard_id
 
     def _fold(self, stream: str, cols: Batch, names: list[str], *, buffer: bool) -> None:
         for n in self.features:
@@ -359,10 +360,20 @@ class ShardCore:
         for stream, ns in by_stream.items():
             ki = self.keys.get((stream, entity))
             slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
-            cols = concat(self.cache.get(stream, []))
-            vals = evaluate([self.compiled[n] for n in ns], cols, slots, t)
+            index = self._event_index(stream, entity)
+            vals = index.evaluate([self.compiled[n] for n in ns], slots, t)
             out.update(zip(ns, vals, strict=True))
         return out
+
+    def _event_index(self, stream: str, entity: str) -> EventIndex:
+        """The sorted index of ``stream``'s events for ``entity``, rebuilt only after new events arrive."""
+        parts = self.cache.setdefault(stream, [])
+        if len(parts) > 1:  # ingest appended batches since the last replay: compact them
+            parts[:] = [concat(parts)]
+        index = self.indexes.get((stream, entity))
+        if index is None:
+            index = self.indexes[(stream, entity)] = EventIndex(parts[0] if parts else {}, entity)
+        return index
 
     def _load_cache(self) -> None:
         if self.cache is None:

@@ -130,6 +130,21 @@ class CountDistinct(Aggregate):
                  for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return pair_slot[slot_start], {"d": _dicts(dicts)}
 
+    def update(self, state: State, slots: np.ndarray, values, ts, seq) -> None:
+        """In place: add the batch's multiplicities to each slot's dict without copying it."""
+        if len(slots) == 0:
+            return
+        uniq, part = self.reduce(slots, values, ts, seq)
+        dicts = state["d"]
+        for slot, db in zip(uniq.tolist(), part["d"], strict=True):
+            da = dicts[slot]
+            if not da:
+                dicts[slot] = db
+                continue
+            get = da.get
+            for k, m in db.items():
+                da[k] = get(k, 0) + m
+
     def merge(self, a: State, b: State) -> State:
         out = []
         for da, db in zip(a["d"], b["d"], strict=True):
