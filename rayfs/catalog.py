@@ -10,9 +10,18 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from rayfs import routing
 from rayfs.definitions import Feature, Stream
-from rayfs.errors import DefinitionError, UnknownFeatureError, UnknownStreamError
+from rayfs.errors import (
+    AggregateError,
+    DefinitionError,
+    RayfsError,
+    SqlError,
+    UnknownFeatureError,
+    UnknownStreamError,
+)
 
 FILE = "catalog.json"
 
@@ -111,3 +120,36 @@ class Catalog:
                 raise DefinitionError(f"feature {f.name!r}: aggregate {f.agg!r} cannot apply to column "
                                       f"{f.column!r} of stream {f.stream!r}, which holds {kind} values")
         return True
+
+    def check_types(self, f: Feature, kinds: dict[str, str], *, error: type[RayfsError] | None = None) -> None:
+        """Check that ``f``'s aggregate and ``where`` suit the column kinds ``kinds`` (unknown kinds pass).
+
+        Raises ``error`` if given (ingest: SchemaError), else AggregateError / SqlError (registration).
+        """
+        from rayfs.aggregates import REGISTRY
+        from rayfs.predicate import Predicate
+
+        s = self.stream(f.stream)
+        if f.column is not None and f.column not in s.entities:
+            kind = kinds.get(f.column)
+            if kind is not None and kind not in REGISTRY[f.agg].kinds:
+                raise (error or AggregateError)(
+                    f"feature {f.name!r}: aggregate {f.agg!r} cannot apply to column {f.column!r} of "
+                    f"stream {f.stream!r}, which holds {kind} values")
+        if f.where:
+            pred = Predicate.parse(f.where, feature=f.name)
+            probe = {c: _probe(kinds.get(c)) for c in pred.columns}
+            try:
+                pred.evaluate(probe, 1)
+            except RayfsError as exc:
+                raise (error or SqlError)(f"feature {f.name!r}: where {f.where!r} does not fit the columns of stream "
+                            f"{f.stream!r}: {exc}") from None
+
+
+def _probe(kind: str | None) -> np.ndarray:
+    """A one-row column of ``kind`` to dry-run a predicate on."""
+    if kind == "str":
+        return np.array(["a"], dtype=object)
+    if kind is None:  # an all-null column has no type yet: it fits any comparison
+        return np.array([None], dtype=object)
+    return np.array([1.0])

@@ -125,9 +125,12 @@ def key_nulls(keys: np.ndarray) -> np.ndarray:
 
 
 def kind_of(col: np.ndarray) -> str | None:
-    """The schema kind (``"num"``/``"str"``) of a value column, ``None`` if it is all null."""
+    """The schema kind (``"num"``/``"str"``) of a value column, ``None`` if it is all null.
+
+    Object arrays are string columns (an all-null column of a known string column is sent as one).
+    """
     if col.dtype == object:
-        return "str" if any(v is not None for v in col) else None
+        return "str"
     if col.dtype.kind == "f" and np.isnan(col).all():
         return None
     return "num"

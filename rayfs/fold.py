@@ -138,7 +138,9 @@ def feature_rows(cf: CompiledFeature, cols: Batch) -> tuple[np.ndarray, np.ndarr
     idx = np.flatnonzero(mask)
     vals = col[idx]
     if cf.kind == "num":
-        if vals.dtype == object:
+        if vals.dtype == object and len(vals) == 0:
+            vals = np.zeros(0, dtype=np.float64)
+        elif vals.dtype == object:
             raise SchemaError(f"feature {f.name!r}: column {f.column!r} of stream {f.stream!r} holds strings")
         vals = vals.astype(np.float64, copy=False)
     elif vals.dtype != object:  # integer entity keys aggregated as objects

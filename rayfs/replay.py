@@ -40,7 +40,10 @@ def fan_out(handles: Sequence, method: str, keys: np.ndarray, extra: Sequence[np
         for n in names:
             col = defaults[n]
             vals = res[n]
-            if col.dtype != vals.dtype and col.dtype != object:
+            if col.dtype == object and vals.dtype.kind == "f":
+                # A shard that never saw a non-null value of a string column answers NaN: make it None.
+                vals = np.where(np.isnan(vals), None, vals.astype(object))
+            elif col.dtype != vals.dtype and col.dtype != object:
                 vals = vals.astype(col.dtype)
             col[pos] = vals
     return defaults

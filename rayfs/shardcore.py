@@ -39,6 +39,7 @@ from rayfs.fold import (
     StateTable,
     WindowEvents,
     compile_feature,
+    feature_rows,
     fold_into,
     slot_column,
 )
@@ -213,20 +214,28 @@ class ShardCore:
             if record["stream"] == stream:
                 yield offset, self._decode(record, offset)
 
-    def _ensure_compiled(self, name: str) -> None:
+    def _compiled_for(self, name: str, schema: dict[str, str]) -> CompiledFeature:
+        """The compiled form of feature ``name`` given the column kinds ``schema`` (no state change)."""
         f = self.features[name]
-        kind = self.schema.get(f.stream, {}).get(f.column) if f.column else None
+        kind = schema.get(f.column) if f.column else None
         if f.column in self.streams[f.stream].entities:
             # Keys (ints and/or strings) are aggregated as Python objects where the aggregate allows.
             kind = "str" if "str" in REGISTRY[f.agg].kinds else "num"
         cf = self.compiled.get(name)
         if cf is not None and (f.column is None or kind is None or cf.kind == kind):
+            return cf
+        return compile_feature(f, kind)
+
+    def _install(self, name: str, cf: CompiledFeature) -> None:
+        if self.compiled.get(name) is cf:
             return
         # First sight of the column's kind: every value so far was null, so a zero state is exact.
-        cf = compile_feature(f, kind)
         self.compiled[name] = cf
-        if f.window is None:
+        if cf.feature.window is None:
             self.tables[name] = StateTable(cf.agg)
+
+    def _ensure_compiled(self, name: str) -> None:
+        self._install(name, self._compiled_for(name, self.schema.get(self.features[name].stream, {})))
 
     def _lifetime(self, stream: str) -> list[str]:
         return [n for n, f in self.features.items() if f.stream == stream and f.window is None]
@@ -253,9 +262,11 @@ class ShardCore:
         if bid in self.applied:
             return {"offset": self.applied[bid], "duplicate": True, "local_max": dict(self.local_max)}
         offset = self.log.next_offset
-        cols = self._decode(record, offset)  # validates before anything is written
+        stream = record["stream"]
+        cols = self._decode(record, offset)
+        plan = self._plan(stream, cols, self._lifetime(stream))  # any error surfaces before the log append
         self.log.append(record)
-        self._fold(record["stream"], cols, self._lifetime(record["stream"]), buffer=True)
+        self._fold(stream, cols, self._lifetime(stream), buffer=True, plan=plan)
         if self.cache is not None:
             self.cache.setdefault(record["stream"], []).append(cols)
             self.indexes = {k: v for k, v in self.indexes.items() if k[0] != record["stream"]}
@@ -279,23 +290,40 @@ class ShardCore:
             ki = self.keys.setdefault((stream.name, e), KeyIndex())
             # Known keys are ours by construction; only keys new to this shard are hashed.
             cols[slot_column(e)] = ki.lookup(cols[e], add=self._owns)
-        schema = self.schema.setdefault(stream.name, {})
-        for name, col in cols.items():
-            if not name.startswith("__") and name not in schema:
-                k = kind_of(col)
-                if k is not None:
-                    schema[name] = k
         return cols
 
     def _owns(self, keys: np.ndarray) -> np.ndarray:
         return shard_of(keys, self.n_shards) == self.shard_id
 
-    def _fold(self, stream: str, cols: Batch, names: list[str], *, buffer: bool) -> None:
-        for n in self.features:
-            if self.features[n].stream == stream:
-                self._ensure_compiled(n)
-        for n in names:
-            fold_into(self.tables[n], self.compiled[n], cols)
+    def _plan(self, stream: str, cols: Batch, names: list[str]) -> tuple:
+        """Everything folding ``cols`` will do, computed without changing any state (so it may raise
+        before the batch is logged): new column kinds, compiled features, and each fold's rows."""
+        schema = dict(self.schema.get(stream, {}))
+        for name, col in cols.items():
+            if not name.startswith("__") and name not in schema:
+                k = kind_of(col)
+                if k is not None:
+                    schema[name] = k
+        compiled = {n: self._compiled_for(n, schema) for n, f in self.features.items() if f.stream == stream}
+        rows = {}
+        for n, cf in compiled.items():
+            # Windowed features fold at read time from the buffer; selecting their rows now proves it works.
+            idx, vals = feature_rows(cf, cols)
+            if n in names:
+                rows[n] = (idx, vals)
+        return schema, compiled, rows
+
+    def _fold(self, stream: str, cols: Batch, names: list[str], *, buffer: bool, plan: tuple | None = None) -> None:
+        schema, compiled, rows = plan if plan is not None else self._plan(stream, cols, names)
+        self.schema[stream] = schema
+        for n, cf in compiled.items():
+            self._install(n, cf)
+        slots = {}
+        for n, (idx, vals) in rows.items():
+            entity = self.features[n].entity
+            if entity not in slots:
+                slots[entity] = cols[slot_column(entity)]
+            self.tables[n].fold(slots[entity][idx], vals, cols[TS][idx], cols[SEQ][idx])
         if len(cols[TS]):
             self.local_max[stream] = max(self.local_max.get(stream, -(2**62)), int(cols[TS].max()))
         if buffer:

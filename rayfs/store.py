@@ -54,6 +54,11 @@ def _ensure_ray() -> bool:
     return True
 
 
+def _column(values: np.ndarray, index: pd.Index) -> pd.Series:
+    # Keep object columns object: pandas 3 would turn strings into its str dtype, None into NaN.
+    return pd.Series(values, index=index, dtype=object if values.dtype == object else None)
+
+
 def _actor_exists(name: str) -> bool:
     try:
         ray.get_actor(name)
@@ -223,9 +228,11 @@ class FeatureStore:
             raise DefinitionError(f"register_feature takes a rayfs.Feature, not {type(feature).__name__}")
         if self._catalog.check_feature(feature):
             self._check_columns_known(feature)
+            self._catalog.check_types(feature, self._catalog.schema.get(feature.stream, {}))
+            ray.get([h.add_feature.remote(feature.to_dict()) for h in self._handles])
+            # Saved once every shard has it: a catalog never names a feature its shards refused.
             self._catalog.features[feature.name] = feature
             self._catalog.save()
-            ray.get([h.add_feature.remote(feature.to_dict()) for h in self._handles])
         return self._catalog.features[feature.name]
 
     def _check_columns_known(self, f: Feature) -> None:
@@ -256,6 +263,7 @@ class FeatureStore:
         for f in feats:  # validate all before registering any
             self._catalog.check_feature(f)
             self._check_columns_known(f)
+            self._catalog.check_types(f, self._catalog.schema.get(f.stream, {}))
         return [self.register_feature(f) for f in feats]
 
     # ------------------------------------------------------------------------------------- ingest
@@ -329,6 +337,12 @@ class FeatureStore:
                 raise SchemaError(f"{where}: holds {kind} values but earlier batches held {schema[c]} values")
             cols[c] = col if c in s.entities else C.conform(col, schema.get(c, kind))
             kinds[c] = kind
+        new = {c: k for c, k in kinds.items() if k is not None and c not in schema and c not in s.entities}
+        if new:  # first sight of a column's type: it must suit every feature that reads it
+            merged = {**schema, **new}
+            for f in self._catalog.features.values():
+                if f.stream == s.name:
+                    self._catalog.check_types(f, merged, error=SchemaError)
         return cols, kinds
 
     def _send_record(self, record: dict, cols: C.Batch | None = None) -> None:
@@ -392,7 +406,7 @@ class FeatureStore:
                     tail=(dict(self._watermark),))
         frame = pd.DataFrame({entity: pd.Series(list(keys), dtype=object)})
         for f in fs:
-            frame[f.name] = out[f.name]
+            frame[f.name] = _column(out[f.name], frame.index)
         return frame
 
     def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None = None,
@@ -432,7 +446,7 @@ class FeatureStore:
                 fan_out(self._handles, "replay", keys, [t], [f.name for f in group], entity, vals)
             results.update(vals)
         for f in fs:
-            out[f.name] = results[f.name]
+            out[f.name] = _column(results[f.name], out.index)
         return out
 
     # ------------------------------------------------------------------------------------- observations
