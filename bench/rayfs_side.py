@@ -1,0 +1,127 @@
+"""rayfs measurements: ingest (sync / none), training_set, get_features latency, recovery, peak memory."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from bench.rss import PeakSampler
+from rayfs.definitions import Feature
+from rayfs.store import FeatureStore
+
+BATCH = 100_000
+
+
+def open_store(path: str, shards: int, durability: str, features: list[Feature]) -> FeatureStore:
+    store = FeatureStore.open(path, shards=shards, durability=durability)
+    store.register_stream("upvotes", entities=["user", "post"], timestamp="ts")
+    for f in features:
+        store.register_feature(f)
+    return store
+
+
+def ingest(store: FeatureStore, events: pd.DataFrame) -> float:
+    """Seconds to ingest ``events`` in 100k-row DataFrame batches (each call returns when durable/folded)."""
+    t0 = time.perf_counter()
+    for lo in range(0, len(events), BATCH):
+        store.ingest("upvotes", events.iloc[lo:lo + BATCH])
+    store.flush()
+    return time.perf_counter() - t0
+
+
+def latency(store: FeatureStore, entity: str, pool: np.ndarray, k: int, calls: int, features: list[str],
+            seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    times = []
+    store.get_features(entity, list(pool[:k]), features=features)  # warm-up
+    for _ in range(calls):
+        keys = list(pool[rng.integers(0, len(pool), k)])
+        t0 = time.perf_counter()
+        store.get_features(entity, keys, features=features)
+        times.append(time.perf_counter() - t0)
+    a = np.array(times) * 1e3
+    return {"keys": k, "calls": calls, "p50_ms": float(np.percentile(a, 50)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+
+
+def run(tmp: str, events: pd.DataFrame, obs: pd.DataFrame, shards: int, mixes: dict[str, list[Feature]],
+        calls: int, log=print) -> tuple[dict, dict[str, pd.DataFrame], dict]:
+    """Returns (figures, training sets per mix, online values of 1,000 users per mix)."""
+    feats = [f for fs in mixes.values() for f in fs]
+    fig: dict = {"events": len(events), "observations": len(obs), "shards": shards,
+                 "features_registered": len(feats)}
+    # ---- ingest, durability "sync" (fsync per batch)
+    sync_path = os.path.join(tmp, "sync")
+    store = open_store(sync_path, shards, "sync", feats)
+    dt = ingest(store, events)
+    fig["ingest_sync_s"] = dt
+    fig["ingest_sync_events_per_s"] = len(events) / dt
+    log(f"  rayfs ingest sync: {dt:.2f}s ({len(events) / dt:,.0f} ev/s)")
+    store.close()
+
+    # ---- ingest, durability "none"; this store also serves the reads
+    path = os.path.join(tmp, "none")
+    store = open_store(path, shards, "none", feats)
+    dt = ingest(store, events)
+    fig["ingest_none_s"] = dt
+    fig["ingest_none_events_per_s"] = len(events) / dt
+    log(f"  rayfs ingest none: {dt:.2f}s ({len(events) / dt:,.0f} ev/s)")
+    fig["log_bytes"] = int(sum(i["log_bytes"] for i in store.info()))
+
+    results: dict[str, pd.DataFrame] = {}
+    online: dict[str, pd.DataFrame] = {}
+    fig["training"] = {}
+    try:
+        for mix, fs in mixes.items():
+            names = [f.name for f in fs]
+            with PeakSampler() as mem:
+                t0 = time.perf_counter()
+                res = store.training_set(obs, features=names, timestamp="ts")
+                cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            store.training_set(obs, features=names, timestamp="ts")
+            warm = time.perf_counter() - t0
+            results[mix] = res[names].reset_index(drop=True)
+            fig["training"][mix] = {"cold_s": cold, "warm_s": warm, "rows_per_s_cold": len(obs) / cold,
+                                    "rows_per_s_warm": len(obs) / warm, "peak_mem": mem.peak}
+            log(f"  rayfs training_set[{mix}]: cold {cold:.2f}s warm {warm:.2f}s; peak RSS "
+                f"{mem.peak['rss'] / 2**20:,.0f} MiB (PSS {mem.peak['pss'] / 2**20:,.0f} MiB) "
+                f"over {mem.peak['processes']} processes")
+
+        # ---- online reads
+        users = events["user"].drop_duplicates().to_numpy(dtype=object)
+        posts = events["post"].drop_duplicates().to_numpy()
+        user_feats = [f.name for f in feats if f.entity == "user"]
+        post_feats = [f.name for f in feats if f.entity == "post"]
+        lat = {}
+        for k in (1, 1000):
+            lat[f"user_{k}"] = latency(store, "user", users, k, calls, user_feats, seed=k)
+            if post_feats:
+                lat[f"post_{k}"] = latency(store, "post", posts, k, calls, post_feats, seed=k + 1)
+        fig["get_features"] = lat
+        log("  rayfs get_features: " + "; ".join(
+            f"{n} p50 {v['p50_ms']:.2f}ms p99 {v['p99_ms']:.2f}ms" for n, v in lat.items()))
+        rng = np.random.default_rng(5)
+        probe = list(users[rng.integers(0, len(users), 1000)]) + ["nobody_ever"]
+        for mix, fs in mixes.items():
+            names = [f.name for f in fs if f.entity == "user"]
+            online[mix] = store.get_features("user", probe, features=names)
+    finally:
+        store.close()
+
+    # ---- recovery: reopen the closed store (snapshot + log tail)
+    t0 = time.perf_counter()
+    store = FeatureStore.open(path)
+    dt = time.perf_counter() - t0
+    store.close()
+    t0 = time.perf_counter()
+    store = FeatureStore.open(sync_path)
+    dt_sync = time.perf_counter() - t0
+    store.close()
+    fig["recovery"] = {"open_s": dt, "open_s_per_million_events": dt / (len(events) / 1e6),
+                       "open_sync_store_s": dt_sync}
+    log(f"  rayfs reopen: {dt:.2f}s ({dt / (len(events) / 1e6):.2f}s per million events)")
+    return fig, results, online
