@@ -359,12 +359,16 @@ class ShardCore:
     def get(self, entity: str, keys: np.ndarray, names: list[str], watermarks: dict[str, int]) -> dict:
         """Online values of ``names`` for ``keys`` (all owned by this shard) as of each stream's watermark."""
         out = {}
+        slots_of: dict[str, np.ndarray] = {}
         for n in names:
             f = self.features[n]
             self._ensure_compiled(n)
             cf = self.compiled[n]
-            ki = self.keys.get((f.stream, entity))
-            slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
+            slots = slots_of.get(f.stream)
+            if slots is None:
+                ki = self.keys.get((f.stream, entity))
+                slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
+                slots_of[f.stream] = slots
             if f.window is None:
                 out[n] = self.tables[n].read(slots)
             else:

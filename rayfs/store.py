@@ -85,6 +85,7 @@ class FeatureStore:
         self._closed = False
         self._obs_logs: dict[str, SegmentedLog] = {}
         self._unacked = False
+        self._empties: dict[tuple, np.ndarray] = {}
         self._wal = self._open_wal(replay=True)
         self._refresh_watermarks()
 
@@ -384,9 +385,13 @@ class FeatureStore:
         return fs
 
     def _empty(self, f: Feature, n: int) -> np.ndarray:
+        """``n`` copies of the feature's empty value (0 for counts, NaN or None otherwise)."""
         kind = self._catalog.schema.get(f.stream, {}).get(f.column) if f.column else None
-        cf = compile_feature(f, kind)
-        return cf.agg.finalize(cf.agg.zero(n))
+        one = self._empties.get((f, kind))
+        if one is None:
+            cf = compile_feature(f, kind)
+            one = self._empties[(f, kind)] = cf.agg.finalize(cf.agg.zero(1))
+        return np.repeat(one, n)
 
     def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None = None) -> pd.DataFrame:
         """Online feature values for ``keys`` of ``entity``, one row per key in the order given.
@@ -404,10 +409,10 @@ class FeatureStore:
         if fs and len(k):
             fan_out(self._handles, "get", k, [], [f.name for f in fs], entity, out,
                     tail=(dict(self._watermark),))
-        frame = pd.DataFrame({entity: pd.Series(list(keys), dtype=object)})
-        for f in fs:
-            frame[f.name] = _column(out[f.name], frame.index)
-        return frame
+        index = pd.RangeIndex(len(k))
+        cols = {entity: pd.Series(list(keys), dtype=object, index=index)}
+        cols.update((f.name, _column(out[f.name], index)) for f in fs)
+        return pd.DataFrame(cols, copy=False)
 
     def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None = None,
                      timestamp: str = "ts") -> pd.DataFrame:
