@@ -189,6 +189,18 @@ def decode(wire: dict) -> np.ndarray:
     raise ValueError(f"unknown column kind {k!r}")
 
 
+def take_wire(wire: dict, mask: np.ndarray) -> dict:
+    """The rows ``mask`` of an encoded batch, still encoded (string dictionaries are shared, not rebuilt)."""
+    out = {}
+    for name, col in wire.items():
+        if col["k"] in ("s", "k"):
+            out[name] = {"k": col["k"], "u": col["u"], "c": np.frombuffer(col["c"], dtype=np.int32)[mask].tobytes()}
+        else:
+            out[name] = {"k": col["k"], "d": np.frombuffer(col["d"], dtype=np.int64 if col["k"] != "f"
+                                                            else np.float64)[mask].tobytes()}
+    return out
+
+
 def encode_batch(cols: Batch) -> dict:
     return {name: encode(c) for name, c in cols.items()}
 

@@ -361,9 +361,9 @@ class FeatureStore:
         calls = []
         for shard, mask in enumerate(routed):
             if mask.any():
-                part = cols if mask.all() else C.take(cols, mask)
-                record = {"stream": s.name, "batch_id": bid, "cols": C.encode_batch(part)}
-                calls.append(self._handles[shard].ingest.remote(record))
+                # Rows are cut from the encoded batch: strings keep the batch's dictionary, no re-encoding.
+                part = record["cols"] if mask.all() else C.take_wire(record["cols"], mask)
+                calls.append(self._handles[shard].ingest.remote({"stream": s.name, "batch_id": bid, "cols": part}))
         ray.get(calls)
 
     def flush(self) -> None:
