@@ -16,10 +16,12 @@ Invariants:
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import shutil
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -28,8 +30,10 @@ import lmdb
 import numpy as np
 
 from rayfs.aggregates import REGISTRY
+from rayfs.catalog import Catalog
 from rayfs.columns import Batch, concat, decode, decode_batch, encode, encode_batch, kind_of, take
 from rayfs.definitions import Feature, Stream
+from rayfs.errors import StoreOpenError
 from rayfs.fold import (
     SEQ,
     SEQ_ROW_BITS,
@@ -75,6 +79,12 @@ class ShardCore:
         os.makedirs(self.dir, exist_ok=True)
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {DURABILITY}, not {durability!r}")
+        self._dir_lock = _lock_dir(self.dir)  # one live shard per directory, ever
+        # A restarted actor gets its original arguments: the catalog on disk has the current definitions.
+        on_disk = Catalog.load(root)
+        if on_disk is not None:
+            streams = [st.to_dict() for st in on_disk.streams.values()]
+            features = [f.to_dict() for f in on_disk.features.values()]
         self.durability = durability
         self.log = SegmentedLog(os.path.join(self.dir, "log"), segment_bytes=segment_bytes,
                                 durability="sync" if durability == "sync" else "none")
@@ -180,6 +190,14 @@ class ShardCore:
         s = Stream.from_dict(stream)
         self.streams[s.name] = s
         self.schema.setdefault(s.name, {})
+
+    @_locked
+    def drop_feature(self, name: str) -> None:
+        """Forget a feature (used to roll back a registration another shard refused)."""
+        self.features.pop(name, None)
+        self.compiled.pop(name, None)
+        self.tables.pop(name, None)
+        self.window_events.pop(name, None)
 
     @_locked
     def add_feature(self, feature: dict) -> None:
@@ -424,6 +442,7 @@ class ShardCore:
     @_locked
     def info(self) -> dict:
         return {"shard": self.shard_id, "next_offset": self.log.next_offset, "local_max": self.local_max,
+                "log_truncated_bytes": self.log.truncated_bytes,
                 "log_bytes": self.log.size_bytes(), "since_snapshot": self.since_snapshot,
                 "schema": self.schema}
 
@@ -438,6 +457,7 @@ class ShardCore:
             self.group.close()
         self.snapshot()
         self.log.close()
+        self._dir_lock.close()  # releases the flock
         self.snap.close()
 
 
@@ -445,6 +465,24 @@ def _key_array(keys: list) -> np.ndarray:
     arr = np.empty(len(keys), dtype=object)
     arr[:] = keys
     return arr
+
+
+def _lock_dir(path: str, timeout_s: float = 30.0):
+    """Hold an exclusive lock on ``path``/LOCK for the life of the process (the kernel drops it on exit).
+
+    A shard restarting on a directory whose previous process is still exiting waits for it.
+    """
+    fh = open(os.path.join(path, "LOCK"), "a+")  # noqa: SIM115 - held until the process exits
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fh
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                fh.close()
+                raise StoreOpenError(f"shard directory {path} is locked by another live process") from None
+            time.sleep(0.05)
 
 
 def _open_snapshot(path: str) -> SnapshotStore:

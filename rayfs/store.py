@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -65,6 +66,17 @@ def _actor_exists(name: str) -> bool:
         return True
     except ValueError:
         return False
+    except Exception:  # noqa: BLE001 - Ray raises others while a dead job's actor is being cleaned up
+        return True
+
+
+def _release(handles: list, names: list[str]) -> None:
+    """Kill shard actors and wait until their names are free (``ray.kill`` is asynchronous)."""
+    for h in handles:
+        ray.kill(h, no_restart=True)
+    deadline = time.monotonic() + 60
+    while any(_actor_exists(n) for n in names) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 class FeatureStore:
@@ -129,8 +141,19 @@ class FeatureStore:
         handles = [ShardActor.options(name=names[i]).remote(
             path, i, catalog.shards, streams, feats, durability=durability, segment_bytes=segment_bytes,
             snapshot_every=snapshot_every) for i in range(catalog.shards)]
-        ray.get([h.info.remote() for h in handles])  # wait until every shard has recovered
-        return cls(path, catalog, handles, started, durability, names)
+        try:
+            infos = ray.get([h.info.remote() for h in handles])  # wait until every shard has recovered
+            for info in infos:
+                if info["log_truncated_bytes"]:
+                    warnings.warn(f"store {path}: shard {info['shard']} dropped a torn log tail of "
+                                  f"{info['log_truncated_bytes']} bytes (a batch that was never acknowledged)",
+                                  RuntimeWarning, stacklevel=2)
+            return cls(path, catalog, handles, started, durability, names)
+        except BaseException:
+            _release(handles, names)  # a failed open leaves no shard behind
+            if started:
+                ray.shutdown()
+            raise
 
     def close(self) -> None:
         """Snapshot every shard, stop the actors, and shut Ray down if :meth:`open` started it."""
@@ -140,12 +163,7 @@ class FeatureStore:
         try:
             ray.get([h.close.remote() for h in self._handles])
         finally:
-            for h in self._handles:
-                ray.kill(h, no_restart=True)
-            # ray.kill is asynchronous: wait until the names are free so a reopen gets fresh shards.
-            deadline = time.monotonic() + 60
-            while any(_actor_exists(n) for n in self._actor_names) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _release(self._handles, self._actor_names)
             for log in self._obs_logs.values():
                 log.close()
             if not self._unacked:
@@ -230,10 +248,17 @@ class FeatureStore:
         if self._catalog.check_feature(feature):
             self._check_columns_known(feature)
             self._catalog.check_types(feature, self._catalog.schema.get(feature.stream, {}))
-            ray.get([h.add_feature.remote(feature.to_dict()) for h in self._handles])
-            # Saved once every shard has it: a catalog never names a feature its shards refused.
+            # The catalog comes first (a restarted shard reads its definitions from it); if a shard
+            # refuses the feature, it is rolled back everywhere.
             self._catalog.features[feature.name] = feature
             self._catalog.save()
+            try:
+                ray.get([h.add_feature.remote(feature.to_dict()) for h in self._handles])
+            except BaseException:
+                del self._catalog.features[feature.name]
+                self._catalog.save()
+                ray.get([h.drop_feature.remote(feature.name) for h in self._handles])
+                raise
         return self._catalog.features[feature.name]
 
     def _check_columns_known(self, f: Feature) -> None:

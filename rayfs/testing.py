@@ -328,3 +328,161 @@ def assert_features_equal(actual: pd.DataFrame, expected: pd.DataFrame, columns:
             else:
                 ok = x == y
             assert ok, f"{context}: feature {c!r} row {i}: got {x!r}, expected {y!r}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Crash and damage helpers (fault-injection tests: real processes, real files)
+# ---------------------------------------------------------------------------------------------------
+# Ray is imported lazily: this module is also imported where Ray must not start (unit tests).
+
+
+def shard_pids(store) -> list[int]:
+    """The operating-system process id of every shard actor of an open store, by shard index."""
+    import ray
+
+    return ray.get([h.pid.remote() for h in store._handles])
+
+
+def kill_shard(store, i: int, sig: int | None = None) -> int | None:
+    """Kill shard ``i``'s process with ``sig`` (default SIGKILL), like a crash; Ray restarts the actor.
+
+    Returns the pid killed, or ``None`` if the process was already gone.
+    """
+    import os
+    import signal
+
+    pid = shard_pids(store)[i]
+    try:
+        os.kill(pid, signal.SIGKILL if sig is None else sig)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: trust kill(0)
+
+
+def shard_actor_names(path, shards: int) -> list[str]:
+    """The Ray actor names of the shards of the store at ``path``."""
+    import hashlib
+    import os
+
+    from rayfs.shard import actor_name
+
+    store_id = hashlib.sha1(os.path.abspath(os.fspath(path)).encode()).hexdigest()[:12]
+    return [actor_name(store_id, i) for i in range(shards)]
+
+
+def wait_store_released(path, shards: int, pids: Sequence[int] = (), timeout: float = 60.0) -> None:
+    """Wait until no shard actor of the store at ``path`` is registered in Ray (e.g. after its driver
+    died) and every process in ``pids`` has exited; raise ``TimeoutError`` otherwise."""
+    import time
+
+    import ray
+
+    def registered(name: str) -> bool:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            return False
+        except Exception:  # noqa: BLE001 - e.g. AssertionError while the dead owner's job is cleaned up
+            return True
+        return True
+
+    names = shard_actor_names(path, shards)
+    deadline = time.monotonic() + timeout
+    while any(registered(n) for n in names) or any(pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"store {path}: shard actors {names} / processes {list(pids)} still alive "
+                               f"after {timeout}s")
+        time.sleep(0.05)
+
+
+def shard_dir(path, i: int = 0) -> str:
+    """The data folder of shard ``i`` of the store at ``path``."""
+    import os
+
+    return os.path.join(os.fspath(path), "shards", f"shard-{i:03d}")
+
+
+def log_segments(path, i: int = 0) -> list[str]:
+    """The log segment files of shard ``i`` of the store at ``path``, oldest first."""
+    import os
+    import re
+
+    d = os.path.join(shard_dir(path, i), "log")
+    return sorted(os.path.join(d, n) for n in os.listdir(d) if re.fullmatch(r"\d{20}\.log", n))
+
+
+def record_ends(segment: str) -> list[int]:
+    """Byte position just after each whole record of a log segment file (framing only, no CRC check)."""
+    import os
+    import struct
+
+    ends, pos = [], 0
+    size = os.path.getsize(segment)
+    with open(segment, "rb") as f:
+        while pos + 8 <= size:
+            f.seek(pos)
+            (length,) = struct.unpack("<I", f.read(4))
+            if length == 0 or pos + 8 + length > size:
+                break
+            pos += 8 + length
+            ends.append(pos)
+    return ends
+
+
+def truncate_tail(file: str, offset: int) -> int:
+    """Cut ``file`` at byte ``offset`` (a torn write); returns the number of bytes removed."""
+    import os
+
+    size = os.path.getsize(file)
+    if not 0 <= offset <= size:
+        raise ValueError(f"{file}: offset {offset} outside [0, {size}]")
+    os.truncate(file, offset)
+    return size - offset
+
+
+def garble(file: str, offset: int, n: int = 1, *, seed: int = 0) -> bytes:
+    """Flip bits of ``n`` bytes of ``file`` from byte ``offset`` (each byte changes); returns the old bytes."""
+    rng = np.random.default_rng(seed)
+    with open(file, "r+b") as f:
+        f.seek(offset)
+        old = f.read(n)
+        if len(old) != n:
+            raise ValueError(f"{file}: cannot garble {n} bytes at {offset}: file has {offset + len(old)}")
+        new = bytes(b ^ int(x) for b, x in zip(old, rng.integers(1, 256, n), strict=True))
+        f.seek(offset)
+        f.write(new)
+        f.flush()
+    return old
+
+
+def worker_stderr(pid: int) -> str:
+    """What the Ray worker process ``pid`` (e.g. a shard) wrote to stderr, from this Ray node's log files.
+
+    Shard warnings (a torn log tail cut back, a snapshot rebuilt) are raised inside the actor process, so
+    the driver never sees them as Python warnings; this is where they land.
+    """
+    import glob
+    import os
+
+    import ray
+
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    return "".join(open(f, errors="replace").read()
+                   for f in sorted(glob.glob(os.path.join(logs, f"worker-*-{pid}.err"))))

@@ -69,6 +69,7 @@ def stop_without_snapshot(c: ShardCore) -> None:
     """Simulate a shard that stops (e.g. is killed) without its closing snapshot."""
     c.log.close()
     c.snap.close()
+    c._dir_lock.close()  # a dead process holds no lock
 
 
 USER_KEYS = [f"u{i}" for i in range(6)] + ["never", 3]
