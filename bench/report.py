@@ -32,10 +32,11 @@ def markdown(doc: dict) -> str:
                 f"| {m['rss'] / MiB:,.0f} ({m['pss'] / MiB:,.0f}) |")
     lines += ["", "\\* pandas rich omits `user_distinct_posts_30d` (windowed count-distinct: DuckDB only).", "",
               "## Ingest, recovery, online reads", "",
-              "| events | features | ingest sync ev/s | ingest none ev/s | DuckDB load s | reopen s "
-              "| reopen s / M events | get 1 user p50/p99 ms | get 1k users p50/p99 ms "
+              "| events | features | ingest sync ev/s | ingest group ev/s | ingest none ev/s | DuckDB load s "
+              "| reopen s (snapshots) | reopen s / M events (log only) | reopen s / GB (log only) "
+              "| get 1 user p50/p99 ms | get 1k users p50/p99 ms "
               "| get 1 post p50/p99 ms | get 1k posts p50/p99 ms |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["runs"]:
         f = r["rayfs"]
         g = f["get_features"]
@@ -46,8 +47,10 @@ def markdown(doc: dict) -> str:
 
         lines.append(
             f"| {r['events']:,} | {f['features_registered']} | {f['ingest_sync_events_per_s']:,.0f} "
+            f"| {f.get('ingest_group_events_per_s', float('nan')):,.0f} "
             f"| {f['ingest_none_events_per_s']:,.0f} | {r['duckdb']['load_s']:.2f} | {f['recovery']['open_s']:.2f} "
-            f"| {f['recovery']['open_s_per_million_events']:.2f} | {lat('user_1')} | {lat('user_1000')} "
+            f"| {f['recovery'].get('log_only_s_per_million_tail_events', float('nan')):.2f} "
+            f"| {f['recovery'].get('log_only_s_per_gb', float('nan')):.1f} | {lat('user_1')} | {lat('user_1000')} "
             f"| {lat('post_1')} | {lat('post_1000')} |")
     return "\n".join(lines) + "\n"
 
