@@ -129,9 +129,13 @@ class ShardCore:
         for s in stale_buffers:
             self.buffers[s] = {}
             self.buffer_window[s] = self._longest_window(s)
+        if first == 0:  # reading every batch anyway: keep them for replay (a new store starts here too)
+            self.cache = {}
         for offset, record in self.log.read(first):
             cols = self._decode(record, offset)
             stream = record["stream"]
+            if self.cache is not None:
+                self.cache.setdefault(stream, []).append(cols)
             tail = offset >= start
             names = [n for n in self._lifetime(stream) if tail or n in full]
             self._fold(stream, cols, names, buffer=tail or stream in stale_buffers)

@@ -453,3 +453,122 @@ def test_first_last_ties_in_ts_resolved_by_seq():
                 ts=np.array([5, 5, 5]), seq=np.array([9, 1, 4]))
     assert finalize_each(make_aggregate("first", "str"), ev).tolist() == ["early"]
     assert finalize_each(make_aggregate("last", "str"), ev).tolist() == ["late"]
+
+
+# ------------------------------------------------------------------------------------------------ range kernels
+
+
+def _runs_and_ranges(rng, n: int, nruns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Entity runs over ``n`` sorted events and ranges inside them: lifetime prefixes, short windows,
+    whole runs, single events and empty ranges."""
+    cuts = np.sort(rng.choice(np.arange(1, n), nruns - 1, replace=False))
+    starts, ends = np.concatenate(([0], cuts)), np.concatenate((cuts, [n]))
+    r = rng.integers(0, nruns, 4 * nruns)
+    hi = rng.integers(starts[r], ends[r] + 1)
+    lo = np.where(rng.random(len(r)) < 0.5, starts[r], np.maximum(starts[r], hi - rng.integers(0, 9, len(r))))
+    single = rng.integers(0, n, 20)
+    lo = np.concatenate((lo, starts, single, [0, n, 5]))
+    hi = np.concatenate((hi, ends, single + 1, [0, n, 5]))
+    return starts, ends, lo, hi
+
+
+@pytest.mark.parametrize("name,kind", CASES, ids=_ids(CASES))
+@pytest.mark.parametrize("seed", range(3))
+def test_range_query_override_equals_generic(name, kind, seed):
+    """Every specialised range_query equals the generic segment tree (ties, empties, singles, long runs)."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    _, _, lo, hi = _runs_and_ranges(rng, n, 12)
+    if kind == "num":
+        values = np.where(rng.random(n) < 0.5, rng.integers(-3, 4, n), rng.normal(0, 1e3, n) + 1e6 * seed)
+        values[rng.random(n) < 0.05] = -0.0
+    elif kind == "str":
+        values = np.array(["".join(rng.choice(ALPHABET, rng.integers(0, 4))) for _ in range(n)], dtype=object)
+    else:
+        values = None
+    ts, seq = np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64)
+    agg = make_aggregate(name, kind)
+    got = agg.range_query(values, ts, seq, lo, hi)
+    want = Aggregate.range_query(agg, values, ts, seq, lo, hi)
+    scale = float(np.abs(values).max()) if kind == "num" else 0.0
+    assert_same(name, got, want, scale)
+
+
+def test_range_query_on_no_events():
+    for name, kind in CASES:
+        agg = make_aggregate(name, kind)
+        values = None if kind == "none" else np.zeros(0, np.float64 if kind == "num" else object)
+        empty = np.zeros(3, np.int64)
+        got = agg.range_query(values, np.zeros(0, np.int64), np.zeros(0, np.int64), empty, empty)
+        assert_same(name, got, agg.finalize(agg.zero(3)), exact=True)
+
+
+def test_cumsum_is_sequential():
+    """The compensated prefix sums recover each cumsum step's rounding error, which needs fl(p[k] + x[k])."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, 100_000) * 10.0 ** rng.integers(-8, 9, 100_000)
+    p = np.cumsum(x)
+    assert np.array_equal(p[1:], p[:-1] + x[1:])
+
+
+def test_range_sum_survives_cancellation_against_large_prefix():
+    """Small window sums next to a prefix of ~1e12 are exact to 1e-9 against math.fsum (no absolute floor)."""
+    rng = np.random.default_rng(11)
+    big = rng.uniform(0, 1e6, 400_000)
+    small = rng.uniform(-0.01, 0.02, 5_000)
+    noisy = rng.normal(0, 1e6, 50_000) + 0.1  # large terms that cancel inside the range
+    x = np.concatenate((big, small, noisy, small[::-1]))
+    n = len(x)
+    lo = np.concatenate((rng.integers(len(big), n - 10, 300), [0, len(big), 0]))
+    hi = np.concatenate((lo[:-3] + rng.integers(1, 10, 300), [n, len(big) + len(small), len(big)]))
+    got_sum = make_aggregate("sum", "num").range_query(x, None, None, lo, hi)
+    got_mean = make_aggregate("mean", "num").range_query(x, None, None, lo, hi)
+    want = np.array([math.fsum(x[a:b]) for a, b in zip(lo, hi, strict=True)])
+    assert np.allclose(got_sum, want, rtol=1e-12, atol=0)
+    assert np.allclose(got_mean, want / (hi - lo), rtol=1e-12, atol=0)
+    # the fallback for non-finite values is the segment tree
+    x[3] = np.inf
+    got = make_aggregate("sum", "num").range_query(x, None, None, [0, 4], [5, 6])
+    assert got[0] == np.inf and got[1] == math.fsum(x[4:6])
+
+
+def test_range_variance_adversarial():
+    """Large offsets with tiny noise, drifting values and constant runs, against statistics.variance."""
+    rng = np.random.default_rng(5)
+    noisy = 1e6 + rng.normal(0, 1e-3, 2_000)
+    drift = np.linspace(10, 1e6, 2_000) + rng.normal(0, 1, 2_000)
+    const = np.full(500, 0.1)
+    tenths = np.concatenate(([7.0], np.full(300, 0.3)))  # a constant window after a different first value
+    big = rng.uniform(-1e6, 1e6, 20_000)  # large squares before the others in the prefix sums
+    x = np.concatenate((big, noisy, drift, const, tenths))
+    bounds = np.cumsum([0, len(big), len(noisy), len(drift), len(const), len(tenths)])
+    lo, hi = [], []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        h = rng.integers(a, b + 1, 60)
+        lo += [a] * 30 + list(np.maximum(a, h[30:] - rng.integers(0, 40, 30)))
+        hi += list(h)
+    lo, hi = np.array(lo + [bounds[4] + 1]), np.array(hi + [bounds[5]])
+    var = make_aggregate("variance", "num").range_query(x, None, None, lo, hi)
+    std = make_aggregate("stddev", "num").range_query(x, None, None, lo, hi)
+    for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+        if b - a < 2:
+            assert np.isnan(var[i]) and np.isnan(std[i])
+            continue
+        want = statistics.variance(x[a:b].tolist())
+        if want == 0:
+            assert var[i] == 0.0 and std[i] == 0.0, (a, b, var[i])
+        else:
+            assert math.isclose(var[i], want, rel_tol=1e-9), (a, b, var[i], want)
+            assert math.isclose(std[i], math.sqrt(want), rel_tol=1e-9)
+    assert var[-1] == 0.0
+
+
+def test_range_extremes_of_long_ranges():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 1000, 5000).astype(np.float64)
+    lo = rng.integers(0, 2500, 200)
+    hi = lo + rng.integers(0, 2500, 200)
+    for name, ufunc in (("min", np.min), ("max", np.max)):
+        got = make_aggregate(name, "num").range_query(x, None, None, lo, hi)
+        want = [ufunc(x[a:b]) if b > a else np.nan for a, b in zip(lo, hi, strict=True)]
+        assert np.array_equal(got, np.array(want), equal_nan=True)
