@@ -58,6 +58,15 @@ def factorize_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques, dtype=values.dtype)
 
 
+def optional_values(values: np.ndarray, has: np.ndarray, kind: str) -> np.ndarray:
+    """``values`` where ``has``, else the empty value of ``kind`` (NaN for numbers, None for strings)."""
+    if kind == "num":
+        return np.where(has, values, np.nan)
+    out = values.copy()
+    out[~has] = None
+    return out
+
+
 def _encode(arr: np.ndarray) -> Any:
     if arr.dtype == object:
         return arr.tolist()

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from rayfs.aggregates.base import Aggregate, State, factorize_sorted, run_lengths, segments
+from rayfs.aggregates.base import Aggregate, State, factorize_sorted, optional_values, run_lengths, segments
 
 
 def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -270,11 +270,7 @@ class _Extreme(Aggregate):
         return {"v": v, "has": ha | hb}
 
     def finalize(self, state: State) -> np.ndarray:
-        if self.kind == "num":
-            return np.where(state["has"], state["v"], np.nan)
-        out = state["v"].copy()
-        out[~state["has"]] = None
-        return out
+        return optional_values(state["v"], state["has"], self.kind)
 
     def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
         """Range extremes from a sparse table (:func:`_range_extreme`); strings via their sorted codes."""

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from rayfs.aggregates.base import Aggregate, State
+from rayfs.aggregates.base import Aggregate, State, optional_values
 
 
 class _Ordered(Aggregate):
@@ -47,11 +47,7 @@ class _Ordered(Aggregate):
         return {k: np.where(take_b, b[k], a[k]) for k in ("ts", "seq", "value", "has")}
 
     def finalize(self, state: State) -> np.ndarray:
-        if self.kind == "num":
-            return np.where(state["has"], state["value"], np.nan)
-        out = state["value"].copy()
-        out[~state["has"]] = None
-        return out
+        return optional_values(state["value"], state["has"], self.kind)
 
     def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
         """The value at ``lo`` (first) or ``hi - 1`` (last): events are sorted by (slot, ts, seq)."""
