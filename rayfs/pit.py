@@ -31,16 +31,24 @@ class EventIndex:
         self.n = len(cols.get(TS, ()))
         self.entity = entity
         self._features: dict[str, tuple] = {}
+        self._selections: dict[tuple, tuple] = {}
         if self.n == 0:
             return
-        slots, ts, seq = cols[slot_column(entity)], cols[TS], cols[SEQ]
-        order = np.lexsort((seq, ts, slots))
-        order = order[slots[order] >= 0]
-        self.rank_of = np.full(self.n, -1, dtype=np.int64)
-        self.rank_of[order] = np.arange(len(order))
-        self.times = np.unique(ts)
+        slots, ts = cols[slot_column(entity)], cols[TS]
+        # Dense rank of each event time, from one sort (cheaper than np.unique + searchsorted).
+        by_time = np.argsort(ts, kind="stable")
+        ts_sorted = ts[by_time]
+        new_time = np.empty(self.n, dtype=bool)
+        new_time[0] = True
+        np.not_equal(ts_sorted[1:], ts_sorted[:-1], out=new_time[1:])
+        self.times = ts_sorted[new_time]
+        rank = np.empty(self.n, dtype=np.int64)
+        rank[by_time] = np.cumsum(new_time) - 1
         self.width = np.int64(len(self.times) + 1)
-        self.key_all = slots.astype(np.int64) * self.width + np.searchsorted(self.times, ts)
+        self.key_all = slots.astype(np.int64) * self.width + rank
+        # Events in (slot, ts, seq) order: seq grows with the row, so a stable sort of the key does it.
+        order = np.argsort(self.key_all, kind="stable")
+        self.order = order[slots[order] >= 0]
 
     def _sorted(self, cf: CompiledFeature) -> tuple:
         """The feature's counted events in sort order: (keys, values, ts, seq); cached per compiled feature."""
@@ -48,9 +56,21 @@ class EventIndex:
         if hit is not None and hit[0] is cf:
             return hit[1]
         idx, vals = feature_rows(cf, self.cols)
-        perm = np.argsort(self.rank_of[idx], kind="stable")
-        sel = idx[perm]
-        out = (self.key_all[sel], None if vals is None else vals[perm], self.cols[TS][sel], self.cols[SEQ][sel])
+        # Features that count the same rows (same column and where) share the sorted selection.
+        signature = (cf.feature.column, cf.feature.where)
+        shared = self._selections.get(signature)
+        if shared is None:
+            counted = np.zeros(self.n, dtype=bool)
+            counted[idx] = True
+            sel = self.order[counted[self.order]]  # the counted rows, already in sort order: no second sort
+            shared = self._selections[signature] = (sel, self.key_all[sel], self.cols[TS][sel],
+                                                    self.cols[SEQ][sel], self.cols[slot_column(self.entity)][sel])
+        sel, keys, ts, seq, slots = shared
+        if vals is not None:
+            full = np.empty(self.n, dtype=vals.dtype)
+            full[idx] = vals
+            vals = full[sel]
+        out = (keys, vals, ts, seq, slots)
         self._features[cf.feature.name] = (cf, out)
         return out
 
@@ -63,6 +83,9 @@ class EventIndex:
             obs_t: observation times, int64 µs.
         """
         q = len(obs_t)
+        # Binary searches with sorted needles touch memory in order: sort the observations once.
+        by_key = np.lexsort((obs_t, obs_slots))
+        obs_slots, obs_t = obs_slots[by_key], obs_t[by_key]
         obs_ok = obs_slots >= 0
         out = []
         if self.n:
@@ -74,7 +97,7 @@ class EventIndex:
                 vals = None if cf.kind == "none" else np.zeros(0, object if cf.kind == "str" else np.float64)
                 out.append(cf.agg.range_query(vals, np.zeros(0, np.int64), np.zeros(0, np.int64), empty, empty))
                 continue
-            keys, vals, ts, seq = self._sorted(cf)
+            keys, vals, ts, seq, slots = self._sorted(cf)
             hi = np.searchsorted(keys, hi_key, side="left")
             if cf.window_us is None:
                 lo = np.searchsorted(keys, base, side="left")
@@ -82,5 +105,7 @@ class EventIndex:
                 lo = np.searchsorted(keys, base + np.searchsorted(self.times, obs_t - cf.window_us), side="left")
             lo = np.where(obs_ok, lo, 0)
             hi = np.where(obs_ok, np.maximum(hi, lo), 0)
-            out.append(cf.agg.range_query(vals, ts, seq, lo, hi))
-        return out
+            out.append(cf.agg.range_query(vals, ts, seq, lo, hi, groups=slots))
+        unsort = np.empty(q, dtype=np.int64)
+        unsort[by_key] = np.arange(q)
+        return [o[unsort] for o in out]

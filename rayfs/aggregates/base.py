@@ -212,7 +212,7 @@ class Aggregate(ABC):
         return {k: _decode(v) for k, v in wire.items()}
 
     def range_query(self, values: np.ndarray | None, ts: np.ndarray | None, seq: np.ndarray | None,
-                    lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+                    lo: np.ndarray, hi: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
         """The finalized aggregate over ``values[lo[i]:hi[i]]`` for each query ``i``.
 
         The events are sorted by (entity slot, ts, seq) and a range never spans two entities. This generic
@@ -226,6 +226,8 @@ class Aggregate(ABC):
             seq: their sequence numbers.
             lo: the first index of each query's range (inclusive).
             hi: the end of each query's range (exclusive); ``lo == hi`` is an empty range.
+            groups: optionally the entity of each event (non-decreasing); a kernel may use it to go
+                faster, the result never depends on it.
 
         Returns:
             One finalized value per query.

@@ -155,7 +155,7 @@ class Count(Aggregate):
     def finalize(self, state: State) -> np.ndarray:
         return state["n"].astype(np.int64, copy=True)
 
-    def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
+    def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """``hi - lo``: the events of a range are its rows (nulls were removed by the caller)."""
         lo, hi = self._check_ranges(lo, hi, self._n_events(values, ts, seq))
         return hi - lo
@@ -193,7 +193,7 @@ class Sum(Aggregate):
     def finalize(self, state: State) -> np.ndarray:
         return np.where(state["n"] > 0, state["s"], np.nan)
 
-    def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
+    def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Range sums from compensated prefix sums (no segment tree); NaN for empty ranges.
 
         A range sum is the difference of two prefix sums, and differences of large prefix sums cancel
@@ -272,7 +272,7 @@ class _Extreme(Aggregate):
     def finalize(self, state: State) -> np.ndarray:
         return optional_values(state["v"], state["has"], self.kind)
 
-    def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
+    def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Range extremes from a sparse table (:func:`_range_extreme`); strings via their sorted codes."""
         n = self._n_events(values, ts, seq)
         lo, hi = self._check_ranges(lo, hi, n)
@@ -378,7 +378,7 @@ class Variance(Aggregate):
         n = state["n"]
         return np.where(n > 1, state["m2"] / np.maximum(n - 1, 1), np.nan)
 
-    def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
+    def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Range variances from compensated prefix sums of shifted values and of their exact squares.
 
         Variance is shift-invariant, so each event is shifted by the first value of its *component*: the

@@ -182,12 +182,27 @@ class CountDistinct(Aggregate):
     def from_wire(self, wire: dict) -> State:
         return {"d": _dicts([{k: int(m) for k, m in pairs} for pairs in wire["d"]])}
 
-    def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
+    def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Distinct values per range with :func:`distinct_in_ranges` (no segment tree of dicts)."""
         n = self._n_events(values, ts, seq)
         lo, hi = self._check_ranges(lo, hi, n)
         if n == 0:
             return np.zeros(len(lo), dtype=np.int64)
         _, values, _, _ = self._prepare(np.zeros(n, dtype=np.int64), values, None, None)
-        codes, _ = pd.factorize(values)
-        return distinct_in_ranges(codes, lo, hi)
+        codes, uniques = pd.factorize(values)
+        if groups is None:
+            return distinct_in_ranges(codes, lo, hi)
+        # Codes of (entity, value) pairs: a value's previous occurrence is then within its entity, and a
+        # range starting at its entity's first event counts the first occurrences in it: prefix sums.
+        groups = np.asarray(groups, dtype=np.int64)
+        pairs, _ = pd.factorize(groups * np.int64(len(uniques) + 1) + codes)
+        prev = previous_occurrence(pairs)
+        firsts = np.concatenate(([0], np.cumsum(prev < 0)))
+        run_start = np.searchsorted(groups, groups[np.minimum(lo, n - 1)], side="left")
+        at_start = (lo == run_start) | (lo == hi)
+        out = np.empty(len(lo), dtype=np.int64)
+        out[at_start] = firsts[hi[at_start]] - firsts[lo[at_start]]
+        rest = np.flatnonzero(~at_start)
+        if len(rest):
+            out[rest] = distinct_in_ranges(pairs, lo[rest], hi[rest])
+        return out

@@ -49,7 +49,7 @@ class _Ordered(Aggregate):
     def finalize(self, state: State) -> np.ndarray:
         return optional_values(state["value"], state["has"], self.kind)
 
-    def range_query(self, values, ts, seq, lo, hi) -> np.ndarray:
+    def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """The value at ``lo`` (first) or ``hi - 1`` (last): events are sorted by (slot, ts, seq)."""
         n = self._n_events(values, ts, seq)
         lo, hi = self._check_ranges(lo, hi, n)
