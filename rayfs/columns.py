@@ -62,11 +62,14 @@ def value_column(series: pd.Series, *, what: str) -> np.ndarray:
     nonnull = items[~nulls]
     if len(nonnull) == 0:
         return np.full(len(items), np.nan)
-    types = {type(v) for v in nonnull}
-    if types <= {str}:
+    inferred = pd.api.types.infer_dtype(nonnull, skipna=False)  # C speed, no loop per value
+    if inferred == "string":
         out = items.copy()
         out[nulls] = None
         return out
+    if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
+        return np.where(nulls, np.nan, items).astype(np.float64)
+    types = {type(v) for v in nonnull}
     if all(issubclass(t, (int, float, np.integer, np.floating)) and not issubclass(t, bool) for t in types):
         return np.where(nulls, np.nan, items).astype(np.float64)
     if all(issubclass(t, (bool, np.bool_)) for t in types):

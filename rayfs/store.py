@@ -70,6 +70,16 @@ def _actor_exists(name: str) -> bool:
         return True
 
 
+def _owners(wire: dict, keys: np.ndarray, n_shards: int) -> np.ndarray:
+    """The shard of each key; dictionary-encoded keys are hashed once per distinct key."""
+    if wire["k"] not in ("s", "k"):
+        return shard_of(keys, n_shards)
+    uniques = np.empty(len(wire["u"]) + 1, dtype=object)
+    uniques[:-1] = wire["u"]
+    per_unique = shard_of(uniques, n_shards)  # the trailing None (code -1) maps to -1
+    return per_unique[np.frombuffer(wire["c"], dtype=np.int32)]
+
+
 def _release(handles: list, names: list[str]) -> None:
     """Kill shard actors and wait until their names are free (``ray.kill`` is asynchronous)."""
     for h in handles:
@@ -377,7 +387,7 @@ class FeatureStore:
         cols = C.decode_batch(record["cols"]) if cols is None else cols
         bid = record["batch_id"]
         n = len(cols[TS])
-        owners = [shard_of(cols[e], len(self._handles)) for e in s.entities]
+        owners = [_owners(record["cols"][e], cols[e], len(self._handles)) for e in s.entities]
         routed = np.zeros((len(self._handles), n), dtype=bool)
         for o in owners:
             ok = o >= 0
