@@ -108,17 +108,10 @@ class Catalog:
                 return False
             raise DefinitionError(f"feature {f.name!r} is already registered with a different definition "
                                   f"({old.to_dict()})")
-        kinds = self.schema.get(f.stream, {})
-        if f.column is not None:
-            if f.column == s.timestamp:
-                raise DefinitionError(f"feature {f.name!r}: cannot aggregate the timestamp column "
-                                      f"{f.column!r} of stream {f.stream!r}")
-            from rayfs.aggregates import REGISTRY
-
-            kind = kinds.get(f.column)
-            if kind is not None and kind not in REGISTRY[f.agg].kinds:
-                raise DefinitionError(f"feature {f.name!r}: aggregate {f.agg!r} cannot apply to column "
-                                      f"{f.column!r} of stream {f.stream!r}, which holds {kind} values")
+        if f.column is not None and f.column == s.timestamp:
+            raise DefinitionError(f"feature {f.name!r}: cannot aggregate the timestamp column "
+                                  f"{f.column!r} of stream {f.stream!r}")
+        self.check_types(f, self.schema.get(f.stream, {}))
         return True
 
     def check_types(self, f: Feature, kinds: dict[str, str], *, error: type[RayfsError] | None = None) -> None:
@@ -130,14 +123,24 @@ class Catalog:
         from rayfs.predicate import Predicate
 
         s = self.stream(f.stream)
-        if f.column is not None and f.column not in s.entities:
+        if f.column is not None:
             kind = kinds.get(f.column)
+            if f.column in s.entities and f.agg in ("count", "count_distinct", "first", "last"):
+                kind = None  # keys of any type (even mixed ints and strings) are fine here
+            if kind == "mixed":
+                raise (error or AggregateError)(
+                    f"feature {f.name!r}: aggregate {f.agg!r} needs one type in column {f.column!r} of "
+                    f"stream {f.stream!r}, which holds both integer and string keys")
             if kind is not None and kind not in REGISTRY[f.agg].kinds:
                 raise (error or AggregateError)(
                     f"feature {f.name!r}: aggregate {f.agg!r} cannot apply to column {f.column!r} of "
                     f"stream {f.stream!r}, which holds {kind} values")
         if f.where:
             pred = Predicate.parse(f.where, feature=f.name)
+            mixed = sorted(c for c in pred.columns if kinds.get(c) == "mixed")
+            if mixed:
+                raise (error or SqlError)(f"feature {f.name!r}: where {f.where!r} compares column(s) {mixed} of "
+                                          f"stream {f.stream!r}, which hold both integer and string keys")
             probe = {c: _probe(kinds.get(c)) for c in pred.columns}
             try:
                 pred.evaluate(probe, 1)

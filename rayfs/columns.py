@@ -120,6 +120,23 @@ def key_column(series: pd.Series, *, what: str) -> np.ndarray:
     return items
 
 
+def key_kind(keys: np.ndarray) -> str | None:
+    """``"num"`` (integer keys), ``"str"``, ``"mixed"`` (both), or ``None`` (all null) for a key column.
+
+    >>> key_kind(np.array([1, 2])), key_kind(np.array(["a", None], dtype=object))
+    ('num', 'str')
+    >>> key_kind(np.array([1, "1"], dtype=object)), key_kind(np.array([None], dtype=object))
+    ('mixed', None)
+    """
+    if keys.dtype != object:
+        return "num"
+    nonnull = keys[~pd.isna(keys)]
+    if len(nonnull) == 0:
+        return None
+    inferred = pd.api.types.infer_dtype(nonnull, skipna=False)
+    return {"string": "str", "integer": "num"}.get(inferred, "mixed")
+
+
 def key_nulls(keys: np.ndarray) -> np.ndarray:
     """Boolean mask of null keys."""
     if keys.dtype == object:

@@ -130,10 +130,10 @@ def feature_rows(cf: CompiledFeature, cols: Batch) -> tuple[np.ndarray, np.ndarr
     mask = slots >= 0
     n = len(slots)
     if cf.predicate is not None:
-        mask &= cf.predicate.evaluate(cols, n)
+        mask &= cf.predicate.evaluate(_with_nulls(cols, cf.predicate.columns, n), n)
     if f.column is None:
         return np.flatnonzero(mask), None
-    col = cols[f.column]
+    col = cols[f.column] if f.column in cols else _nulls(n)
     mask &= ~null_mask(col)
     idx = np.flatnonzero(mask)
     vals = col[idx]
@@ -146,6 +146,17 @@ def feature_rows(cf: CompiledFeature, cols: Batch) -> tuple[np.ndarray, np.ndarr
     elif vals.dtype != object:  # integer entity keys aggregated as objects
         vals = vals.astype(object)
     return idx, vals
+
+
+def _nulls(n: int) -> np.ndarray:
+    """An all-null column of no particular type (fits any comparison, holds no value)."""
+    return np.full(n, None, dtype=object)
+
+
+def _with_nulls(cols: Batch, names, n: int) -> Batch:
+    """``cols`` plus all-null columns for ``names`` it lacks: a batch without a column has nulls there."""
+    missing = [c for c in names if c not in cols]
+    return {**cols, **{c: _nulls(n) for c in missing}} if missing else cols
 
 
 class StateTable:
@@ -171,9 +182,18 @@ class StateTable:
         self.size = n
 
     def fold(self, slots: np.ndarray, values, ts: np.ndarray, seq: np.ndarray) -> None:
-        if len(slots):
-            self.grow(int(slots.max()) + 1)
-            self.agg.update(self.state, slots, values, ts, seq)
+        self.commit(self.prepare(slots, values, ts, seq))
+
+    def prepare(self, slots: np.ndarray, values, ts: np.ndarray, seq: np.ndarray) -> tuple | None:
+        """Compute a fold without applying it (any error surfaces here); see :meth:`commit`."""
+        if not len(slots):
+            return None
+        self.grow(int(slots.max()) + 1)  # new zero states only: nothing observable changes
+        return self.agg.prepare(self.state, slots, values, ts, seq)
+
+    def commit(self, prepared: tuple | None) -> None:
+        if prepared is not None:
+            self.agg.commit(self.state, *prepared)
 
     def read(self, slots: np.ndarray) -> np.ndarray:
         """Finalized values at ``slots`` (-1 or unknown slots give the empty value)."""

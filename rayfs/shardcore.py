@@ -57,6 +57,11 @@ DURABILITY = ("sync", "group", "none")
 REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
 
 
+def _batch_key(record: dict) -> str:
+    """Batch ids are per stream: the same id on two streams names two batches."""
+    return f"{record['stream']}\x1f{record['batch_id']}"
+
+
 def _locked(method):
     """Run ``method`` holding the shard's lock."""
 
@@ -140,7 +145,7 @@ class ShardCore:
             names = [n for n in self._lifetime(stream) if tail or n in full]
             self._fold(stream, cols, names, buffer=tail or stream in stale_buffers)
             if tail:
-                self._remember(record["batch_id"], offset)
+                self._remember(_batch_key(record), offset)
         self.since_snapshot = self.log.next_offset - start
 
     def _restore(self, snap: dict) -> int:
@@ -274,13 +279,14 @@ class ShardCore:
         """
         with self.lock:
             result = self._ingest_locked(record)
-            ticket = self.group.ticket() if self.group is not None and not result["duplicate"] else None
+            # A duplicate (a retry) waits too: its original may still be waiting for its fsync.
+            ticket = self.group.ticket() if self.group is not None else None
         if ticket is not None:
             self.group.wait(ticket)
         return result
 
     def _ingest_locked(self, record: dict) -> dict:
-        bid = record["batch_id"]
+        bid = _batch_key(record)
         if bid in self.applied:
             return {"offset": self.applied[bid], "duplicate": True, "local_max": dict(self.local_max)}
         offset = self.log.next_offset
@@ -327,25 +333,24 @@ class ShardCore:
                 if k is not None:
                     schema[name] = k
         compiled = {n: self._compiled_for(n, schema) for n, f in self.features.items() if f.stream == stream}
-        rows = {}
+        folds = {}
         for n, cf in compiled.items():
             # Windowed features fold at read time from the buffer; selecting their rows now proves it works.
             idx, vals = feature_rows(cf, cols)
             if n in names:
-                rows[n] = (idx, vals)
-        return schema, compiled, rows
+                table = self.tables[n] if self.compiled.get(n) is cf else StateTable(cf.agg)
+                slots = cols[slot_column(cf.feature.entity)][idx]
+                folds[n] = (table, table.prepare(slots, vals, cols[TS][idx], cols[SEQ][idx]))
+        return schema, compiled, folds
 
     def _fold(self, stream: str, cols: Batch, names: list[str], *, buffer: bool, plan: tuple | None = None) -> None:
-        schema, compiled, rows = plan if plan is not None else self._plan(stream, cols, names)
+        schema, compiled, folds = plan if plan is not None else self._plan(stream, cols, names)
         self.schema[stream] = schema
         for n, cf in compiled.items():
             self._install(n, cf)
-        slots = {}
-        for n, (idx, vals) in rows.items():
-            entity = self.features[n].entity
-            if entity not in slots:
-                slots[entity] = cols[slot_column(entity)]
-            self.tables[n].fold(slots[entity][idx], vals, cols[TS][idx], cols[SEQ][idx])
+        for n, (table, prepared) in folds.items():
+            self.tables[n] = table  # the planned table (a recompiled feature starts from zero)
+            table.commit(prepared)
         if len(cols[TS]):
             self.local_max[stream] = max(self.local_max.get(stream, -(2**62)), int(cols[TS].max()))
         if buffer:
@@ -445,10 +450,10 @@ class ShardCore:
 
     @_locked
     def info(self) -> dict:
-        return {"shard": self.shard_id, "next_offset": self.log.next_offset, "local_max": self.local_max,
+        return {"shard": self.shard_id, "next_offset": self.log.next_offset, "local_max": dict(self.local_max),
                 "log_truncated_bytes": self.log.truncated_bytes,
                 "log_bytes": self.log.size_bytes(), "since_snapshot": self.since_snapshot,
-                "schema": self.schema}
+                "schema": {s: dict(k) for s, k in self.schema.items()}}
 
     @_locked
     def flush(self) -> dict:

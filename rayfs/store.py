@@ -20,10 +20,12 @@ import pandas as pd
 import ray
 
 from rayfs import columns as C
+from rayfs.aggregates import REGISTRY
 from rayfs.catalog import Catalog
 from rayfs.definitions import Feature, Stream
 from rayfs.errors import (
     DefinitionError,
+    RayfsError,
     SchemaError,
     StoreClosedError,
     StoreOpenError,
@@ -80,6 +82,15 @@ def _owners(wire: dict, keys: np.ndarray, n_shards: int) -> np.ndarray:
     return per_unique[np.frombuffer(wire["c"], dtype=np.int32)]
 
 
+def _obs_kind(col: np.ndarray) -> str | None:
+    """Timestamps and other values cannot share an observation column (numbers and strings can: keys)."""
+    if col.dtype.kind == "M":
+        return "timestamp"
+    if (col.dtype == object and pd.isna(col).all()) or (col.dtype.kind == "f" and np.isnan(col).all()):
+        return None
+    return "non-timestamp"
+
+
 def _release(handles: list, names: list[str]) -> None:
     """Kill shard actors and wait until their names are free (``ray.kill`` is asynchronous)."""
     for h in handles:
@@ -108,6 +119,7 @@ class FeatureStore:
         self._obs_logs: dict[str, SegmentedLog] = {}
         self._unacked = False
         self._empties: dict[tuple, np.ndarray] = {}
+        self._obs_kinds: dict[str, dict[str, str]] = {}
         self._wal = self._open_wal(replay=True)
         self._refresh_watermarks()
 
@@ -198,7 +210,15 @@ class FeatureStore:
         wal = SegmentedLog(path, durability="none" if self._durability == "none" else "sync")
         if replay and wal.next_offset:
             for _, record in wal.read(0):
-                self._send_record(record)
+                try:
+                    self._send_record(record)
+                except RayfsError as exc:  # refused as bad input by a shard: keep it aside, never block open
+                    rejected = SegmentedLog(os.path.join(self.path, "wal-rejected"))
+                    rejected.append(record)
+                    rejected.close()
+                    warnings.warn(f"store {self.path}: batch {record['batch_id']!r} of stream {record['stream']!r} "
+                                  f"was refused on replay ({exc}); kept in wal-rejected/", RuntimeWarning,
+                                  stacklevel=2)
             wal = self._reset_wal(wal)
         return wal
 
@@ -257,7 +277,6 @@ class FeatureStore:
             raise DefinitionError(f"register_feature takes a rayfs.Feature, not {type(feature).__name__}")
         if self._catalog.check_feature(feature):
             self._check_columns_known(feature)
-            self._catalog.check_types(feature, self._catalog.schema.get(feature.stream, {}))
             # The catalog comes first (a restarted shard reads its definitions from it); if a shard
             # refuses the feature, it is rolled back everywhere.
             self._catalog.features[feature.name] = feature
@@ -299,7 +318,6 @@ class FeatureStore:
         for f in feats:  # validate all before registering any
             self._catalog.check_feature(f)
             self._check_columns_known(f)
-            self._catalog.check_types(f, self._catalog.schema.get(f.stream, {}))
         return [self.register_feature(f) for f in feats]
 
     # ------------------------------------------------------------------------------------- ingest
@@ -322,9 +340,9 @@ class FeatureStore:
         cols, kinds = self._normalise(s, data)
         n = len(cols[TS])
         schema = self._catalog.schema.setdefault(s.name, {})
-        new = {c: k for c, k in kinds.items() if k is not None and c not in schema}
-        if new:
-            schema.update(new)
+        changed = {c: k for c, k in kinds.items() if k is not None and schema.get(c) != k}
+        if changed:
+            schema.update(changed)
             self._catalog.save()
         bid = batch_id or uuid.uuid4().hex
         chunks = range(0, n, MAX_BATCH_ROWS)
@@ -366,16 +384,25 @@ class FeatureStore:
             if not isinstance(c, str) or c.startswith("__"):
                 raise SchemaError(f"{what}: bad column name {c!r}")
             where = f"{what} column {c!r}"
-            col = C.key_column(df[c], what=where) if c in s.entities else C.value_column(df[c], what=where)
-            kind = C.kind_of(col)
-            # Entity keys may mix ints and strings across batches; value columns may not.
-            if kind is not None and schema.get(c, kind) != kind and c not in s.entities:
-                raise SchemaError(f"{where}: holds {kind} values but earlier batches held {schema[c]} values")
-            cols[c] = col if c in s.entities else C.conform(col, schema.get(c, kind))
+            if c in s.entities:
+                # Keys may mix ints and strings across batches ("mixed"), unless a feature reads the
+                # column as a typed value (check_types below refuses "mixed" for those).
+                col = C.key_column(df[c], what=where)
+                kind = C.key_kind(col)
+                old = schema.get(c)
+                if kind is not None and old is not None and old != kind:
+                    kind = "mixed"
+                cols[c] = col
+            else:
+                col = C.value_column(df[c], what=where)
+                kind = C.kind_of(col)
+                if kind is not None and schema.get(c, kind) != kind:
+                    raise SchemaError(f"{where}: holds {kind} values but earlier batches held {schema[c]} values")
+                cols[c] = C.conform(col, schema.get(c, kind))
             kinds[c] = kind
-        new = {c: k for c, k in kinds.items() if k is not None and c not in schema and c not in s.entities}
-        if new:  # first sight of a column's type: it must suit every feature that reads it
-            merged = {**schema, **new}
+        changed = {c: k for c, k in kinds.items() if k is not None and schema.get(c) != k}
+        if changed:  # first sight of a column's type: it must suit every feature that reads it
+            merged = {**schema, **changed}
             for f in self._catalog.features.values():
                 if f.stream == s.name:
                     self._catalog.check_types(f, merged, error=SchemaError)
@@ -422,6 +449,8 @@ class FeatureStore:
     def _empty(self, f: Feature, n: int) -> np.ndarray:
         """``n`` copies of the feature's empty value (0 for counts, NaN or None otherwise)."""
         kind = self._catalog.schema.get(f.stream, {}).get(f.column) if f.column else None
+        if f.column in self._catalog.streams[f.stream].entities:  # as the shards do (ShardCore._compiled_for)
+            kind = "str" if "str" in REGISTRY[f.agg].kinds else "num"
         one = self._empties.get((f, kind))
         if one is None:
             cf = compile_feature(f, kind)
@@ -524,7 +553,17 @@ class FeatureStore:
                 cols[c] = C.value_column(s, what=what)
             except SchemaError:
                 cols[c] = C.key_column(s, what=what)
+        kinds = {c: _obs_kind(v) for c, v in cols.items()}
+        known = self._obs_kinds.get(name)
+        if known is None:
+            first = next(iter(self._obs_log(name).read(0, 1)), None)
+            known = {} if first is None else {c: _obs_kind(C.decode(v)) for c, v in first[1]["cols"].items()}
+        for c, k in kinds.items():
+            if k is not None and known.get(c, k) != k:
+                raise SchemaError(f"observation stream {name!r} column {c!r}: holds {k} values but earlier "
+                                  f"observations held {known[c]} values")
         self._obs_log(name).append({"cols": C.encode_batch(cols)})
+        self._obs_kinds[name] = {**known, **{c: k for c, k in kinds.items() if k is not None}}
         return len(df)
 
     def observations(self, name: str) -> pd.DataFrame:

@@ -174,8 +174,20 @@ class Aggregate(ABC):
         """Fold a batch of events into ``state`` in place (``state[u] = merge(state[u], partial)``)."""
         if len(slots) == 0:
             return
+        self.commit(state, *self.prepare(state, slots, values, ts, seq))
+
+    def prepare(self, state: State, slots: np.ndarray, values: np.ndarray | None, ts: np.ndarray | None,
+                seq: np.ndarray | None) -> tuple[np.ndarray, State]:
+        """The first half of :meth:`update`, which changes nothing: every error surfaces here.
+
+        Returns ``(uniq, new)``: the touched slots and their states after the update.
+        """
         uniq, part = self.reduce(slots, values, ts, seq)
-        self.put(state, uniq, self.merge(self.take(state, uniq), part))
+        return uniq, self.merge(self.take(state, uniq), part)
+
+    def commit(self, state: State, uniq: np.ndarray, new: State) -> None:
+        """The second half of :meth:`update`: store what :meth:`prepare` computed (cannot fail)."""
+        self.put(state, uniq, new)
 
     def delete(self, state: State, slots: np.ndarray, values: np.ndarray | None, ts: np.ndarray | None,
                seq: np.ndarray | None) -> None:

@@ -130,11 +130,11 @@ class CountDistinct(Aggregate):
                  for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return pair_slot[slot_start], {"d": _dicts(dicts)}
 
-    def update(self, state: State, slots: np.ndarray, values, ts, seq) -> None:
-        """In place: add the batch's multiplicities to each slot's dict without copying it."""
-        if len(slots) == 0:
-            return
-        uniq, part = self.reduce(slots, values, ts, seq)
+    def prepare(self, state: State, slots: np.ndarray, values, ts, seq) -> tuple[np.ndarray, State]:
+        """The batch's own multiplicities per slot; :meth:`commit` adds them in place (no dict copies)."""
+        return self.reduce(slots, values, ts, seq)
+
+    def commit(self, state: State, uniq: np.ndarray, part: State) -> None:
         dicts = state["d"]
         for slot, db in zip(uniq.tolist(), part["d"], strict=True):
             da = dicts[slot]
