@@ -94,6 +94,9 @@ def key_column(series: pd.Series, *, what: str) -> np.ndarray:
         ok = f[~nulls]
         if not np.all(ok == np.round(ok)):
             raise SchemaError(f"{what}: entity keys must be strings or integers, got fractional numbers")
+        if len(ok) and np.abs(ok).max() > 2**53:
+            raise SchemaError(f"{what}: integer keys above 2**53 in a float column have lost precision; "
+                              "send them as an integer column (pandas 'Int64' for nullable keys)")
         if not nulls.any():
             return f.astype(np.int64)
         out = np.empty(len(f), dtype=object)

@@ -1,8 +1,10 @@
 """The parallel replay driver: fan observations out to the shards that own their keys, gather, restore order.
 
-Each shard answers its observations with :meth:`rayfs.shardcore.ShardCore.replay` (its log replayed in
-event-time order); shards work in parallel and the driver only routes and scatters results back into
-the input order. Observations with a null key get the empty value without a shard call.
+Each shard answers its observations with :meth:`rayfs.shardcore.ShardCore.replay`: its logged events,
+ordered by (entity, event time, ingest order), evaluated point in time for every observation at once
+(:mod:`rayfs.pit`). Shards work in parallel; the driver only routes and scatters the answers back into
+the input order; a null key gets the empty value without a shard call. Online reads (``method="get"``)
+take the same route.
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ from rayfs.log import SegmentedLog
 from rayfs.replay import fan_out
 from rayfs.routing import shard_of
 from rayfs.shard import ShardActor, actor_name
+from rayfs.shardcore import DURABILITY
 from rayfs.timeutil import to_micros
 
-DURABILITY = ("sync", "group", "none")
 WAL_DIR = "wal"
 WAL_MAX_BATCHES = 10_000  # far below the ids a shard remembers, so a WAL replay never double-applies
 WAL_MAX_BYTES = 256 << 20
@@ -117,7 +117,7 @@ class FeatureStore:
         self._watermark: dict[str, int] = {}
         self._closed = False
         self._obs_logs: dict[str, SegmentedLog] = {}
-        self._unacked = False
+        self._unacked: set[tuple[str, str]] = set()  # batches in the WAL that failed to reach every shard
         self._empties: dict[tuple, np.ndarray] = {}
         self._obs_kinds: dict[str, dict[str, str]] = {}
         self._wal = self._open_wal(replay=True)
@@ -351,11 +351,13 @@ class FeatureStore:
             record = {"stream": s.name, "batch_id": bid if len(chunks) == 1 else f"{bid}#{i}",
                       "cols": C.encode_batch(part)}
             self._wal.append(record)
+            key = (s.name, record["batch_id"])
             try:
                 self._send_record(record, part)
             except BaseException:
-                self._unacked = True  # keep the WAL: reopening (or a retry with this batch_id) completes it
+                self._unacked.add(key)  # keep the WAL: reopening (or a retry with this batch_id) completes it
                 raise
+            self._unacked.discard(key)
         if not self._unacked and (self._wal.next_offset >= WAL_MAX_BATCHES
                                   or self._wal.size_bytes() >= WAL_MAX_BYTES):
             self._wal = self._reset_wal(self._wal)
