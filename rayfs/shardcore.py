@@ -106,6 +106,7 @@ class ShardCore:
         self.compiled: dict[str, CompiledFeature] = {}
         self.tables: dict[str, StateTable] = {}
         self.buffers: dict[str, Batch] = {}
+        self.buffer_parts: dict[str, list[Batch]] = {}  # chunks appended since the buffer was last merged
         self.buffer_window: dict[str, int] = {}
         self.local_max: dict[str, int] = {}
         self.applied: OrderedDict[str, int] = OrderedDict()
@@ -133,6 +134,7 @@ class ShardCore:
         first = 0 if (full or stale_buffers) else start
         for s in stale_buffers:
             self.buffers[s] = {}
+            self.buffer_parts.pop(s, None)
             self.buffer_window[s] = self._longest_window(s)
         if first == 0:  # reading every batch anyway: keep them for replay (a new store starts here too)
             self.cache = {}
@@ -184,9 +186,8 @@ class ShardCore:
             entries[f"state/{name}"] = table.agg.to_wire(table.compact())
             cf = self.compiled[name]
             feats[name] = {"fingerprint": cf.feature.fingerprint(), "kind": cf.kind, "size": table.size}
-        for stream in list(self.buffers):
-            self._evict(stream)
-            entries[f"buffer/{stream}"] = encode_batch(self.buffers[stream])
+        for stream in set(self.buffers) | set(self.buffer_parts):
+            entries[f"buffer/{stream}"] = encode_batch(self._buffer(stream))
         meta = {"offset": self.log.next_offset, "schema": self.schema, "local_max": self.local_max,
                 "features": feats, "buffer_window": self.buffer_window}
         written = self.snap.save(meta, entries)
@@ -219,6 +220,7 @@ class ShardCore:
             self._backfill([f.name])
         elif self.buffer_window.get(stream, 0) != self._longest_window(stream):
             self.buffers[stream] = {}
+            self.buffer_parts.pop(stream, None)
             self.buffer_window[stream] = self._longest_window(stream)
             for _offset, cols in self._events(stream):
                 self._append_buffer(stream, cols)
@@ -361,21 +363,27 @@ class ShardCore:
         self.buffer_window[stream] = w
         if w == 0:
             self.buffers[stream] = {}
+            self.buffer_parts.pop(stream, None)
             return
         floor = max(self.local_max.get(stream, -(2**62)), int(cols[TS].max(initial=-(2**62)))) - w
         self._invalidate(stream)
-        new = take(cols, cols[TS] >= floor)
-        buf = self.buffers.get(stream)
-        # Evict while copying anyway: the buffer never holds events older than any window can see.
-        self.buffers[stream] = concat([take(buf, buf[TS] >= floor), new]) if buf else new
+        keep = cols[TS] >= floor
+        if keep.any():
+            # Appending a chunk is O(batch); chunks are merged (and evicted) lazily by _buffer().
+            parts = self.buffer_parts.setdefault(stream, [])
+            parts.append(take(cols, keep))
+            parts[:] = [p for p in parts if p[TS].max() >= floor]  # whole chunks past every window
 
-    def _evict(self, stream: str) -> None:
-        buf = self.buffers.get(stream)
-        if buf and stream in self.local_max:
-            keep = buf[TS] >= self.local_max[stream] - self.buffer_window[stream]
-            if not keep.all():
-                self.buffers[stream] = take(buf, keep)
-                self._invalidate(stream)
+    def _buffer(self, stream: str) -> Batch:
+        """The window buffer of ``stream``: pending chunks merged in, events no window can see dropped."""
+        parts = self.buffer_parts.pop(stream, [])
+        buf = self.buffers.get(stream) or {}
+        if parts or (buf and stream in self.local_max):
+            merged = concat([buf, *parts]) if buf else concat(parts) if parts else buf
+            keep = merged[TS] >= self.local_max.get(stream, 0) - self.buffer_window.get(stream, 0)
+            buf = merged if keep.all() else take(merged, keep)
+            self.buffers[stream] = buf
+        return buf
 
     def _invalidate(self, stream: str) -> None:
         for n in [n for n in self.window_events if self.features[n].stream == stream]:
@@ -403,7 +411,7 @@ class ShardCore:
                 lower = (t + 1 - f.window_us) if t is not None else 0
                 we = self.window_events.get(n)
                 if we is None or we.cf is not cf:
-                    we = self.window_events[n] = WindowEvents(cf, self.buffers.get(f.stream) or {})
+                    we = self.window_events[n] = WindowEvents(cf, self._buffer(f.stream))
                 out[n] = we.fold(slots, lower)
         return out
 
