@@ -130,20 +130,23 @@ class CountDistinct(Aggregate):
                  for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return pair_slot[slot_start], {"d": _dicts(dicts)}
 
-    def prepare(self, state: State, slots: np.ndarray, values, ts, seq) -> tuple[np.ndarray, State]:
-        """The batch's own multiplicities per slot; :meth:`commit` adds them in place (no dict copies)."""
-        return self.reduce(slots, values, ts, seq)
+    def prepare(self, state: State, slots: np.ndarray, values, ts, seq) -> tuple:
+        """The batch's distinct (slot, value) pairs with multiplicities, as flat lists: :meth:`commit` adds
+        them to the slots' dicts in place (no per-slot dicts built, no dict copies)."""
+        slots, values, _, _ = self._prepare(slots, values, None, None)
+        if len(slots) == 0:
+            return [], [], []
+        codes, uniques = pd.factorize(values)
+        width = np.int64(len(uniques))
+        pairs, mult = np.unique(slots * width + codes, return_counts=True)
+        keys = np.asarray(uniques, dtype=object)[pairs % width]
+        return (pairs // width).tolist(), keys.tolist(), mult.tolist()
 
-    def commit(self, state: State, uniq: np.ndarray, part: State) -> None:
+    def commit(self, state: State, pair_slots: list, keys: list, mult: list) -> None:
         dicts = state["d"]
-        for slot, db in zip(uniq.tolist(), part["d"], strict=True):
-            da = dicts[slot]
-            if not da:
-                dicts[slot] = db
-                continue
-            get = da.get
-            for k, m in db.items():
-                da[k] = get(k, 0) + m
+        for slot, k, m in zip(pair_slots, keys, mult, strict=True):
+            d = dicts[slot]
+            d[k] = d.get(k, 0) + m
 
     def merge(self, a: State, b: State) -> State:
         out = []
