@@ -278,6 +278,15 @@ class Aggregate(ABC):
             rp >>= 1
         return self.finalize(self.merge(left, right))
 
+    def _range_start(self, values: Any, ts: Any, seq: Any, lo: Any, hi: Any) -> tuple:
+        """Common start of a range kernel: checked ranges, the output pre-filled with the empty value, the
+        prepared values (``None`` when there are no events) and the indices of non-empty ranges."""
+        n = self._n_events(values, ts, seq)
+        lo, hi = self._check_ranges(lo, hi, n)
+        out = self.finalize(self.zero(len(lo)))
+        x = self._prepare(np.zeros(n, dtype=np.int64), values, None, None)[1] if n else None
+        return lo, hi, out, x, np.flatnonzero(hi > lo)
+
     def _n_events(self, values: Any, ts: Any, seq: Any) -> int:
         for arr in (values, ts, seq):
             if arr is not None:

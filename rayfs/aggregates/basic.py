@@ -274,13 +274,9 @@ class _Extreme(Aggregate):
 
     def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Range extremes from a sparse table (:func:`_range_extreme`); strings via their sorted codes."""
-        n = self._n_events(values, ts, seq)
-        lo, hi = self._check_ranges(lo, hi, n)
-        out = self.finalize(self.zero(len(lo)))
-        if n == 0:
+        lo, hi, out, x, hit = self._range_start(values, ts, seq, lo, hi)
+        if x is None:
             return out
-        _, x, _, _ = self._prepare(np.zeros(n, dtype=np.int64), values, None, None)
-        hit = np.flatnonzero(hi > lo)
         if self.kind == "num":
             out[hit] = _range_extreme(self._ufunc, x, lo, hi)[hit]
         else:

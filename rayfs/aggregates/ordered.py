@@ -51,14 +51,10 @@ class _Ordered(Aggregate):
 
     def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """The value at ``lo`` (first) or ``hi - 1`` (last): events are sorted by (slot, ts, seq)."""
-        n = self._n_events(values, ts, seq)
-        lo, hi = self._check_ranges(lo, hi, n)
-        out = self.finalize(self.zero(len(lo)))
-        if n == 0:
+        lo, hi, out, x, hit = self._range_start(values, ts, seq, lo, hi)
+        if x is None:
             return out
-        _, values, _, _ = self._prepare(np.zeros(n, dtype=np.int64), values, None, None)
-        hit = np.flatnonzero(hi > lo)
-        out[hit] = values[hi[hit] - 1] if self._latest else values[lo[hit]]
+        out[hit] = x[hi[hit] - 1] if self._latest else x[lo[hit]]
         return out
 
 
