@@ -440,6 +440,14 @@ def _restore(sql: str, feature: str) -> Predicate:
     return Predicate.parse(sql, feature=feature)
 
 
+def parse_trees(text: str, error: Callable[[str], Exception]) -> list:
+    """sqlglot's statements of ``text``; a parse failure raises ``error(first line of sqlglot's message)``."""
+    try:
+        return [t for t in sqlglot.parse(text) if t is not None]
+    except Exception as e:  # sqlglot ParseError/TokenError, or anything else it may throw
+        raise error(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
 class Predicate:
     """A parsed, checked SQL predicate over an event's columns.
 
@@ -472,12 +480,8 @@ class Predicate:
         """Parse and check ``text``; raise :class:`SqlError` naming ``feature`` if it is not supported."""
         if not isinstance(text, str) or not text.strip():
             raise SqlError(f"feature {feature!r}: where must be a non-empty SQL predicate, got {text!r}")
-        try:
-            trees = [t for t in sqlglot.parse(text) if t is not None]
-        except Exception as e:  # sqlglot ParseError/TokenError, or anything else it may throw
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise SqlError(f"feature {feature!r}: cannot parse where {text!r}: {msg}; "
-                           f"supported: {SUPPORTED}") from None
+        trees = parse_trees(text, lambda msg: SqlError(f"feature {feature!r}: cannot parse where {text!r}: "
+                                                        f"{msg}; supported: {SUPPORTED}"))
         if len(trees) != 1:
             raise SqlError(f"feature {feature!r}: where {text!r} must be exactly one predicate, "
                            f"got {len(trees)}; supported: {SUPPORTED}")

@@ -33,12 +33,11 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Mapping
 
-import sqlglot
 from sqlglot import exp
 
 from rayfs.definitions import Feature, Stream, check_name
 from rayfs.errors import DefinitionError, SqlError, UnknownStreamError
-from rayfs.predicate import Predicate
+from rayfs.predicate import Predicate, parse_trees
 
 __all__ = ["features_from_sql", "SUPPORTED"]
 
@@ -96,11 +95,7 @@ def features_from_sql(sql: str, *, window: str | _dt.timedelta | None = None,
     """
     if not isinstance(sql, str) or not sql.strip():
         raise _err(f"empty SQL {sql!r}")
-    try:
-        trees = [t for t in sqlglot.parse(sql) if t is not None]
-    except Exception as e:  # sqlglot ParseError/TokenError, or anything else it may throw
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise _err(f"cannot parse SQL {sql!r}: {msg}") from None
+    trees = parse_trees(sql, lambda msg: _err(f"cannot parse SQL {sql!r}: {msg}"))
     if len(trees) != 1:
         raise _err(f"expected exactly one SELECT statement, got {len(trees)}")
     sel = trees[0]
