@@ -20,15 +20,15 @@ from rayfs.errors import (
     WindowError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):
     # FeatureStore pulls in Ray; import it lazily so pure modules (and unit tests) stay Ray-free.
-    if name == "FeatureStore":
-        from rayfs.store import FeatureStore
+    if name in ("FeatureStore", "connect"):
+        from rayfs import store
 
-        return FeatureStore
+        return getattr(store, name)
     raise AttributeError(f"module 'rayfs' has no attribute {name!r}")
 
 
@@ -48,4 +48,5 @@ __all__ = [
     "UnknownStreamError",
     "WindowError",
     "__version__",
+    "connect",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,14 +28,21 @@ FILE = "catalog.json"
 
 
 class Catalog:
-    """Definitions of one store (held by the driver; each shard gets a copy)."""
+    """Definitions of one store (owned by the store's coordinator; drivers and shards hold copies).
+
+    Features are keyed by :attr:`Feature.key` (``name`` for version 1, ``name@v`` after): every version
+    stays live on the shards until dropped. ``version`` counts catalog changes, so a copy can tell it is
+    stale.
+    """
 
     def __init__(self, root: str, shards: int) -> None:
         self.root = root
         self.shards = shards
+        self.version = 0
         self.streams: dict[str, Stream] = {}
         self.features: dict[str, Feature] = {}
         self.schema: dict[str, dict[str, str]] = {}
+        self.next_version: dict[str, int] = {}  # a dropped version number is never reused
 
     @classmethod
     def load(cls, root: str) -> Catalog | None:
@@ -43,19 +51,34 @@ class Catalog:
             return None
         with open(path) as fh:
             d = json.load(fh)
-        cat = cls(root, d["shards"])
-        cat.streams = {s["name"]: Stream.from_dict(s) for s in d["streams"]}
-        cat.features = {f["name"]: Feature.from_dict(f) for f in d["features"]}
-        cat.schema = d["schema"]
+        cat = cls.from_dict(root, d)
         if d.get("routing") != routing.fingerprint():
             raise DefinitionError(f"store {root}: its keys were placed with a different routing hash "
                                   f"({d.get('routing')}, this rayfs uses {routing.fingerprint()})")
         return cat
 
+    @classmethod
+    def from_dict(cls, root: str, d: dict) -> Catalog:
+        cat = cls(root, d["shards"])
+        cat.version = d.get("version", 0)
+        cat.streams = {s["name"]: Stream.from_dict(s) for s in d["streams"]}
+        cat.features = {f.key: f for f in map(Feature.from_dict, d["features"])}
+        cat.schema = d["schema"]
+        cat.next_version = dict(d.get("next_version", {}))
+        for f in cat.features.values():
+            cat.next_version[f.name] = max(cat.next_version.get(f.name, 1), f.version + 1)
+        return cat
+
+    def to_dict(self) -> dict:
+        return {"format": 1, "routing": routing.fingerprint(), "shards": self.shards, "version": self.version,
+                "streams": [s.to_dict() for s in self.streams.values()],
+                "features": [f.to_dict() for f in self.features.values()], "schema": self.schema,
+                "next_version": self.next_version}
+
     def save(self) -> None:
-        d = {"format": 1, "routing": routing.fingerprint(), "shards": self.shards,
-             "streams": [s.to_dict() for s in self.streams.values()],
-             "features": [f.to_dict() for f in self.features.values()], "schema": self.schema}
+        """Write the catalog atomically, counting one more change."""
+        self.version += 1
+        d = self.to_dict()
         os.makedirs(self.root, exist_ok=True)
         tmp = os.path.join(self.root, FILE + ".tmp")
         with open(tmp, "w") as fh:
@@ -75,11 +98,54 @@ class Catalog:
         except KeyError:
             raise UnknownStreamError(f"unknown stream {name!r}; registered: {sorted(self.streams)}") from None
 
-    def feature(self, name: str) -> Feature:
-        try:
-            return self.features[name]
-        except KeyError:
-            raise UnknownFeatureError(f"unknown feature {name!r}; registered: {sorted(self.features)}") from None
+    def latest(self, name: str) -> Feature | None:
+        """The newest live version of feature ``name``."""
+        versions = [f for f in self.features.values() if f.name == name]
+        return max(versions, key=lambda f: f.version) if versions else None
+
+    def feature(self, ref: str) -> Feature:
+        """The feature ``ref`` names: ``name`` (its latest version) or ``name@version``."""
+        name, _, v = ref.partition("@") if isinstance(ref, str) else (ref, "", "")
+        if v:
+            f = self.features.get(name if v == "1" else f"{name}@{v}") if v.isdigit() else None
+        else:
+            f = self.latest(name)
+        if f is None:
+            names = sorted({f.name for f in self.features.values()})
+            raise UnknownFeatureError(f"unknown feature {ref!r}; registered: {names}")
+        return f
+
+    def versions(self, name: str) -> list[Feature]:
+        """Every live version of feature ``name``, oldest first."""
+        return sorted((f for f in self.features.values() if f.name == name), key=lambda f: f.version)
+
+    def add_feature(self, f: Feature, created: str) -> tuple[Feature, str]:
+        """Validate ``f`` and decide what registering it does (the caller saves).
+
+        Returns:
+            ``(feature, change)``: ``change`` is ``"same"`` (identical to the latest version: nothing to do),
+            ``"metadata"`` (only description/owner/tags differ: updated in place) or ``"new"`` (a new
+            version, numbered after every earlier one, with ``created`` set).
+        """
+        old = self.latest(f.name)
+        if old is not None and old.same_definition(f):
+            if (old.description, old.owner, old.tags) == (f.description, f.owner, f.tags):
+                return old, "same"
+            new = replace(old, description=f.description, owner=f.owner, tags=f.tags)
+            self.features[new.key] = new
+            return new, "metadata"
+        self.check_feature(f)
+        v = self.next_version.get(f.name, 1)
+        new = replace(f, version=v, created=created)
+        self.features[new.key] = new
+        self.next_version[f.name] = v + 1
+        return new, "new"
+
+    def drop_feature(self, ref: str) -> Feature:
+        """Remove one version (``name@v``, or the latest for a bare name); returns it."""
+        f = self.feature(ref)
+        del self.features[f.key]
+        return f
 
     def required_columns(self, stream: str) -> dict[str, str]:
         """Columns every batch of ``stream`` must carry → the feature that needs it."""
@@ -90,29 +156,39 @@ class Catalog:
             if f.stream != stream:
                 continue
             if f.column:
-                need.setdefault(f.column, f.name)
+                need.setdefault(f.column, f.key)
             if f.where:
                 for c in Predicate.parse(f.where, feature=f.name).columns:
-                    need.setdefault(c, f.name)
+                    need.setdefault(c, f.key)
         return need
 
-    def check_feature(self, f: Feature) -> bool:
-        """Validate ``f`` against the catalog; True if it is new, False if already registered identically."""
+    def check_feature(self, f: Feature) -> None:
+        """Validate ``f`` against the streams and the column kinds seen so far."""
         s = self.stream(f.stream)
         if f.entity not in s.entities:
             raise DefinitionError(f"feature {f.name!r}: {f.entity!r} is not an entity of stream {s.name!r} "
                                   f"(entities: {list(s.entities)})")
-        old = self.features.get(f.name)
-        if old is not None:
-            if old == f:
-                return False
-            raise DefinitionError(f"feature {f.name!r} is already registered with a different definition "
-                                  f"({old.to_dict()})")
         if f.column is not None and f.column == s.timestamp:
             raise DefinitionError(f"feature {f.name!r}: cannot aggregate the timestamp column "
                                   f"{f.column!r} of stream {f.stream!r}")
         self.check_types(f, self.schema.get(f.stream, {}))
-        return True
+        self.check_columns_known(f)
+
+    def check_columns_known(self, f: Feature) -> None:
+        """Once a stream has data, a feature may only read columns it has."""
+        from rayfs.predicate import Predicate
+
+        kinds = self.schema.get(f.stream, {})
+        if not kinds:
+            return
+        s = self.streams[f.stream]
+        need: set[str] = {f.column} if f.column else set()
+        if f.where:
+            need |= Predicate.parse(f.where, feature=f.name).columns
+        missing = sorted(c for c in need if c not in kinds and c not in s.entities)
+        if missing:
+            raise DefinitionError(f"feature {f.name!r}: stream {f.stream!r} has no column(s) {missing}; "
+                                  f"it has {sorted(kinds)}")
 
     def check_types(self, f: Feature, kinds: dict[str, str], *, error: type[RayfsError] | None = None) -> None:
         """Check that ``f``'s aggregate and ``where`` suit the column kinds ``kinds`` (unknown kinds pass).

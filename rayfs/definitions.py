@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from rayfs.errors import AggregateError, DefinitionError
 from rayfs.timeutil import format_window, parse_window
 
@@ -75,7 +77,16 @@ class Feature:
         window: ``None`` (lifetime) or a trailing window like ``"7d"`` or a ``timedelta``; an
             observation at ``t`` sees events with ``t - window <= ts < t``.
         where: an optional SQL predicate over the event's columns, e.g. ``"score > 0"``.
+        k: the number of values kept by ``last_k``, ``first_k`` and ``top_k``.
+        q: the quantile (0..1) of ``approx_quantile``.
         description: free text for humans.
+        owner: who answers for the feature (free text).
+        tags: labels for discovery.
+        version: set by the store: 1 for the first definition of a name, then 2, 3, ...
+        created: set by the store: when this version was registered (ISO 8601, UTC).
+
+    ``description``, ``owner`` and ``tags`` are metadata: they do not change values, so re-registering a
+    feature with only those changed updates them in place instead of creating a new version.
     """
 
     name: str
@@ -85,7 +96,13 @@ class Feature:
     column: str | None = None
     window: str | _dt.timedelta | None = None
     where: str | None = None
+    k: int | None = None
+    q: float | None = None
     description: str = field(default="", compare=False)
+    owner: str = field(default="", compare=False)
+    tags: tuple[str, ...] = field(default=(), compare=False)
+    version: int = field(default=1, compare=False)
+    created: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         from rayfs.aggregates import REGISTRY  # late: aggregates import nothing from here
@@ -102,6 +119,15 @@ class Feature:
                 raise AggregateError(f"feature {self.name!r}: aggregate {self.agg!r} needs a column")
         else:
             check_name(self.column, f"feature {self.name!r} column")
+        self._check_params(REGISTRY[self.agg])
+        if not isinstance(self.description, str) or not isinstance(self.owner, str):
+            raise DefinitionError(f"feature {self.name!r}: description and owner must be strings")
+        tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
+        if not all(isinstance(t, str) and t for t in tags):
+            raise DefinitionError(f"feature {self.name!r}: tags must be non-empty strings, got {self.tags!r}")
+        object.__setattr__(self, "tags", tuple(sorted(set(tags))))
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise DefinitionError(f"feature {self.name!r}: version must be a positive integer, not {self.version!r}")
         # Normalise the window to its canonical string so equal definitions compare equal.
         object.__setattr__(self, "window", format_window(parse_window(self.window, feature=self.name)))
         if self.where is not None:
@@ -111,21 +137,62 @@ class Feature:
 
             object.__setattr__(self, "where", Predicate.parse(self.where, feature=self.name).sql)
 
+    def _check_params(self, cls) -> None:
+        params = getattr(cls, "params", {})
+        for p in ("k", "q"):
+            v = getattr(self, p)
+            if p not in params:
+                if v is not None:
+                    raise AggregateError(f"feature {self.name!r}: aggregate {self.agg!r} takes no parameter {p}")
+                continue
+            if v is None:
+                raise AggregateError(f"feature {self.name!r}: aggregate {self.agg!r} needs parameter {p}")
+            if p == "k":
+                if isinstance(v, bool) or not isinstance(v, int | np.integer) or not 1 <= v <= 10_000:
+                    raise AggregateError(f"feature {self.name!r}: k must be an integer in 1..10000, not {v!r}")
+                object.__setattr__(self, "k", int(v))
+            else:
+                if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not 0.0 <= v <= 1.0:
+                    raise AggregateError(f"feature {self.name!r}: q must be a number in [0, 1], not {v!r}")
+                object.__setattr__(self, "q", float(v))
+
+    @property
+    def key(self) -> str:
+        """The store-wide id of this version: ``name`` for version 1, else ``name@version``."""
+        return self.name if self.version == 1 else f"{self.name}@{self.version}"
+
+    @property
+    def params(self) -> dict:
+        """The aggregate's parameters (``k``, ``q``) that are set."""
+        return {p: getattr(self, p) for p in ("k", "q") if getattr(self, p) is not None}
+
     @property
     def window_us(self) -> int | None:
         """The window in microseconds, ``None`` for lifetime."""
         return parse_window(self.window, feature=self.name)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["tags"] = list(self.tags)
+        for p in ("k", "q"):  # absent parameters stay out, so older catalogs read the same
+            if d[p] is None:
+                del d[p]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Feature:
+        d = dict(d)
+        if "tags" in d:
+            d["tags"] = tuple(d["tags"])
         return cls(**d)
 
+    def same_definition(self, other: Feature) -> bool:
+        """True if ``other`` computes the same values (metadata aside)."""
+        return self == other
+
     def fingerprint(self) -> str:
-        """A digest of everything that determines the feature's values (not its name or description)."""
+        """A digest of everything that determines the feature's values (not its name or metadata)."""
         d = self.to_dict()
-        for k in ("name", "description"):
+        for k in ("name", "description", "owner", "tags", "version", "created"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

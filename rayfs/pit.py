@@ -52,7 +52,7 @@ class EventIndex:
 
     def _sorted(self, cf: CompiledFeature) -> tuple:
         """The feature's counted events in sort order: (keys, values, ts, seq); cached per compiled feature."""
-        hit = self._features.get(cf.feature.name)
+        hit = self._features.get(cf.feature.key)
         if hit is not None and hit[0] is cf:
             return hit[1]
         idx, vals = feature_rows(cf, self.cols)
@@ -71,7 +71,7 @@ class EventIndex:
             full[idx] = vals
             vals = full[sel]
         out = (keys, vals, ts, seq, slots)
-        self._features[cf.feature.name] = (cf, out)
+        self._features[cf.feature.key] = (cf, out)
         return out
 
     def evaluate(self, cfs: list[CompiledFeature], obs_slots: np.ndarray, obs_t: np.ndarray) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from rayfs.routing import shard_of
 
 
 def fan_out(handles: Sequence, method: str, keys: np.ndarray, extra: Sequence[np.ndarray], names: list[str],
-            entity: str, defaults: dict[str, np.ndarray], tail: tuple = ()) -> dict[str, np.ndarray]:
+            entity: str, defaults: dict[str, np.ndarray], tail: tuple = ()) -> int:
     """Call ``method`` on every shard owning some of ``keys`` and scatter the answers into ``defaults``.
 
     Args:
@@ -30,6 +30,9 @@ def fan_out(handles: Sequence, method: str, keys: np.ndarray, extra: Sequence[np
         entity: the entity field.
         defaults: name → output array pre-filled with each feature's empty value; filled in place.
         tail: extra positional arguments appended to each call.
+
+    Returns:
+        The newest catalog version the shards reported (so the caller can tell its catalog is stale).
     """
     owner = shard_of(keys, len(handles))
     calls, positions = [], []
@@ -38,7 +41,9 @@ def fan_out(handles: Sequence, method: str, keys: np.ndarray, extra: Sequence[np
         args = [entity, keys[pos], *[e[pos] for e in extra], names, *tail]
         calls.append(getattr(handles[s], method).remote(*args))
         positions.append(pos)
+    cv = 0
     for pos, res in zip(positions, ray.get(calls), strict=True):
+        cv = max(cv, res.get("__cv__", 0))
         for n in names:
             col = defaults[n]
             vals = res[n]
@@ -48,4 +53,4 @@ def fan_out(handles: Sequence, method: str, keys: np.ndarray, extra: Sequence[np
             elif col.dtype != vals.dtype and col.dtype != object:
                 vals = vals.astype(col.dtype)
             col[pos] = vals
-    return defaults
+    return cv

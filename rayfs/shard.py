@@ -1,18 +1,78 @@
-"""The shard as a Ray actor: a thin wrapper that puts :class:`~rayfs.shardcore.ShardCore` on Ray.
+"""The shard as a Ray actor: :class:`~rayfs.shardcore.ShardCore` on Ray, plus its Prometheus metrics.
 
 Shards ask for no CPU (``num_cpus=0``) so that any number of them can be placed on a small machine (an
 actor asking for a CPU waits forever once the CPUs are taken). A shard that dies is restarted by Ray and
 rebuilds its state from its snapshot and log in ``__init__``; a retried ingest is idempotent because
 batches carry ids.
+
+Metrics (``ray.util.metrics``, exported by Ray's Prometheus endpoint; tags ``store`` and ``shard``):
+``rayfs_events_ingested``, ``rayfs_bytes_ingested``, ``rayfs_errors`` and ``rayfs_replay_observations``
+(counters); ``rayfs_log_segments``, ``rayfs_log_bytes``, ``rayfs_snapshot_age_seconds``,
+``rayfs_events_since_snapshot`` and ``rayfs_replay_events_per_second`` (gauges, refreshed after every
+ingest and replay).
 """
 
 from __future__ import annotations
 
 import ray
+from ray.util import metrics
 
 from rayfs.shardcore import ShardCore
 
-ShardActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=8)(ShardCore)
+_COUNTERS = {"events_ingested": "events appended to the shard's log",
+             "bytes_ingested": "bytes appended to the shard's log",
+             "errors": "batches the shard refused",
+             "replay_observations": "observations answered point in time"}
+_GAUGES = {"log_segments": "segment files of the shard's log", "log_bytes": "bytes in the shard's log",
+           "snapshot_age_seconds": "seconds since the last snapshot",
+           "events_since_snapshot": "events not yet covered by a snapshot",
+           "replay_events_per_second": "events scanned per second by point-in-time replay"}
+
+
+class ShardService(ShardCore):
+    """ShardCore plus metrics and the node it runs on."""
+
+    def __init__(self, root: str, shard_id: int, *args, **kwargs) -> None:
+        super().__init__(root, shard_id, *args, **kwargs)
+        tags = {"store": root, "shard": str(shard_id)}
+        keys = ("store", "shard")
+        self._counters = {k: metrics.Counter(f"rayfs_{k}", description=d, tag_keys=keys) for k, d in _COUNTERS.items()}
+        self._gauges = {k: metrics.Gauge(f"rayfs_{k}", description=d, tag_keys=keys) for k, d in _GAUGES.items()}
+        for m in (*self._counters.values(), *self._gauges.values()):
+            m.set_default_tags(tags)
+        self._exported = dict.fromkeys(_COUNTERS, 0)
+        self._export()
+
+    def _export(self) -> None:
+        st = self.stats()
+        for k, c in self._counters.items():
+            delta = st[k] - self._exported[k]
+            if delta > 0:
+                c.inc(delta)
+                self._exported[k] = st[k]
+        self._gauges["log_segments"].set(st["log_segments"])
+        self._gauges["log_bytes"].set(st["log_bytes"])
+        self._gauges["snapshot_age_seconds"].set(st["snapshot_age_s"])
+        self._gauges["events_since_snapshot"].set(st["events_since_snapshot"])
+        if st["replay_events_per_s"] is not None:
+            self._gauges["replay_events_per_second"].set(st["replay_events_per_s"])
+
+    def ingest(self, record: dict) -> dict:
+        try:
+            return super().ingest(record)
+        finally:
+            self._export()
+
+    def replay(self, *args, **kwargs) -> dict:
+        out = super().replay(*args, **kwargs)
+        self._export()
+        return out
+
+    def info(self) -> dict:
+        return {**super().info(), "node_id": ray.get_runtime_context().get_node_id()}
+
+
+ShardActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=8)(ShardService)
 
 
 def actor_name(store_id: str, shard_id: int) -> str:

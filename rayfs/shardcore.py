@@ -12,6 +12,11 @@ Invariants:
 * Every event's ``seq`` is ``offset << 24 | row``: ingest order on this shard, the tie-break for equal ts.
 * The window buffer of a stream holds every event with ``ts >= local max ts - longest window``, which
   includes every event any windowed online read can see.
+* Every batch is sent to every shard, rows or not, with ``wm``: the newest event time of the whole batch.
+  ``watermark[stream]`` (the max of the ``wm`` of every logged batch) is therefore the stream's newest
+  acknowledged event time store-wide, the instant online values are served at.
+* A lifetime feature being backfilled is folded in chunks, the lock released between them (ingest goes on
+  and folds new batches into it as usual); it is never snapshotted until done, and reads of it wait.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from rayfs.groupcommit import GroupCommit
 from rayfs.log import SegmentedLog
 from rayfs.pit import EventIndex
 from rayfs.routing import shard_of
+from rayfs.shardinspect import ShardInspection
 from rayfs.snapshot import SnapshotStore
 
 DURABILITY = ("sync", "group", "none")
@@ -73,7 +79,7 @@ def _locked(method):
     return wrapper
 
 
-class ShardCore:
+class ShardCore(ShardInspection):
     """The state of one shard. Wrapped as a Ray actor by :mod:`rayfs.shard`."""
 
     def __init__(self, root: str, shard_id: int, n_shards: int, streams: list[dict], features: list[dict],
@@ -100,7 +106,17 @@ class ShardCore:
         self.snap = _open_snapshot(os.path.join(self.dir, "snapshot.lmdb"))
         self.snapshot_every = snapshot_every
         self.streams = {d["name"]: Stream.from_dict(d) for d in streams}
-        self.features = {d["name"]: Feature.from_dict(d) for d in features}
+        self.features = {f.key: f for f in map(Feature.from_dict, features)}
+        self.catalog_version = on_disk.version if on_disk is not None else 0
+        self.watermark: dict[str, int] = {}
+        self.counts: dict[str, int] = {}  # events logged per stream
+        self.backfills: dict[str, list[int]] = {}  # feature key -> [events done, events total]
+        self.backfilled = threading.Condition(self.lock)
+        self.counters = dict.fromkeys(("events_ingested", "bytes_ingested", "batches_ingested", "duplicates",
+                                       "errors", "replay_observations", "replay_events"), 0)
+        self.counters["replay_seconds"] = 0.0
+        self.events_since_snapshot = 0
+        self.snapshot_time = time.time()
         self.keys: dict[tuple[str, str], KeyIndex] = {}
         self.schema: dict[str, dict[str, str]] = {s: {} for s in self.streams}
         self.compiled: dict[str, CompiledFeature] = {}
@@ -139,11 +155,17 @@ class ShardCore:
         if first == 0:  # reading every batch anyway: keep them for replay (a new store starts here too)
             self.cache = {}
         for offset, record in self.log.read(first):
-            cols = self._decode(record, offset)
             stream = record["stream"]
+            tail = offset >= start
+            if tail:
+                self._note_batch(record, _rows(record))
+            if not _rows(record):
+                if tail:
+                    self._remember(_batch_key(record), offset)
+                continue
+            cols = self._decode(record, offset)
             if self.cache is not None:
                 self.cache.setdefault(stream, []).append(cols)
-            tail = offset >= start
             names = [n for n in self._lifetime(stream) if tail or n in full]
             self._fold(stream, cols, names, buffer=tail or stream in stale_buffers)
             if tail:
@@ -158,6 +180,8 @@ class ShardCore:
                 self.keys[(stream, entity)] = KeyIndex(decode(wire).tolist())
         self.schema.update({s: dict(v) for s, v in meta["schema"].items() if s in self.streams})
         self.local_max = {s: int(v) for s, v in meta["local_max"].items()}
+        self.watermark = {s: int(v) for s, v in meta.get("watermark", meta["local_max"]).items()}
+        self.counts = {s: int(v) for s, v in meta.get("counts", {}).items()}
         for name, fp in meta["features"].items():
             f = self.features.get(name)
             if f is None or f.fingerprint() != fp["fingerprint"]:
@@ -183,56 +207,102 @@ class ShardCore:
             entries[f"keys/{stream}/{entity}"] = encode(_key_array(ki.keys()))
         feats = {}
         for name, table in self.tables.items():
+            if name in self.backfills:
+                continue  # half backfilled: a restart redoes it from the log
             entries[f"state/{name}"] = table.agg.to_wire(table.compact())
             cf = self.compiled[name]
             feats[name] = {"fingerprint": cf.feature.fingerprint(), "kind": cf.kind, "size": table.size}
         for stream in set(self.buffers) | set(self.buffer_parts):
             entries[f"buffer/{stream}"] = encode_batch(self._buffer(stream))
         meta = {"offset": self.log.next_offset, "schema": self.schema, "local_max": self.local_max,
-                "features": feats, "buffer_window": self.buffer_window}
+                "watermark": self.watermark, "counts": self.counts, "features": feats,
+                "buffer_window": self.buffer_window}
         written = self.snap.save(meta, entries)
-        self.since_snapshot = 0
+        self.since_snapshot = self.events_since_snapshot = 0
+        self.snapshot_time = time.time()
         return {"offset": self.log.next_offset, "bytes": written}
 
     # ------------------------------------------------------------------------------------- definitions
+    def _note_cv(self, version: int | None) -> None:
+        if version is not None:
+            self.catalog_version = max(self.catalog_version, version)
+
     @_locked
-    def add_stream(self, stream: dict) -> None:
+    def add_stream(self, stream: dict, version: int | None = None) -> None:
         s = Stream.from_dict(stream)
         self.streams[s.name] = s
         self.schema.setdefault(s.name, {})
+        self._note_cv(version)
 
     @_locked
-    def drop_feature(self, name: str) -> None:
-        """Forget a feature (used to roll back a registration another shard refused)."""
-        self.features.pop(name, None)
-        self.compiled.pop(name, None)
-        self.tables.pop(name, None)
-        self.window_events.pop(name, None)
+    def drop_feature(self, key: str, version: int | None = None) -> None:
+        """Forget a feature version (dropped, or a registration another shard refused)."""
+        self.features.pop(key, None)
+        self.compiled.pop(key, None)
+        self.tables.pop(key, None)
+        self.window_events.pop(key, None)
+        self._note_cv(version)
 
-    @_locked
-    def add_feature(self, feature: dict) -> None:
-        """Register a feature and backfill it from the log (cold start)."""
+    def add_feature(self, feature: dict, version: int | None = None) -> None:
+        """Register a feature version and backfill it from the log (cold start); returns when done.
+
+        A lifetime feature is folded in chunks with the lock released in between, so ingest goes on.
+        """
         f = Feature.from_dict(feature)
-        self.features[f.name] = f
-        self._ensure_compiled(f.name)
-        stream = f.stream
-        if f.window is None:
-            self._backfill([f.name])
-        elif self.buffer_window.get(stream, 0) != self._longest_window(stream):
-            self.buffers[stream] = {}
-            self.buffer_parts.pop(stream, None)
-            self.buffer_window[stream] = self._longest_window(stream)
-            for _offset, cols in self._events(stream):
-                self._append_buffer(stream, cols)
+        with self.lock:
+            self._note_cv(version)
+            old = self.features.get(f.key)
+            self.features[f.key] = f
+            if old is not None and old.same_definition(f):
+                return  # a metadata update (or a retried call)
+            self._ensure_compiled(f.key)
+            if f.window is not None:
+                if self.buffer_window.get(f.stream, 0) != self._longest_window(f.stream):
+                    self.buffers[f.stream] = {}
+                    self.buffer_parts.pop(f.stream, None)
+                    self.buffer_window[f.stream] = self._longest_window(f.stream)
+                    for _offset, cols in self._events(f.stream):
+                        self._append_buffer(f.stream, cols)
+                return
+            boundary = self.log.next_offset  # batches from here on fold through ingest
+            parts = list(self.cache.get(f.stream, [])) if self.cache is not None else None
+            self.backfills[f.key] = progress = [0, self.counts.get(f.stream, 0)]
+        try:
+            for cols in self._backfill_chunks(f.stream, boundary, parts):
+                with self.lock:
+                    if self.features.get(f.key) is not f:
+                        return  # dropped meanwhile
+                    fold_into(self.tables[f.key], self.compiled[f.key], cols)
+                    progress[0] += len(cols[TS])
+        finally:
+            with self.lock:
+                self.backfills.pop(f.key, None)
+                self.backfilled.notify_all()
 
-    def _backfill(self, names: list[str]) -> None:
-        by_stream: dict[str, list[str]] = {}
-        for n in names:
-            by_stream.setdefault(self.features[n].stream, []).append(n)
-        for stream, ns in by_stream.items():
-            for _offset, cols in self._events(stream):
-                for n in ns:
-                    fold_into(self.tables[n], self.compiled[n], cols)
+    def _backfill_chunks(self, stream: str, boundary: int, parts: list[Batch] | None, rows: int = 1 << 20):
+        """The events of ``stream`` logged before offset ``boundary``, decoded, in chunks of ``rows``."""
+        if parts is not None:
+            limit = np.int64(boundary) << np.int64(SEQ_ROW_BITS)
+            for cols in parts:
+                for lo in range(0, len(cols[TS]), rows):
+                    chunk = take(cols, slice(lo, lo + rows))
+                    keep = chunk[SEQ] < limit
+                    yield chunk if keep.all() else take(chunk, keep)
+            return
+        for offset, record in self.log.read(0, boundary):
+            if record["stream"] == stream and _rows(record):
+                with self.lock:
+                    cols = self._decode(record, offset)
+                yield cols
+
+    def backfill_progress(self) -> dict[str, tuple[int, int]]:
+        """Feature key -> (events folded, events to fold) of every backfill running on this shard."""
+        with self.lock:
+            return {k: (p[0], p[1]) for k, p in self.backfills.items()}
+
+    def _await_backfills(self, names: list[str]) -> None:
+        while any(n in self.backfills for n in names):
+            self.backfilled.wait()
 
     def _events(self, stream: str):
         """(offset, decoded batch) of every logged batch of ``stream`` (from the cache when loaded)."""
@@ -240,7 +310,7 @@ class ShardCore:
             yield from ((None, c) for c in self.cache.get(stream, []))
             return
         for offset, record in self.log.read(0):
-            if record["stream"] == stream:
+            if record["stream"] == stream and _rows(record):
                 yield offset, self._decode(record, offset)
 
     def _compiled_for(self, name: str, schema: dict[str, str]) -> CompiledFeature:
@@ -290,21 +360,45 @@ class ShardCore:
     def _ingest_locked(self, record: dict) -> dict:
         bid = _batch_key(record)
         if bid in self.applied:
-            return {"offset": self.applied[bid], "duplicate": True, "local_max": dict(self.local_max)}
+            self.counters["duplicates"] += 1
+            return {"offset": self.applied[bid], "duplicate": True, "cv": self.catalog_version}
         offset = self.log.next_offset
         stream = record["stream"]
-        cols = self._decode(record, offset)
-        plan = self._plan(stream, cols, self._lifetime(stream))  # any error surfaces before the log append
-        self.log.append(record)
-        self._fold(stream, cols, self._lifetime(stream), buffer=True, plan=plan)
-        if self.cache is not None:
-            self.cache.setdefault(record["stream"], []).append(cols)
-            self.indexes = {k: v for k, v in self.indexes.items() if k[0] != record["stream"]}
+        n = _rows(record)
+        try:
+            if n:
+                cols = self._decode(record, offset)
+                plan = self._plan(stream, cols, self._lifetime(stream))  # errors surface before the log append
+            size = self.log.size_bytes()
+            self.log.append(record)
+        except Exception:
+            self.counters["errors"] += 1
+            raise
+        self.counters["bytes_ingested"] += self.log.size_bytes() - size
+        if n:
+            self._fold(stream, cols, self._lifetime(stream), buffer=True, plan=plan)
+            if self.cache is not None:
+                self.cache.setdefault(stream, []).append(cols)
+                self.indexes = {k: v for k, v in self.indexes.items() if k[0] != stream}
+        self._note_batch(record, n)
+        self.counters["events_ingested"] += n
+        self.counters["batches_ingested"] += 1
         self._remember(bid, offset)
         self.since_snapshot += 1
         if self.since_snapshot >= self.snapshot_every:
             self.snapshot()
-        return {"offset": offset, "duplicate": False, "local_max": dict(self.local_max)}
+        return {"offset": offset, "duplicate": False, "cv": self.catalog_version}
+
+    def _note_batch(self, record: dict, n: int) -> None:
+        """Count a logged batch's events and raise the stream's watermark to the batch's newest event."""
+        stream = record["stream"]
+        self.counts[stream] = self.counts.get(stream, 0) + n
+        self.events_since_snapshot += n
+        wm = record.get("wm")
+        if wm is None and n:  # a batch logged before batches carried "wm"
+            wm = int(decode(record["cols"][TS]).max())
+        if wm is not None:
+            self.watermark[stream] = max(self.watermark.get(stream, -(2**62)), int(wm))
 
     def _remember(self, bid: str, offset: int) -> None:
         self.applied[bid] = offset
@@ -391,9 +485,13 @@ class ShardCore:
 
     # ------------------------------------------------------------------------------------- reads
     @_locked
-    def get(self, entity: str, keys: np.ndarray, names: list[str], watermarks: dict[str, int]) -> dict:
-        """Online values of ``names`` for ``keys`` (all owned by this shard) as of each stream's watermark."""
-        out = {}
+    def get(self, entity: str, keys: np.ndarray, names: list[str]) -> dict:
+        """Online values of ``names`` for ``keys`` (all owned by this shard) as of each stream's watermark.
+
+        The answer also carries ``"__cv__"``, the catalog version this shard knows.
+        """
+        self._await_backfills(names)
+        out: dict[str, Any] = {"__cv__": self.catalog_version}
         slots_of: dict[str, np.ndarray] = {}
         for n in names:
             f = self.features[n]
@@ -407,7 +505,7 @@ class ShardCore:
             if f.window is None:
                 out[n] = self.tables[n].read(slots)
             else:
-                t = watermarks.get(f.stream)
+                t = self.watermark.get(f.stream)
                 lower = (t + 1 - f.window_us) if t is not None else 0
                 we = self.window_events.get(n)
                 if we is None or we.cf is not cf:
@@ -418,6 +516,7 @@ class ShardCore:
     @_locked
     def replay(self, entity: str, keys: np.ndarray, t: np.ndarray, names: list[str]) -> dict:
         """Point-in-time values of ``names`` for observations ``(keys[i], t[i])`` owned by this shard."""
+        start = time.perf_counter()
         self._load_cache()
         by_stream: dict[str, list[str]] = {}
         for n in names:
@@ -430,6 +529,10 @@ class ShardCore:
             index = self._event_index(stream, entity)
             vals = index.evaluate([self.compiled[n] for n in ns], slots, t)
             out.update(zip(ns, vals, strict=True))
+            self.counters["replay_events"] += index.n
+        self.counters["replay_observations"] += len(keys)
+        self.counters["replay_seconds"] += time.perf_counter() - start
+        out["__cv__"] = self.catalog_version
         return out
 
     def _event_index(self, stream: str, entity: str) -> EventIndex:
@@ -446,7 +549,8 @@ class ShardCore:
         if self.cache is None:
             cache: dict[str, list[Batch]] = {}
             for offset, record in self.log.read(0):
-                cache.setdefault(record["stream"], []).append(self._decode(record, offset))
+                if _rows(record):
+                    cache.setdefault(record["stream"], []).append(self._decode(record, offset))
             for s, parts in cache.items():
                 cache[s] = [concat(parts)] if len(parts) > 1 else parts
             self.cache = cache
@@ -459,6 +563,7 @@ class ShardCore:
     @_locked
     def info(self) -> dict:
         return {"shard": self.shard_id, "next_offset": self.log.next_offset, "local_max": dict(self.local_max),
+                "watermark": dict(self.watermark), "catalog_version": self.catalog_version,
                 "log_truncated_bytes": self.log.truncated_bytes,
                 "log_bytes": self.log.size_bytes(), "since_snapshot": self.since_snapshot,
                 "schema": {s: dict(k) for s, k in self.schema.items()}}
@@ -476,6 +581,11 @@ class ShardCore:
         self.log.close()
         self._dir_lock.close()  # releases the flock
         self.snap.close()
+
+
+def _rows(record: dict) -> int:
+    """The number of events in a logged batch (0 for a batch that only carries a watermark)."""
+    return len(decode(record["cols"][TS]))
 
 
 def _key_array(keys: list) -> np.ndarray:

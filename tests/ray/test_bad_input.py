@@ -159,8 +159,8 @@ CASES = [
                                                "GROUP BY user"), E.SqlError, "x"),
     ("sql_one_bad_of_many", lambda s: s.register_sql("SELECT user, COUNT(*) AS fresh1, SUM(s) AS fresh2 "
                                                      "FROM ev GROUP BY user"), E.DefinitionError, "fresh2"),
-    ("sql_duplicate_name", lambda s: s.register_sql("SELECT user, COUNT(*) AS n FROM ev WHERE x > 0 "
-                                                    "GROUP BY user"), E.DefinitionError, "'n'"),
+    ("sql_duplicate_alias", lambda s: s.register_sql("SELECT user, COUNT(*) AS d, SUM(x) AS d FROM ev "
+                                                     "GROUP BY user"), E.SqlError, "'d'"),
     ("unknown_aggregate", lambda s: s.register_feature(F(agg="median", column="x")), E.AggregateError, "median"),
     ("aggregate_without_column", lambda s: s.register_feature(F(agg="sum")), E.AggregateError, "sum"),
     ("window_bad_unit", lambda s: s.register_feature(F(window="7x")), E.WindowError, "7x"),
@@ -183,8 +183,13 @@ CASES = [
      "'s'"),
     ("feature_on_timestamp_column", lambda s: s.register_feature(F(agg="max", column="ts")), E.DefinitionError,
      "'ts'"),
-    ("feature_conflicting_redefinition", lambda s: s.register_feature(
-        rayfs.Feature(name="n", stream="ev", entity="user", agg="count", window="1d")), E.DefinitionError, "'n'"),
+    ("drop_unknown_feature", lambda s: s.drop_feature("nope_feat"), E.UnknownFeatureError, "nope_feat"),
+    ("drop_unknown_version", lambda s: s.drop_feature("n", 7), E.UnknownFeatureError, "n@7"),
+    ("get_unknown_version", lambda s: s.get_features("user", ["u0"], features=["n@9"]), E.UnknownFeatureError, "n@9"),
+    ("feature_bad_k", lambda s: s.register_feature(F(agg="count", k=3)), E.AggregateError, "k"),
+    ("feature_bad_tags", lambda s: s.register_feature(F(tags=[""])), E.DefinitionError, "tags"),
+    ("training_bad_output", lambda s: s.training_set(OBS, features=["n"], timestamp="ts", output="csv"),
+     E.DefinitionError, "csv"),
     ("feature_not_a_feature", lambda s: s.register_feature({"name": "n"}), E.DefinitionError, "dict"),
     # reads
     ("get_unknown_feature", lambda s: s.get_features("user", ["u0"], features=["nope_feat"]),

@@ -524,33 +524,52 @@ def test_register_sql_naming_and_window(tmp_path):
         assert col(got, "mx") == [4.0]
 
 
-def test_reregistering_is_idempotent_and_conflicts_raise(tmp_path):
+def test_reregistering_is_idempotent_and_redefinitions_make_versions(tmp_path):
     with open_store(tmp_path) as store:
         s = store.register_stream("ev", entities=["user"], timestamp="ts")
         assert store.register_stream("ev", entities="user", timestamp="ts") == s
         f = store.register_feature(F("sx", "sum", "x", window="1d"))
+        assert (f.version, f.key) == (1, "sx") and f.created
         store.ingest("ev", pd.DataFrame({"user": ["a", "a"], "ts": [T, T + US], "x": [1.0, 2.0]}))
         before = store.info()
-        # Same definition, window spelled differently, description differs: still the same feature.
-        same = rayfs.Feature(name="sx", stream="ev", entity="user", agg="SUM", column="x",
-                             window=dt.timedelta(days=1), description="other words")
-        assert store.register_feature(same) == f
-        store.register_sql("SELECT user, SUM(x) AS sx FROM ev GROUP BY user", window="1d")
-        assert store.info() == before
-        assert col(store.get_features("user", ["a"]), "sx") == [3.0]
+        # Same definition, window and aggregate spelled differently: a no-op that changes nothing anywhere.
+        same = rayfs.Feature(name="sx", stream="ev", entity="user", agg="SUM", column="x", window=dt.timedelta(days=1))
+        assert store.register_feature(same) == f and store.info() == before
+        # Only metadata differs: updated in place, same version, same values.
+        g = store.register_feature(rayfs.Feature(name="sx", stream="ev", entity="user", agg="sum", column="x",
+                                                 window="1d", description="other words", owner="ana", tags=["t"]))
+        assert (g.version, g.description, g.owner, g.tags) == (1, "other words", "ana", ("t",))
+        assert store.describe("sx")["owner"] == "ana" and len(store.list_features()) == 1
         with pytest.raises(rayfs.DefinitionError, match="ev"):
             store.register_stream("ev", entities=["user", "item"], timestamp="ts")
         with pytest.raises(rayfs.DefinitionError, match="ev"):
             store.register_stream("ev", entities=["user"], timestamp="time")
-        for bad in (F("sx", "sum", "x", window="2d"), F("sx", "mean", "x", window="1d"), F("sx", "sum", "x"),
-                    F("sx", "sum", "x", window="1d", where="x > 0")):
-            with pytest.raises(rayfs.DefinitionError, match="sx"):
-                store.register_feature(bad)
-        with pytest.raises(rayfs.DefinitionError, match="sx"):
-            store.register_sql("SELECT user, SUM(x) AS sx FROM ev GROUP BY user", window="2d")
-        assert store.features["sx"] == f and set(store.features) == {"sx"}
-        assert col(store.get_features("user", ["a"]), "sx") == [3.0]
-        assert store.info() == before
+        # A different definition is a new version; the bare name follows the latest, older ones stay queryable.
+        v2 = store.register_feature(F("sx", "sum", "x", window="1d", where="x > 1"))
+        [v3] = store.register_sql("SELECT user, COUNT(*) AS sx FROM ev GROUP BY user")
+        assert (v2.version, v2.key, v3.version, v3.key) == (2, "sx@2", 3, "sx@3")
+        got = store.get_features("user", ["a", "zz"], ["sx", "sx@1", "sx@2", "sx@3"])
+        assert list(got.columns) == ["user", "sx", "sx@1", "sx@2", "sx@3"]
+        assert got.iloc[0, 1:].tolist() == [2, 3.0, 2.0, 2] and col(got, "sx@1")[1] is None
+        o = obs(["a"], [T + 2 * US])
+        ts = store.training_set(o, ["sx", "sx@1", "sx@2"], timestamp="ts")
+        assert ts.iloc[0, 2:].tolist() == [2, 3.0, 2.0]
+        assert store.features["sx"].version == 3 and set(store.features) == {"sx"}
+        assert store.list_features()["key"].tolist() == ["sx", "sx@2", "sx@3"]
+        assert [v["version"] for v in store.describe("sx")["versions"]] == [1, 2, 3]
+        # Dropping the latest makes the previous one the latest; version numbers are never reused.
+        assert store.drop_feature("sx").version == 3
+        assert store.features["sx"].version == 2
+        with pytest.raises(rayfs.UnknownFeatureError, match="sx@3"):
+            store.get_features("user", ["a"], ["sx@3"])
+        store.drop_feature("sx", 1)
+        assert store.register_feature(F("sx", "count", window="2d")).version == 4
+        assert store.list_features()["key"].tolist() == ["sx@2", "sx@4"]
+        kept = store.get_features("user", ["a"], ["sx", "sx@2"])
+    with rayfs.FeatureStore.open(tmp_path / "s") as store:  # versions persist with the store
+        assert store.list_features()["key"].tolist() == ["sx@2", "sx@4"]
+        pd.testing.assert_frame_equal(store.get_features("user", ["a"], ["sx", "sx@2"]), kept)
+        assert store.register_feature(F("sx", "count", window="2d")).version == 4
 
 
 def test_definitions_schema_and_data_persist_across_reopen(tmp_path):

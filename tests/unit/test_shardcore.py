@@ -88,7 +88,6 @@ def probe(df: pd.DataFrame) -> pd.DataFrame:
 
 def read_all(c: ShardCore, df: pd.DataFrame, feats=FEATS) -> dict[str, pd.DataFrame]:
     """Online values (as of the newest event) and a point-in-time replay, per entity field."""
-    wm = {"ev": int(df["ts"].max()) * 1_000_000}
     obs = probe(df)
     out = {}
     for entity, keys in (("user", USER_KEYS), ("item", ITEM_KEYS)):
@@ -96,7 +95,7 @@ def read_all(c: ShardCore, df: pd.DataFrame, feats=FEATS) -> dict[str, pd.DataFr
         if not names:
             continue
         k = key_column(pd.Series(keys, dtype=object), what="keys")
-        out[f"get_{entity}"] = pd.DataFrame(c.get(entity, k, names, wm)).assign(**{entity: keys})
+        out[f"get_{entity}"] = pd.DataFrame(c.get(entity, k, names)).assign(**{entity: keys})
         ok = key_column(obs[entity], what="obs")
         out[f"replay_{entity}"] = pd.DataFrame(c.replay(entity, ok, obs["ts"].to_numpy() * 1_000_000, names))
     return out

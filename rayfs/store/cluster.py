@@ -1,0 +1,113 @@
+"""Where a store lives in Ray: starting or joining Ray, naming, creating and finding its actors.
+
+A store is a set of actors in a Ray namespace (default ``"rayfs"``): one coordinator
+(``rayfs:<id>:coordinator``, :mod:`rayfs.store.coordinator`) and N shards (``rayfs:<id>:shard-000``, ...).
+``<id>`` is the store's name for a named store (detached actors that outlive the driver, reachable from any
+driver with :func:`rayfs.connect`) and a digest of its path for an embedded one (actors owned by the driver,
+gone with it).
+
+Placement: shards ask for no CPU and are created with the ``SPREAD`` scheduling strategy, so Ray places
+them round-robin over the cluster's nodes; the coordinator goes wherever Ray likes. Every actor restarts
+without limit (``max_restarts=-1``): a shard rebuilds itself from its folder, so on a node loss it comes
+back on another node only if the store's path is on a filesystem that node can reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import ray
+
+from rayfs.errors import StoreOpenError
+from rayfs.shard import ShardActor, actor_name
+from rayfs.store.coordinator import Coordinator
+
+NAMESPACE = "rayfs"
+CoordinatorActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=16)(Coordinator)
+
+
+def ensure_ray(address: str | None = None, namespace: str = NAMESPACE) -> bool:
+    """Start or join Ray if this process has not; True if this call started a local Ray.
+
+    ``address=None`` starts a private local Ray unless ``RAY_ADDRESS`` names a cluster; ``"auto"`` joins
+    the cluster running on this machine; ``"ray://..."`` or ``"host:port"`` joins that one.
+    """
+    if ray.is_initialized():
+        return False
+    kwargs = dict(namespace=namespace, include_dashboard=False, logging_level="ERROR", configure_logging=True,
+                  log_to_driver=False)
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, **kwargs)
+    return address == "local"
+
+
+def store_id(path: str, name: str | None) -> str:
+    return name if name else hashlib.sha1(path.encode()).hexdigest()[:12]
+
+
+def coordinator_name(sid: str) -> str:
+    return f"rayfs:{sid}:coordinator"
+
+
+def lookup(name: str, namespace: str):
+    """The actor called ``name``, or ``None``."""
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+
+
+def _alive(name: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=namespace)
+        return True
+    except ValueError:
+        return False
+    except Exception:  # noqa: BLE001 - Ray raises others while a dead job's actor is being cleaned up
+        return True
+
+
+def create_coordinator(path: str, settings: dict):
+    """Create (or, for a named store that appeared meanwhile, get) the coordinator actor."""
+    return CoordinatorActor.options(
+        name=coordinator_name(settings["store_id"]), namespace=settings["namespace"],
+        lifetime="detached" if settings["name"] else None, get_if_exists=bool(settings["name"]),
+    ).remote(path, settings)
+
+
+def create_shards(path: str, settings: dict, streams: list[dict], features: list[dict]) -> list:
+    """Create (or get, for a named store) every shard actor, spread over the cluster's nodes."""
+    n = settings["shards"]
+    return [ShardActor.options(
+        name=settings["shard_names"][i], namespace=settings["namespace"],
+        lifetime="detached" if settings["name"] else None, get_if_exists=bool(settings["name"]),
+        scheduling_strategy="SPREAD",
+    ).remote(path, i, n, streams, features, durability=settings["durability"],
+             segment_bytes=settings["segment_bytes"], snapshot_every=settings["snapshot_every"])
+        for i in range(n)]
+
+
+def shard_handles(settings: dict) -> list:
+    ns = settings["namespace"]
+    handles = [lookup(n, ns) for n in settings["shard_names"]]
+    if any(h is None for h in handles):
+        raise StoreOpenError(f"store {settings['store_id']!r}: shard actors are missing; the store is stopping "
+                             "or was stopped")
+    return handles
+
+
+def settings_for(path: str, name: str | None, namespace: str, shards: int, **options) -> dict:
+    sid = store_id(path, name)
+    return dict(store_id=sid, name=name, namespace=namespace, shards=shards, path=path,
+                shard_names=[actor_name(sid, i) for i in range(shards)], **options)
+
+
+def release(handles: list, names: list[str], namespace: str) -> None:
+    """Kill actors and wait until their names are free (``ray.kill`` is asynchronous)."""
+    for h in handles:
+        ray.kill(h, no_restart=True)
+    deadline = time.monotonic() + 60
+    while any(_alive(n, namespace) for n in names) and time.monotonic() < deadline:
+        time.sleep(0.02)

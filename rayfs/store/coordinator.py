@@ -1,0 +1,139 @@
+"""The store's coordinator: the one writer of the catalog, as a small Ray actor beside the shards.
+
+Every driver connected to a store (by path or by name) registers streams and features, and records the
+column kinds it sees first, through this actor, so definitions are decided once and in order even with
+many drivers. It saves ``catalog.json`` (which a restarting shard reads) *before* any shard hears of a
+change, then pushes the change to every shard. Each change bumps the catalog version; shards echo the
+version they know in their answers so a driver can tell its cached copy is stale.
+
+The coordinator holds no data: if it dies, Ray restarts it and it reloads the catalog from disk.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+
+import ray
+
+from rayfs.catalog import Catalog
+from rayfs.definitions import Feature, Stream
+from rayfs.errors import DefinitionError, SchemaError
+
+
+class Coordinator:
+    """Catalog owner of one store. See the module docstring.
+
+    Args:
+        path: the store's folder (holds ``catalog.json``).
+        settings: ``{"store_id", "name", "namespace", "shards", "durability", "segment_bytes",
+            "snapshot_every", "shard_names"}`` as decided by the driver that created the store.
+    """
+
+    def __init__(self, path: str, settings: dict) -> None:
+        self.path = path
+        self._settings = dict(settings, path=path)
+        self._lock = threading.Lock()
+        catalog = Catalog.load(path)
+        if catalog is None:  # the creating driver saves it first; this is only a safety net
+            catalog = Catalog(path, settings["shards"])
+            catalog.save()
+        self.catalog = catalog
+        self._handles: list | None = None
+
+    def settings(self) -> dict:
+        return dict(self._settings)
+
+    def ping(self) -> bool:
+        return True
+
+    def handles(self) -> list:
+        """The shard actors, looked up by name (they may live on any node)."""
+        if self._handles is None:
+            ns = self._settings["namespace"]
+            self._handles = [ray.get_actor(n, namespace=ns) for n in self._settings["shard_names"]]
+        return self._handles
+
+    def get_catalog(self) -> dict:
+        with self._lock:
+            return self.catalog.to_dict()
+
+    # ------------------------------------------------------------------------------------- changes
+    def register_stream(self, stream: dict) -> dict:
+        s = Stream.from_dict(stream)
+        with self._lock:
+            old = self.catalog.streams.get(s.name)
+            if old is not None:
+                if old != s:
+                    raise DefinitionError(f"stream {s.name!r} is already registered as {old.to_dict()}")
+                return self.catalog.to_dict()
+            self.catalog.streams[s.name] = s
+            self.catalog.schema.setdefault(s.name, {})
+            self.catalog.save()
+            version = self.catalog.version
+        ray.get([h.add_stream.remote(s.to_dict(), version) for h in self.handles()])
+        return self.get_catalog()
+
+    def register_feature(self, feature: dict) -> tuple[dict, str, dict]:
+        """Register a feature version; its backfill on the shards is done when this returns.
+
+        Returns:
+            ``(registered feature, change, catalog)`` with change ``"new"``, ``"metadata"`` or ``"same"``.
+        """
+        f = Feature.from_dict(feature)
+        created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        with self._lock:
+            new, change = self.catalog.add_feature(f, created)
+            if change != "same":
+                self.catalog.save()
+            version = self.catalog.version
+        if change == "same":
+            return new.to_dict(), change, self.get_catalog()
+        try:
+            # Outside the lock: a long backfill blocks neither other registrations nor ingest.
+            ray.get([h.add_feature.remote(new.to_dict(), version) for h in self.handles()])
+        except BaseException:
+            if change == "new":  # a shard refused it: roll back everywhere
+                with self._lock:
+                    self.catalog.features.pop(new.key, None)
+                    self.catalog.next_version[new.name] = new.version  # nothing was ever served from it
+                    self.catalog.save()
+                    version = self.catalog.version
+                ray.get([h.drop_feature.remote(new.key, version) for h in self.handles()])
+            raise
+        return new.to_dict(), change, self.get_catalog()
+
+    def drop_feature(self, ref: str) -> tuple[dict, dict]:
+        """Drop one feature version (``name@v``, or the latest for a bare name)."""
+        with self._lock:
+            f = self.catalog.drop_feature(ref)
+            self.catalog.save()
+            version = self.catalog.version
+        ray.get([h.drop_feature.remote(f.key, version) for h in self.handles()])
+        return f.to_dict(), self.get_catalog()
+
+    def update_schema(self, stream: str, kinds: dict[str, str]) -> dict:
+        """Record column kinds first seen by some driver; refuse a kind that conflicts with an earlier one."""
+        with self._lock:
+            schema = self.catalog.schema.setdefault(stream, {})
+            entities = self.catalog.streams[stream].entities
+            changed = {}
+            for c, k in kinds.items():
+                old = schema.get(c)
+                if old is None or old == k:
+                    if old is None:
+                        changed[c] = k
+                elif c in entities:
+                    if old != "mixed":
+                        changed[c] = "mixed"  # entity keys may mix ints and strings across batches
+                else:
+                    raise SchemaError(f"stream {stream!r} column {c!r}: holds {k} values but earlier "
+                                      f"batches held {old} values")
+            if changed:
+                merged = {**schema, **changed}
+                for f in self.catalog.features.values():
+                    if f.stream == stream:
+                        self.catalog.check_types(f, merged, error=SchemaError)
+                schema.update(changed)
+                self.catalog.save()
+            return self.catalog.to_dict()

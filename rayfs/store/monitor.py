@@ -1,0 +1,138 @@
+"""Discovery and monitoring of a store: feature listings, descriptions, statistics, shard stats, the audit.
+
+Functions here take a :class:`rayfs.store.session.Session` and ask the shards; the
+:class:`~rayfs.FeatureStore` methods of the same names are thin wrappers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import ray
+
+from rayfs.definitions import Feature
+from rayfs.featurestats import FIELDS, merge_stats
+from rayfs.store.session import Session
+
+_SQL_AGGS = {"count": "COUNT", "sum": "SUM", "mean": "AVG", "min": "MIN", "max": "MAX", "stddev": "STDDEV",
+             "variance": "VARIANCE", "first": "FIRST", "last": "LAST", "last_k": "LAST_K", "first_k": "FIRST_K",
+             "top_k": "TOP_K", "approx_count_distinct": "APPROX_COUNT_DISTINCT",
+             "approx_quantile": "APPROX_QUANTILE"}
+
+
+def feature_sql(f: Feature) -> str | None:
+    """The feature as the SQL :meth:`~rayfs.FeatureStore.register_sql` accepts (window aside), if any.
+
+    >>> feature_sql(Feature(name="n", stream="up", entity="user", agg="count_distinct", column="post",
+    ...                     where="score > 0"))
+    'SELECT user, COUNT(DISTINCT post) AS n FROM up WHERE score > 0 GROUP BY user'
+    """
+    if f.agg == "count_distinct":
+        call = f"COUNT(DISTINCT {f.column})"
+    elif f.agg in _SQL_AGGS:
+        args = [f.column or "*"] + [repr(p) for p in f.params.values()]
+        call = f"{_SQL_AGGS[f.agg]}({', '.join(args)})"
+    else:
+        return None
+    where = f" WHERE {f.where}" if f.where else ""
+    return f"SELECT {f.entity}, {call} AS {f.name} FROM {f.stream}{where} GROUP BY {f.entity}"
+
+
+def list_features(session: Session) -> pd.DataFrame:
+    """Every live feature version, one row each (newest version of each name flagged ``latest``)."""
+    cat = session.catalog
+    rows = []
+    for f in sorted(cat.features.values(), key=lambda f: (f.name, f.version)):
+        rows.append({"name": f.name, "version": f.version, "key": f.key, "latest": cat.latest(f.name) is f,
+                     "stream": f.stream, "entity": f.entity, "agg": f.agg, "column": f.column, "window": f.window,
+                     "where": f.where, **f.params, "owner": f.owner, "description": f.description,
+                     "tags": list(f.tags), "created": f.created})
+    cols = ["name", "version", "key", "latest", "stream", "entity", "agg", "column", "window", "where", "owner",
+            "description", "tags", "created"]
+    return pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
+
+
+def online_stats(session: Session, features: list[Feature]) -> dict[str, dict]:
+    """Statistics of each feature's online values over every entity, merged over the shards."""
+    keys = [f.key for f in features]
+    parts = ray.get([h.feature_stats.remote(keys) for h in session.handles])
+    return {k: merge_stats([p[k] for p in parts if k in p]) for k in keys}
+
+
+def describe(session: Session, ref: str) -> dict:
+    """Definition, SQL, versions, metadata and live statistics of one feature."""
+    f = session.catalog.feature(ref)
+    versions = session.catalog.versions(f.name)
+    return {"name": f.name, "version": f.version, "key": f.key, "definition": f.to_dict(), "sql": feature_sql(f),
+            "window": f.window, "stream": f.stream, "entity": f.entity, "owner": f.owner,
+            "description": f.description, "tags": list(f.tags), "created": f.created,
+            "versions": [{"version": v.version, "created": v.created, "sql": feature_sql(v), "window": v.window}
+                         for v in versions],
+            "stats": online_stats(session, [f])[f.key]}
+
+
+def shard_stats(session: Session) -> pd.DataFrame:
+    """One row per shard: counters, log and snapshot gauges, replay throughput, node."""
+    rows = ray.get([h.stats.remote() for h in session.handles])
+    infos = ray.get([h.info.remote() for h in session.handles])
+    for r, i in zip(rows, infos, strict=True):
+        r["node_id"] = i.get("node_id")
+    return pd.DataFrame(rows)
+
+
+def stats_frame(stats: dict[str, dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"feature": k, **v} for k, v in stats.items()], columns=["feature", *FIELDS])
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b, strict=True)))
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, (float, np.floating)) or isinstance(b, (float, np.floating)):
+        if isinstance(a, str) or isinstance(b, str):
+            return False
+        fa, fb = float(a), float(b)
+        if math.isnan(fa) or math.isnan(fb):
+            return math.isnan(fa) and math.isnan(fb)
+        return math.isclose(fa, fb, rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
+
+
+def audit(session: Session, features: list[tuple[str, Feature]], n: int, seed: int) -> pd.DataFrame:
+    """Compare online values with a fresh replay of each shard's on-disk log at the same instant.
+
+    Samples up to ``n`` entity keys per entity field (spread over the shards) and checks every feature of
+    that entity on them. Returns one row per feature: keys checked, mismatches, a few examples.
+    """
+    handles = session.handles
+    by_entity: dict[str, list[tuple[str, Feature]]] = {}
+    for r, f in features:
+        by_entity.setdefault(f.entity, []).append((r, f))
+    rows = []
+    for entity, group in by_entity.items():
+        streams = sorted({f.stream for _, f in group})
+        per_shard = max(1, n // len(handles))
+        samples = ray.get([h.sample_keys.remote(s, entity, per_shard, seed) for h in handles for s in streams])
+        calls = []
+        for i, h in enumerate(handles):
+            keys = list(dict.fromkeys(k for j, s in enumerate(streams) for k in samples[i * len(streams) + j]))
+            if keys:
+                arr = np.empty(len(keys), dtype=object)
+                arr[:] = keys
+                calls.append((arr, h.audit.remote(entity, arr, [f.key for _, f in group])))
+        results = [(keys, ray.get(ref)) for keys, ref in calls]
+        for r, f in group:
+            checked, bad = 0, []
+            for keys, res in results:
+                on, re_ = res["online"][f.key], res["replay"][f.key]
+                for k, a, b in zip(keys, on, re_, strict=True):
+                    checked += 1
+                    if not _same(a, b):
+                        bad.append({"key": k, "online": a, "replay": b})
+            rows.append({"feature": r, "entity": entity, "checked": checked, "mismatches": len(bad),
+                         "examples": bad[:5]})
+    return pd.DataFrame(rows, columns=["feature", "entity", "checked", "mismatches", "examples"])

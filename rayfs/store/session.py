@@ -1,0 +1,45 @@
+"""One process's connection to a store: the coordinator, the shard handles and a cached catalog."""
+
+from __future__ import annotations
+
+import ray
+
+from rayfs.catalog import Catalog
+
+
+class Session:
+    """What a driver (or a Ray Data worker) needs to talk to a store.
+
+    The catalog is a cached copy of the coordinator's; shards report the catalog version they know with
+    every answer, and :meth:`seen` refreshes the copy when it is behind.
+    """
+
+    def __init__(self, coordinator, settings: dict, handles: list) -> None:
+        self.coordinator = coordinator
+        self.settings = settings
+        self.handles = handles
+        self.path: str = settings["path"]
+        self.catalog = Catalog.from_dict(self.path, ray.get(coordinator.get_catalog.remote()))
+
+    def refresh(self, catalog: dict | None = None) -> None:
+        """Replace the cached catalog (by ``catalog`` as returned by the coordinator, else fetch it)."""
+        d = catalog if catalog is not None else ray.get(self.coordinator.get_catalog.remote())
+        if d.get("version", 0) >= self.catalog.version:
+            self.catalog = Catalog.from_dict(self.path, d)
+
+    def seen(self, version: int | None) -> bool:
+        """Note a catalog version reported by a shard; True if the cached copy was stale (now refreshed)."""
+        if version is not None and version > self.catalog.version:
+            self.refresh()
+            return True
+        return False
+
+    def __reduce__(self):  # a Session travels to Ray Data workers as its settings; they reconnect
+        return (_reconnect, (self.settings,))
+
+
+def _reconnect(settings: dict) -> Session:
+    from rayfs.store import cluster
+
+    coord = cluster.lookup(cluster.coordinator_name(settings["store_id"]), settings["namespace"])
+    return Session(coord, settings, cluster.shard_handles(settings))
