@@ -384,7 +384,7 @@ class FeatureStore:
             if f.key not in vals:
                 vals[f.key] = self._empty(f, n)
         if fs and n:
-            cv = fan_out(self._handles, method, keys, extra, list(vals), entity, vals)
+            cv = self._session.call(lambda handles: fan_out(handles, method, keys, extra, list(vals), entity, vals))
             if self._session.seen(cv) and [f.key for _, f in self._resolve(features, None)] != [f.key for _, f in fs]:
                 return None
         out, used = {}, set()

@@ -6,10 +6,16 @@ A store is a set of actors in a Ray namespace (default ``"rayfs"``): one coordin
 driver with :func:`rayfs.connect`) and a digest of its path for an embedded one (actors owned by the driver,
 gone with it).
 
-Placement: shards ask for no CPU and are created with the ``SPREAD`` scheduling strategy, so Ray places
-them round-robin over the cluster's nodes; the coordinator goes wherever Ray likes. Every actor restarts
-without limit (``max_restarts=-1``): a shard rebuilds itself from its folder, so on a node loss it comes
-back on another node only if the store's path is on a filesystem that node can reach.
+Placement: shards ask for no CPU. When a store starts, shard ``i`` is pinned (hard node affinity) to the
+``i``-th alive node, nodes sorted by id, round robin, so N shards spread evenly over the cluster. A shard
+whose process dies restarts on its node; a shard whose *node* is gone cannot be restarted there, so the
+first driver that finds it unschedulable re-creates it (same name, same folder) with Ray's ``SPREAD``
+strategy on a live node (:func:`revive`) and retries its call. (Ray's soft affinity, which would do this
+by itself, placed zero-CPU actors off their node in our tests.) The coordinator goes wherever Ray likes. Every actor
+restarts without limit (``max_restarts=-1``): a shard rebuilds itself from its folder, so after a node
+loss it comes back on another node only if the store's path is on a filesystem that node can reach (a
+shared filesystem in a real cluster; with node-local disks, its keys are unavailable until that node
+returns, and nothing acknowledged is lost as long as the disk survives).
 """
 
 from __future__ import annotations
@@ -78,15 +84,48 @@ def create_coordinator(path: str, settings: dict):
 
 
 def create_shards(path: str, settings: dict, streams: list[dict], features: list[dict]) -> list:
-    """Create (or get, for a named store) every shard actor, spread over the cluster's nodes."""
-    n = settings["shards"]
-    return [ShardActor.options(
+    """Create (or get, for a named store) every shard actor, one per node round robin."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
+    return [_create_shard(path, settings, i, streams, features,
+                          NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False))
+            for i in range(settings["shards"])]
+
+
+def _create_shard(path: str, settings: dict, i: int, streams: list[dict], features: list[dict], strategy):
+    return ShardActor.options(
         name=settings["shard_names"][i], namespace=settings["namespace"],
-        lifetime="detached" if settings["name"] else None, get_if_exists=bool(settings["name"]),
-        scheduling_strategy="SPREAD",
-    ).remote(path, i, n, streams, features, durability=settings["durability"],
+        lifetime="detached" if settings["name"] else None, get_if_exists=True, scheduling_strategy=strategy,
+    ).remote(path, i, settings["shards"], streams, features, durability=settings["durability"],
              segment_bytes=settings["segment_bytes"], snapshot_every=settings["snapshot_every"])
-        for i in range(n)]
+
+
+def revive(settings: dict, handles: list, timeout: float = 30.0) -> list:
+    """Re-create the shards Ray cannot restart (their node is gone) on live nodes; the current handles.
+
+    A shard that is merely restarting (its process died, its node lives) is waited for, not replaced.
+    Safe to call from several drivers at once: names make the re-creation happen once.
+    """
+    from ray.exceptions import ActorDiedError, ActorUnschedulableError, GetTimeoutError
+
+    ns = settings["namespace"]
+    out = list(handles)
+    for i, h in enumerate(handles):
+        try:
+            ray.get(h.pid.remote(), timeout=timeout)
+            continue
+        except GetTimeoutError:
+            continue
+        except (ActorUnschedulableError, ActorDiedError):
+            pass
+        current = lookup(settings["shard_names"][i], ns)
+        if current is not None and current._actor_id != h._actor_id:
+            out[i] = current  # another driver re-created it already
+            continue
+        release([h], [settings["shard_names"][i]], ns)
+        out[i] = _create_shard(settings["path"], settings, i, [], [], "SPREAD")  # definitions: catalog.json
+    return out
 
 
 def shard_handles(settings: dict) -> list:

@@ -42,8 +42,10 @@ def ingest_dataset(session: Session, stream: str, ds, *, batch_rows: int = BATCH
                    concurrency: int | None = None) -> dict:
     """Ingest every row of ``ds`` into ``stream``; returns ``{"rows": n, "batches": k}``."""
     workers = concurrency or max(1, min(len(session.handles), 4))
+    import ray.data
+
     counts = ds.map_batches(_Writer, fn_constructor_args=(session, stream), batch_size=batch_rows,
-                            batch_format="pandas", concurrency=workers, num_cpus=0)
+                            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0)
     rows = batches = 0
     for block in counts.iter_batches(batch_format="pandas", batch_size=None):
         rows += int(block["rows"].sum())

@@ -138,22 +138,19 @@ class Ingestor:
 
     def send_record(self, record: dict, cols: C.Batch | None = None) -> None:
         """Route the rows of one logged batch to the shards of their entity keys and wait for the acks."""
-        handles = self.session.handles
         s = self.session.catalog.stream(record["stream"])
         cols = C.decode_batch(record["cols"]) if cols is None else cols
         n = len(cols[TS])
-        owners = [_owners(record["cols"][e], cols[e], len(handles)) for e in s.entities]
-        routed = np.zeros((len(handles), n), dtype=bool)
+        n_shards = self.session.settings["shards"]
+        owners = [_owners(record["cols"][e], cols[e], n_shards) for e in s.entities]
+        routed = np.zeros((n_shards, n), dtype=bool)
         for o in owners:
             ok = o >= 0
             routed[o[ok], np.flatnonzero(ok)] = True
         routed[0] |= ~routed.any(axis=0)  # rows with only null keys are still logged (on shard 0)
         wm = int(cols[TS].max())
-        calls = []
-        for shard, mask in enumerate(routed):
-            # Rows are cut from the encoded batch: strings keep the batch's dictionary, no re-encoding.
-            part = record["cols"] if mask.all() else C.take_wire(record["cols"], mask)
-            calls.append(handles[shard].ingest.remote(
-                {"stream": s.name, "batch_id": record["batch_id"], "cols": part, "wm": wm}))
-        acks = ray.get(calls)
+        # Rows are cut from the encoded batch: strings keep the batch's dictionary, no re-encoding.
+        parts = [{"stream": s.name, "batch_id": record["batch_id"], "wm": wm,
+                  "cols": record["cols"] if mask.all() else C.take_wire(record["cols"], mask)} for mask in routed]
+        acks = self.session.call(lambda handles: ray.get([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))
         self.session.seen(max(a.get("cv", 0) for a in acks))

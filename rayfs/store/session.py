@@ -34,6 +34,21 @@ class Session:
             return True
         return False
 
+    def call(self, fn):
+        """``fn(handles)``; if a shard is lost with its node, re-create it elsewhere and call once more.
+
+        ``fn`` must be safe to repeat (ingests carry batch ids; reads are reads).
+        """
+        from ray.exceptions import ActorUnschedulableError, RayActorError
+
+        from rayfs.store import cluster
+
+        try:
+            return fn(self.handles)
+        except (ActorUnschedulableError, RayActorError):
+            self.handles = cluster.revive(self.settings, self.handles)
+            return fn(self.handles)
+
     def __reduce__(self):  # a Session travels to Ray Data workers as its settings; they reconnect
         return (_reconnect, (self.settings,))
 
