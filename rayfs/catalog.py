@@ -201,7 +201,7 @@ class Catalog:
         s = self.stream(f.stream)
         if f.column is not None:
             kind = kinds.get(f.column)
-            if f.column in s.entities and f.agg in ("count", "count_distinct", "first", "last"):
+            if f.column in s.entities and REGISTRY[f.agg].mixed_keys:
                 kind = None  # keys of any type (even mixed ints and strings) are fine here
             if kind == "mixed":
                 raise (error or AggregateError)(

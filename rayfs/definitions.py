@@ -72,7 +72,8 @@ class Feature:
         stream: the stream it aggregates.
         entity: the entity field of the stream it groups by.
         agg: the aggregate: ``count``, ``sum``, ``mean``, ``min``, ``max``, ``count_distinct``,
-            ``stddev``, ``variance``, ``first``, ``last``.
+            ``stddev``, ``variance``, ``first``, ``last``, ``last_k``, ``first_k``, ``top_k`` (with ``k``),
+            ``approx_count_distinct`` (HyperLogLog) or ``approx_quantile`` (KLL, with ``q``).
         column: the aggregated column; ``None`` only for ``count`` (counts rows).
         window: ``None`` (lifetime) or a trailing window like ``"7d"`` or a ``timedelta``; an
             observation at ``t`` sees events with ``t - window <= ts < t``.

@@ -108,7 +108,7 @@ def compile_feature(feature: Feature, kind: str | None) -> CompiledFeature:
         kind = "none"
     elif kind is None:
         kind = "num" if "num" in _kinds(feature.agg) else "str"
-    agg = make_aggregate(feature.agg, kind)
+    agg = make_aggregate(feature.agg, kind, **feature.params)
     pred = Predicate.parse(feature.where, feature=feature.name) if feature.where else None
     return CompiledFeature(feature=feature, agg=agg, kind=kind, predicate=pred)
 

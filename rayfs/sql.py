@@ -20,7 +20,16 @@ SQL                                         rayfs aggregate (column)
 ``VARIANCE``, ``VAR_SAMP``                  ``variance``
 ``FIRST``, ``FIRST_VALUE``                  ``first``
 ``LAST``, ``LAST_VALUE``                    ``last``
+``LAST_K(col, k)``                          ``last_k`` (k)
+``FIRST_K(col, k)``                         ``first_k`` (k)
+``TOP_K(col, k)``                           ``top_k`` (k)
+``APPROX_COUNT_DISTINCT``,                  ``approx_count_distinct``
+``APPROX_DISTINCT``
+``APPROX_QUANTILE(col, q)``,                ``approx_quantile`` (q)
+``APPROX_PERCENTILE``, ``PERCENTILE_APPROX``
 ==========================================  =========================
+
+``k`` is an integer literal (1..10000), ``q`` a number literal in [0, 1].
 
 A feature's name is its alias, else ``<stream>_<agg>_<column>`` (``<stream>_count`` for ``COUNT(*)``).
 The ``WHERE`` clause (see :mod:`rayfs.predicate`) is shared by every feature of the statement. Columns
@@ -36,26 +45,36 @@ from collections.abc import Mapping
 from sqlglot import exp
 
 from rayfs.definitions import Feature, Stream, check_name
-from rayfs.errors import DefinitionError, SqlError, UnknownStreamError
+from rayfs.errors import AggregateError, DefinitionError, SqlError, UnknownStreamError
 from rayfs.predicate import Predicate, parse_trees
 
 __all__ = ["features_from_sql", "SUPPORTED"]
 
 SUPPORTED = ("SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream> [WHERE <predicate>] GROUP BY <entity>"
              " with AGG one of COUNT(*), COUNT(1), COUNT(col), COUNT(DISTINCT col), SUM, AVG/MEAN, MIN, MAX,"
-             " STDDEV/STDDEV_SAMP, VARIANCE/VAR_SAMP, FIRST/FIRST_VALUE, LAST/LAST_VALUE over a plain column")
+             " STDDEV/STDDEV_SAMP, VARIANCE/VAR_SAMP, FIRST/FIRST_VALUE, LAST/LAST_VALUE,"
+             " APPROX_COUNT_DISTINCT over a plain column, LAST_K/FIRST_K/TOP_K(col, k),"
+             " APPROX_QUANTILE(col, q)")
 
 # sqlglot node class -> rayfs aggregate (COUNT is handled on its own).
 _AGG_CLASSES: dict[type, str] = {
     exp.Sum: "sum", exp.Avg: "mean", exp.Min: "min", exp.Max: "max",
     exp.Stddev: "stddev", exp.StddevSamp: "stddev", exp.Variance: "variance",
     exp.First: "first", exp.Last: "last", exp.FirstValue: "first", exp.LastValue: "last",
+    exp.ApproxDistinct: "approx_count_distinct",
 }
 # Function names sqlglot may leave as Anonymous (lower case) -> rayfs aggregate.
 _AGG_NAMES: dict[str, str] = {
     "sum": "sum", "avg": "mean", "mean": "mean", "min": "min", "max": "max",
     "stddev": "stddev", "stddev_samp": "stddev", "variance": "variance", "var_samp": "variance",
     "first": "first", "last": "last", "first_value": "first", "last_value": "last",
+    "approx_count_distinct": "approx_count_distinct", "approx_distinct": "approx_count_distinct",
+}
+# Aggregates with a parameter: function name (lower case) -> (rayfs aggregate, parameter).
+_PARAM_AGGS: dict[str, tuple[str, str]] = {
+    "last_k": ("last_k", "k"), "first_k": ("first_k", "k"), "top_k": ("top_k", "k"),
+    "approx_quantile": ("approx_quantile", "q"), "approx_percentile": ("approx_quantile", "q"),
+    "percentile_approx": ("approx_quantile", "q"),
 }
 _CLAUSES = {"joins": "JOIN", "order": "ORDER BY", "with_": "WITH", "with": "WITH",
             "distinct": "SELECT DISTINCT", "laterals": "LATERAL", "qualify": "QUALIFY", "windows": "WINDOW"}
@@ -124,7 +143,7 @@ def features_from_sql(sql: str, *, window: str | _dt.timedelta | None = None,
         raise SqlError(f"SQL groups by {entity!r}, which is not an entity of stream {stream!r} "
                        f"(entities: {', '.join(streams[stream].entities)})")
 
-    specs: list[tuple[str, str, str | None]] = []  # (name, agg, column)
+    specs: list[tuple[str, str, str | None, dict]] = []  # (name, agg, column, params)
     seen_entity = False
     for item in sel.expressions:
         node, alias = (item.this, item.alias) if isinstance(item, exp.Alias) else (item, None)
@@ -138,10 +157,10 @@ def features_from_sql(sql: str, *, window: str | _dt.timedelta | None = None,
                 raise _err(f"the entity column {entity!r} is selected twice")
             seen_entity = True
             continue
-        agg, column = _aggregate(node)
+        agg, column, params = _aggregate(node)
         name = alias if alias is not None else \
             f"{stream}_count" if column is None else f"{stream}_{agg}_{column}"
-        specs.append((name, agg, column))
+        specs.append((name, agg, column, params))
     if not seen_entity:
         raise _err(f"the GROUP BY entity {entity!r} must be a SELECT item")
     if not specs:
@@ -157,8 +176,11 @@ def features_from_sql(sql: str, *, window: str | _dt.timedelta | None = None,
     where_sql = None
     if where is not None:
         where_sql = Predicate.parse(where.this.sql(comments=False), feature=names[0]).sql
-    return [Feature(name=name, stream=stream, entity=entity, agg=agg, column=column, window=window,
-                    where=where_sql, description=description) for name, agg, column in specs]
+    try:
+        return [Feature(name=name, stream=stream, entity=entity, agg=agg, column=column, window=window,
+                        where=where_sql, description=description, **params) for name, agg, column, params in specs]
+    except AggregateError as e:  # a parameter out of range (k, q)
+        raise SqlError(str(e)) from None
 
 
 def _check(name: str, what: str) -> str:
@@ -197,8 +219,8 @@ def _unqualify(col: exp.Column, aliases: set[str]) -> None:
         col.set("table", None)
 
 
-def _aggregate(node: exp.Expression) -> tuple[str, str | None]:
-    """(rayfs aggregate, column or None) of one aggregate select item."""
+def _aggregate(node: exp.Expression) -> tuple[str, str | None, dict]:
+    """(rayfs aggregate, column or None, parameters) of one aggregate select item."""
     if isinstance(node, exp.Window):
         raise _err(f"window functions are not supported ({_q(node)}); pass window= instead")
     if isinstance(node, exp.Count):
@@ -207,12 +229,21 @@ def _aggregate(node: exp.Expression) -> tuple[str, str | None]:
         arg = node.this
         if isinstance(arg, exp.Star) or (isinstance(arg, exp.Literal) and not arg.is_string
                                         and arg.this == "1"):
-            return "count", None
+            return "count", None, {}
         if isinstance(arg, exp.Distinct):
             if len(arg.expressions) != 1 or any(v for k, v in arg.args.items() if k != "expressions"):
                 raise _err(f"COUNT(DISTINCT ...) takes one column, got {_q(node)}")
-            return "count_distinct", _column(arg.expressions[0], node)
-        return "count", _column(arg, node)
+            return "count_distinct", _column(arg.expressions[0], node), {}
+        return "count", _column(arg, node), {}
+    if isinstance(node, exp.ApproxQuantile):
+        if any(v for k, v in node.args.items() if k not in ("this", "quantile")) or node.args.get("quantile") is None:
+            raise _err(f"APPROX_QUANTILE takes a column and a quantile, got {_q(node)}")
+        return "approx_quantile", _column(node.this, node), {"q": _param(node.args["quantile"], "q", node)}
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in _PARAM_AGGS:
+        agg, param = _PARAM_AGGS[str(node.this).lower()]
+        if len(node.expressions) != 2:
+            raise _err(f"{str(node.this).upper()} takes a column and {param}, got {_q(node)}")
+        return agg, _column(node.expressions[0], node), {param: _param(node.expressions[1], param, node)}
     if type(node) in _AGG_CLASSES:
         agg, args = _AGG_CLASSES[type(node)], node.args
         extra = any(v for k, v in args.items() if k != "this")
@@ -220,13 +251,28 @@ def _aggregate(node: exp.Expression) -> tuple[str, str | None]:
         agg = _AGG_NAMES[str(node.this).lower()]
         if len(node.expressions) != 1:
             raise _err(f"{str(node.this).upper()} takes one column, got {_q(node)}")
-        return agg, _column(node.expressions[0], node)
+        return agg, _column(node.expressions[0], node), {}
     else:
         what = "function" if isinstance(node, exp.Func) else "expression"
         raise _err(f"select item {_q(node)} is an unsupported {what}; expected the entity or an aggregate")
     if extra:
         raise _err(f"unsupported aggregate {_q(node)} (one plain column, no DISTINCT or extra arguments)")
-    return agg, _column(node.this, node)
+    return agg, _column(node.this, node), {}
+
+
+def _param(arg: exp.Expression, param: str, agg: exp.Expression) -> int | float:
+    """The value of parameter ``k`` (an integer literal) or ``q`` (a number literal) of an aggregate."""
+    if isinstance(arg, exp.Literal) and not arg.is_string:
+        text = str(arg.this)
+        if param == "k" and text.isdigit():
+            return int(text)
+        if param == "q":
+            try:
+                return float(text)
+            except ValueError:
+                pass
+    what = "an integer literal" if param == "k" else "a number literal in [0, 1]"
+    raise _err(f"the {param} of {_q(agg)} must be {what}, got {_q(arg)}")
 
 
 def _column(arg: exp.Expression | None, agg: exp.Expression) -> str:

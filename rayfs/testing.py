@@ -23,8 +23,17 @@ The contract they implement:
   empty value. Keys compare as Python values: ``1`` and ``"1"`` are different keys.
 * The online value of a feature is its value at ``T + 1us``, where ``T`` is the newest event time
   of the feature's stream over all its events (null keys and ``where`` included).
-* Count features are int64, other numeric features float64, string-valued features object
-  (``None`` for null).
+* ``last_k``/``first_k`` list the values of the newest/oldest ``k`` non-null events (same order as
+  ``first``/``last``), newest first for ``last_k`` and oldest first for ``first_k``. ``top_k`` lists the ``k``
+  most frequent non-null values as ``{"value": v, "count": c}`` dicts, by count descending, ties by value
+  ascending (numbers before strings). Each of them is ``[]`` when empty.
+* The approximate aggregates get their exact counterparts here: ``approx_count_distinct`` the exact
+  number of distinct values, ``approx_quantile`` the exact inverse-CDF quantile
+  ``sorted(values)[max(ceil(q * n) - 1, 0)]`` (NaN when empty). Compare rayfs's estimates with
+  :func:`assert_approx_features`, which checks the documented error bounds against the values in scope
+  (the oracles with ``in_scope=True``).
+* Count features (``approx_count_distinct`` too) are int64, other numeric features float64,
+  string-valued and list-valued features object (``None`` for null).
 """
 
 from __future__ import annotations
@@ -39,15 +48,18 @@ import pandas as pd
 from rayfs.errors import AggregateError, DefinitionError, SchemaError, UnknownStreamError
 from rayfs.timeutil import parse_window, to_micros
 
-__all__ = ["oracle_training_set", "oracle_online"]
+__all__ = ["oracle_training_set", "oracle_online", "assert_approx_features"]
 
 # ---------------------------------------------------------------------------------------------------
 # Oracle (self-contained: depends only on rayfs.timeutil, rayfs.errors, pandas, numpy, duckdb)
 # ---------------------------------------------------------------------------------------------------
 
-_AGGS = ("count", "sum", "mean", "min", "max", "count_distinct", "stddev", "variance", "first", "last")
-_COUNTS = ("count", "count_distinct")
-_NUMERIC_ONLY = ("sum", "mean", "stddev", "variance")
+_AGGS = ("count", "sum", "mean", "min", "max", "count_distinct", "stddev", "variance", "first", "last",
+         "last_k", "first_k", "top_k", "approx_count_distinct", "approx_quantile")
+_COUNTS = ("count", "count_distinct", "approx_count_distinct")
+_NUMERIC_ONLY = ("sum", "mean", "stddev", "variance", "approx_quantile")
+_LISTS = ("last_k", "first_k", "top_k")
+_VALUES = "__values__"  # internal: the list of values in scope (oracle_in_scope)
 _POS = "__rayfs_oracle_pos__"
 
 
@@ -117,24 +129,34 @@ class _Prepared:
     values: object               # float ndarray (NaN = null), list (None = null), or None (row count)
     groups: dict                 # key -> int64 ndarray of event indices, ordered by (ts, position)
     max_ts: int | None           # newest event time of the stream, None if it has no events
+    k: int | None = None         # last_k, first_k, top_k
+    q: float | None = None       # approx_quantile
 
     @property
     def out_dtype(self):
         if self.agg in _COUNTS:
             return np.int64
-        return object if self.string_valued else np.float64
+        return object if self.string_valued or self.agg in _LISTS or self.agg == _VALUES else np.float64
 
     @property
     def empty(self):
         if self.agg in _COUNTS:
             return 0
+        if self.agg in _LISTS or self.agg == _VALUES:
+            return []  # a new list each time
         return None if self.string_valued else math.nan
 
 
-def _prepare(events: Mapping[str, pd.DataFrame], streams: Mapping, f) -> _Prepared:
+def _prepare(events: Mapping[str, pd.DataFrame], streams: Mapping, f, *, in_scope: bool = False) -> _Prepared:
     agg = str(f.agg).lower()
     if agg not in _AGGS:
         raise AggregateError(f"feature {f.name!r}: unknown aggregate {f.agg!r}")
+    param_k, param_q = getattr(f, "k", None), getattr(f, "q", None)
+    if (agg in _LISTS and param_k is None) or (agg == "approx_quantile" and param_q is None):
+        raise AggregateError(f"feature {f.name!r}: aggregate {agg!r} needs parameter "
+                             f"{'k' if agg in _LISTS else 'q'}")
+    if in_scope:
+        agg = _VALUES
     if f.column is None and agg != "count":
         raise AggregateError(f"feature {f.name!r}: aggregate {agg!r} needs a column")
     if f.stream not in streams:
@@ -180,7 +202,7 @@ def _prepare(events: Mapping[str, pd.DataFrame], streams: Mapping, f) -> _Prepar
         groups[k] = idx[np.lexsort((idx, ts[idx]))]    # by ts, then ingest position
     return _Prepared(name=f.name, agg=agg, window_us=parse_window(f.window, feature=f.name),
                      string_valued=string_valued, ts=ts, values=values, groups=groups,
-                     max_ts=int(ts.max()) if n else None)
+                     max_ts=int(ts.max()) if n else None, k=param_k, q=param_q)
 
 
 def _aggregate(p: _Prepared, sel: np.ndarray):
@@ -194,10 +216,24 @@ def _aggregate(p: _Prepared, sel: np.ndarray):
     a = p.agg
     if a == "count":
         return len(vals)
-    if a == "count_distinct":
+    if a in ("count_distinct", "approx_count_distinct"):
         return len(set(vals))
+    if a == _VALUES:
+        return vals
+    if a == "last_k":
+        return vals[::-1][:p.k]
+    if a == "first_k":
+        return vals[:p.k]
+    if a == "top_k":
+        counts: dict = {}
+        for v in vals:
+            counts[v] = counts.get(v, 0) + 1
+        best = sorted(counts.items(), key=lambda vc: (-vc[1], isinstance(vc[0], str), vc[0]))[:p.k]
+        return [{"value": v, "count": c} for v, c in best]
     if not vals:
         return p.empty
+    if a == "approx_quantile":
+        return sorted(vals)[max(math.ceil(p.q * len(vals)) - 1, 0)]
     if a == "first":
         return vals[0]
     if a == "last":
@@ -240,7 +276,7 @@ def _column(p: _Prepared, keys: Sequence, times: Sequence[int], index) -> pd.Ser
 
 def oracle_training_set(events: Mapping[str, pd.DataFrame], streams: Mapping, features: Sequence,
                         observations: pd.DataFrame, *, timestamp: str,
-                        entity_columns: Mapping[str, str] | None = None) -> pd.DataFrame:
+                        entity_columns: Mapping[str, str] | None = None, in_scope: bool = False) -> pd.DataFrame:
     """Point-in-time feature values for each observation, by brute force.
 
     Args:
@@ -251,6 +287,8 @@ def oracle_training_set(events: Mapping[str, pd.DataFrame], streams: Mapping, fe
             each feature, the entity key in column ``f.entity`` (or ``entity_columns[f.name]``).
         timestamp: the observations' time column.
         entity_columns: per feature name, the observations' column holding its entity key.
+        in_scope: instead of each feature's value, the list of the non-null values it aggregates for the
+            row (its events in scope), ordered by ``(ts, ingest position)``: for checking approximations.
 
     Returns:
         A copy of ``observations`` (same index and order) plus one column per feature.
@@ -274,17 +312,18 @@ def oracle_training_set(events: Mapping[str, pd.DataFrame], streams: Mapping, fe
         col = entity_columns.get(f.name, f.entity)
         if col not in observations.columns:
             raise SchemaError(f"observations lack the entity column {col!r} of feature {f.name!r}")
-        p = _prepare(events, streams, f)
+        p = _prepare(events, streams, f, in_scope=in_scope)
         out[f.name] = _column(p, observations[col].tolist(), times, observations.index)
     return out
 
 
 def oracle_online(events: Mapping[str, pd.DataFrame], streams: Mapping, features: Sequence,
-                  entity: str, keys: Sequence) -> pd.DataFrame:
+                  entity: str, keys: Sequence, *, in_scope: bool = False) -> pd.DataFrame:
     """Online (latest) feature values per key, by brute force.
 
     The value of each feature is its value for an observation at ``T + 1us``, ``T`` the newest event
     time of the feature's stream (over all its events); a stream without events gives empty values.
+    ``in_scope`` is as for :func:`oracle_training_set`.
 
     Returns:
         One row per key in the order given: column ``entity`` holding the keys, plus one per feature.
@@ -297,9 +336,9 @@ def oracle_online(events: Mapping[str, pd.DataFrame], streams: Mapping, features
     for f in features:
         if f.entity != entity:
             raise DefinitionError(f"feature {f.name!r} groups by {f.entity!r}, not {entity!r}")
-        p = _prepare(events, streams, f)
+        p = _prepare(events, streams, f, in_scope=in_scope)
         if p.max_ts is None:
-            out[f.name] = pd.Series([p.empty] * len(keys), index=out.index, dtype=p.out_dtype, name=f.name)
+            out[f.name] = pd.Series([p.empty for _ in keys], index=out.index, dtype=p.out_dtype, name=f.name)
         else:
             out[f.name] = _column(p, keys, [p.max_ts + 1] * len(keys), out.index)
     return out
@@ -328,6 +367,52 @@ def assert_features_equal(actual: pd.DataFrame, expected: pd.DataFrame, columns:
             else:
                 ok = x == y
             assert ok, f"{context}: feature {c!r} row {i}: got {x!r}, expected {y!r}"
+
+
+def approx_error(agg: str, got, values: Sequence, q: float | None = None, *, slack: float = 1.0) -> str | None:
+    """Why ``got`` is not an acceptable ``agg`` of ``values`` (the events in scope), or ``None`` if it is.
+
+    * ``approx_count_distinct``: within 3 standard errors (``3 * 1.04 / sqrt(2**12)`` relative) plus 1
+      of the exact number of distinct values; exactly 0 for no values.
+    * ``approx_quantile``: NaN for no values; otherwise one of the values whose rank brackets ``q * n``
+      within KLL's normalized rank error (k = 200): ``#{x < got} - e n <= q n <= #{x <= got} + e n``.
+
+    ``slack`` scales both bounds.
+    """
+    from rayfs.aggregates.sketches import HLL_RSE, KLL_RANK_ERROR
+
+    vals = list(values)
+    if agg == "approx_count_distinct":
+        exact = len(set(vals))
+        bound = slack * (3 * HLL_RSE * exact + 1) if exact else 0
+        return None if abs(int(got) - exact) <= bound else f"{got} distinct, exact {exact} (bound ±{bound:.1f})"
+    if agg == "approx_quantile":
+        if not vals:
+            return None if _is_null(got) else f"{got!r} for no values"
+        if _is_null(got) or float(got) not in {float(v) for v in vals}:
+            return f"{got!r} is not one of the values"
+        x = np.asarray(vals, dtype=np.float64)
+        n, e = len(x), slack * KLL_RANK_ERROR * len(x)
+        below, upto = int((x < got).sum()), int((x <= got).sum())
+        if below - e <= q * n <= upto + e:
+            return None
+        return f"{got} has rank [{below}, {upto}] of {n}, target {q * n:.1f} ± {e:.1f}"
+    raise ValueError(f"aggregate {agg!r} is not approximate")
+
+
+def assert_approx_features(actual: pd.DataFrame, in_scope: pd.DataFrame, features: Sequence, *,
+                           slack: float = 1.0, context: str = "") -> None:
+    """Assert every approximate feature of ``actual`` is within its error bound (:func:`approx_error`).
+
+    ``in_scope`` is the oracle's frame for the same rows with ``in_scope=True`` (the values each row's
+    feature aggregates).
+    """
+    assert len(actual) == len(in_scope), f"{context}: {len(actual)} rows, expected {len(in_scope)}"
+    for f in features:
+        got, vals = actual[f.name].tolist(), in_scope[f.name].tolist()
+        for i, (x, v) in enumerate(zip(got, vals, strict=True)):
+            why = approx_error(f.agg, x, v, getattr(f, "q", None), slack=slack)
+            assert why is None, f"{context}: feature {f.name!r} row {i}: {why}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -81,29 +81,70 @@ def _decode(wire: Any) -> np.ndarray:
     return out
 
 
+def objects(items: Any, n: int | None = None) -> np.ndarray:
+    """A 1-d object array holding each of ``items`` as one element (lists and arrays are not unpacked)."""
+    if n is None:
+        items = list(items)
+        n = len(items)
+    return np.fromiter(items, dtype=object, count=n)
+
+
 class Aggregate(ABC):
     """An aggregate over vectors of states; see the module docstring.
 
     Args:
         kind: the kind of the aggregated values: ``"num"``, ``"str"`` or ``"none"`` (rows, no column).
+        **params: the aggregate's parameters, exactly the names declared in :attr:`params` (e.g. ``k=5``);
+            each becomes an attribute of the instance. ``int`` parameters must be integers >= 1,
+            ``float`` parameters finite real numbers; subclasses check their ranges in :meth:`_check`.
 
     Raises:
-        AggregateError: the aggregate does not accept ``kind``.
+        AggregateError: the aggregate does not accept ``kind``, or a parameter is unknown, missing or bad.
     """
 
     name: ClassVar[str]
     kinds: ClassVar[frozenset[str]]
     needs_column: ClassVar[bool] = True
     invertible: ClassVar[bool] = False
+    params: ClassVar[dict[str, type]] = {}
+    """The parameters the constructor takes, by name, with their type (``int`` or ``float``)."""
+    mixed_keys: ClassVar[bool] = False
+    """Whether the aggregate accepts values of mixed Python types (an entity column holding both int and
+    str keys, aggregated as objects)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, **params: Any):
         if kind not in self.kinds:
             raise AggregateError(f"aggregate {self.name!r} does not apply to values of kind {kind!r}; "
                                  f"it accepts: {', '.join(sorted(self.kinds))}")
         self.kind = kind
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            takes = f"takes {', '.join(sorted(self.params))}" if self.params else "takes no parameters"
+            raise AggregateError(f"aggregate {self.name!r} {takes}; got {', '.join(unknown)}")
+        self.options: dict[str, Any] = {}
+        for p, typ in self.params.items():
+            if p not in params or params[p] is None:
+                raise AggregateError(f"aggregate {self.name!r} needs parameter {p}")
+            v = params[p]
+            if typ is int:
+                if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                    raise AggregateError(f"aggregate {self.name!r}: {p} must be an integer >= 1, not {v!r}")
+                v = int(v)
+            else:
+                if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating) \
+                        or not np.isfinite(v):
+                    raise AggregateError(f"aggregate {self.name!r}: {p} must be a finite number, not {v!r}")
+                v = float(v)
+            self.options[p] = v
+            setattr(self, p, v)
+        self._check()
+
+    def _check(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Check the parameters' ranges (raise AggregateError); called at the end of ``__init__``."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(kind={self.kind!r})"
+        extra = "".join(f", {p}={v!r}" for p, v in self.options.items())
+        return f"{type(self).__name__}(kind={self.kind!r}{extra})"
 
     # ---------------------------------------------------------------- to implement
 

@@ -138,6 +138,7 @@ class Count(Aggregate):
     kinds: ClassVar[frozenset[str]] = frozenset({"num", "str", "none"})
     needs_column: ClassVar[bool] = False
     invertible: ClassVar[bool] = True
+    mixed_keys: ClassVar[bool] = True
 
     def zero(self, n: int) -> State:
         return {"n": np.zeros(n, dtype=np.int64)}

@@ -111,6 +111,7 @@ class CountDistinct(Aggregate):
     name: ClassVar[str] = "count_distinct"
     kinds: ClassVar[frozenset[str]] = frozenset({"num", "str"})
     invertible: ClassVar[bool] = True
+    mixed_keys: ClassVar[bool] = True
 
     def zero(self, n: int) -> State:
         return {"d": _dicts([{} for _ in range(n)])}

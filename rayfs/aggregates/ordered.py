@@ -18,6 +18,7 @@ class _Ordered(Aggregate):
     """Shared implementation of ``first`` and ``last``. State: ts, seq, value, has."""
 
     kinds: ClassVar[frozenset[str]] = frozenset({"num", "str"})
+    mixed_keys: ClassVar[bool] = True
     _latest: ClassVar[bool]
 
     def zero(self, n: int) -> State:

@@ -8,6 +8,7 @@ outlives its driver; :func:`connect` reaches it by name from any other driver.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -389,7 +390,7 @@ class FeatureStore:
                 return None
         out, used = {}, set()
         for r, f in fs:  # two names of one version (``sx`` and ``sx@3``) get separate arrays
-            out[r] = vals[f.key].copy() if f.key in used else vals[f.key]
+            out[r] = copy.deepcopy(vals[f.key]) if f.key in used else vals[f.key]
             used.add(f.key)
         return out
 

@@ -152,5 +152,6 @@ class Ingestor:
         # Rows are cut from the encoded batch: strings keep the batch's dictionary, no re-encoding.
         parts = [{"stream": s.name, "batch_id": record["batch_id"], "wm": wm,
                   "cols": record["cols"] if mask.all() else C.take_wire(record["cols"], mask)} for mask in routed]
-        acks = self.session.call(lambda handles: ray.get([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))
+        acks = self.session.call(
+            lambda handles: ray.get([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))
         self.session.seen(max(a.get("cv", 0) for a in acks))

@@ -376,7 +376,7 @@ def test_timestamp_formats_agree(tmp_path):
         "t_pd_naive": pd.to_datetime([base + s for s in secs], unit="s"),
         "t_pd_tz": pd.DatetimeIndex(paris),
         "t_pd_obj": pd.Series(paris, dtype=object),  # tz-aware Timestamps as objects
-        "t_dt_utc": pd.Series([dt.datetime.fromtimestamp(base + s, tz=dt.timezone.utc) for s in secs], dtype=object),
+        "t_dt_utc": pd.Series([dt.datetime.fromtimestamp(base + s, tz=dt.UTC) for s in secs], dtype=object),
         "t_dt_naive": pd.Series([dt.datetime(1970, 1, 1) + dt.timedelta(seconds=base + s) for s in secs],
                                 dtype=object),
         "t_dt_tz": pd.Series([dt.datetime.fromtimestamp(base + s, tz=dt.timezone(dt.timedelta(hours=-5)))
@@ -407,7 +407,7 @@ def test_timestamp_formats_agree(tmp_path):
         okeys = ["a", "a", "b"]
         for oform in (np.array(ots, dtype=np.int64), np.array(ots, dtype=np.float64),
                       np.array(ots, dtype="datetime64[s]"), pd.to_datetime(ots, unit="s", utc=True),
-                      pd.Series([dt.datetime.fromtimestamp(s, tz=dt.timezone.utc) for s in ots], dtype=object)):
+                      pd.Series([dt.datetime.fromtimestamp(s, tz=dt.UTC) for s in ots], dtype=object)):
             g = store.training_set(pd.DataFrame({"user": okeys, "when": oform}),
                                    features=["t_int_n", "t_int_s1h"], timestamp="when")
             vals = (col(g, "t_int_n"), col(g, "t_int_s1h"))
