@@ -1,15 +1,36 @@
-"""The ``rayfs`` command line: argument parsing that turns into :class:`~rayfs.store.FeatureStore` calls."""
+"""The ``rayfs`` command line: argument parsing that turns into :class:`~rayfs.store.FeatureStore` calls.
+
+Commands that use a store pick it with one of ``--name NAME`` (a running named store, found with
+:func:`rayfs.connect`; ``--address`` defaults to ``auto``), ``--config FILE`` (the store a config file
+declares: attached by name if it runs, else opened from its path, definitions applied) or ``--path DIR``
+(an embedded store opened for the command).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
+from rayfs.errors import RayfsError, UnknownStreamError
 
-def main(argv: list[str] | None = None) -> int:
+
+def _target_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--name", help="a running named store (rayfs serve / FeatureStore.open(..., name=...))")
+    g.add_argument("--config", help="a store config file (TOML, see configs/)")
+    g.add_argument("--path", help="an embedded store's folder")
+    p.add_argument("--address", default=None, help="Ray address (default: auto with --name, else a local Ray)")
+    p.add_argument("--namespace", default="rayfs", help="Ray namespace of the store's actors")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayfs", description="rayfs: an event-sourced feature store on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the Reddit upvotes demo on an embedded store")
@@ -20,16 +41,60 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--path", default=None, help="keep the store in this folder (default: a temporary one)")
     sub.add_parser("bench", help="run the benchmark harness (python -m bench) from a source checkout",
                    add_help=False)
+    serve = sub.add_parser("serve", help="start the named store a config declares and apply its definitions")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--address", default=None,
+                       help="a Ray cluster to start it in (then this command returns, the store keeps running); "
+                            "without it a local Ray is started and the store runs until Ctrl-C")
+    status = sub.add_parser("status", help="shards, their nodes and figures, and the features of a store")
+    _target_args(status)
+    stop = sub.add_parser("stop", help="snapshot and stop a named store")
+    _target_args(stop)
+    apply = sub.add_parser("apply", help="register the streams and features of a config file")
+    apply.add_argument("config")
+    apply.add_argument("--address", default=None)
+    feats = sub.add_parser("features", help="list or describe features")
+    fsub = feats.add_subparsers(dest="action", required=True)
+    _target_args(fsub.add_parser("list", help="every feature version"))
+    desc = fsub.add_parser("describe", help="one feature: definition, SQL, versions, statistics")
+    desc.add_argument("feature")
+    _target_args(desc)
+    ingest = sub.add_parser("ingest", help="ingest Parquet, CSV or JSON-lines files into a stream, batch-wise")
+    ingest.add_argument("stream")
+    ingest.add_argument("files", nargs="+")
+    ingest.add_argument("--format", choices=["parquet", "csv", "tsv", "jsonl"], default=None)
+    ingest.add_argument("--batch-rows", type=int, default=100_000)
+    _target_args(ingest)
+    train = sub.add_parser("train", help="build a point-in-time training set from an observations file")
+    train.add_argument("observations", help="a Parquet/CSV/JSON-lines file of (entity keys, timestamp, labels)")
+    train.add_argument("--features", default=None, help="comma-separated names (default: all that apply)")
+    train.add_argument("--timestamp", default="ts")
+    train.add_argument("-o", "--output", required=True, help="output file: .parquet, .csv or .jsonl")
+    _target_args(train)
+    audit = sub.add_parser("audit", help="compare online values with a fresh replay of the log")
+    audit.add_argument("-n", type=int, default=1000)
+    _target_args(audit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore")
-    if args.command == "demo":
-        from rayfs import demo as demo_mod
+    try:
+        return COMMANDS[args.command](args) or 0
+    except RayfsError as exc:
+        print(f"rayfs {args.command}: {exc}", file=sys.stderr)
+        return 2
 
-        demo_mod.run(events=args.events, observations=args.observations, shards=args.shards, seed=args.seed,
-                     path=args.path)
+
+def _demo(args) -> int:
+    from rayfs import demo as demo_mod
+
+    demo_mod.run(events=args.events, observations=args.observations, shards=args.shards, seed=args.seed,
+                 path=args.path)
     return 0
 
 
@@ -41,6 +106,233 @@ def _bench(argv: list[str]) -> int:
         return 2
     return subprocess.call([sys.executable, "-m", "bench", *argv], cwd=root)
 
+
+# ----------------------------------------------------------------------------------------- stores
+def _open(args):
+    """The store the command's ``--name/--config/--path`` picks (see the module docstring)."""
+    from rayfs.store import FeatureStore, connect
+
+    if args.name:
+        return connect(args.name, address=args.address or "auto", namespace=args.namespace)
+    if args.config:
+        from rayfs.config import load_config
+
+        cfg = load_config(args.config)
+        store = FeatureStore.open(**cfg.store.open_kwargs(), address=args.address)
+        _apply(cfg, store)
+        return store
+    return FeatureStore.open(args.path, address=args.address, namespace=args.namespace)
+
+
+def _apply(cfg, store) -> None:
+    """Register a config's definitions, with a progress bar for backfills that take a while."""
+    for s in cfg.streams:
+        store.register_stream(s.name, entities=list(s.entities), timestamp=s.timestamp)
+    for f in cfg.features:
+        bar = _Bar(f"backfill {f.name}", unit="ev")
+        try:
+            store.register_feature(f, progress=bar.update)
+        finally:
+            bar.close()
+
+
+class _Bar:
+    """A tqdm progress bar on stderr, created on first use (so quick steps print nothing)."""
+
+    def __init__(self, desc: str, unit: str, scale: bool = True) -> None:
+        self.desc, self.unit, self.scale, self.bar = desc, unit, scale, None
+
+    def update(self, done: float, total: float) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, unit_scale=self.scale, file=sys.stderr,
+                            disable=None)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _serve(args) -> int:
+    from rayfs.config import load_config
+    from rayfs.store import FeatureStore
+
+    cfg = load_config(args.config)
+    if not cfg.store.name:
+        print(f"rayfs serve: {args.config}: [store] needs a name so that drivers can connect to it",
+              file=sys.stderr)
+        return 2
+    store = FeatureStore.open(**cfg.store.open_kwargs(), address=args.address)
+    _apply(cfg, store)
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    print(f"store {cfg.store.name!r} is serving: {cfg.store.shards or len(store.info())} shards, "
+          f"{len(store.features)} features, data in {store.path}")
+    print(f"connect with: rayfs.connect({cfg.store.name!r}, address={address!r})")
+    if args.address:  # detached actors in a cluster: they keep running without this process
+        print(f"stop with: rayfs stop --name {cfg.store.name} --address {args.address}")
+        store.close()
+        return 0
+    print("serving until Ctrl-C or SIGTERM (then the store snapshots and stops), or `rayfs stop`", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(1.0):
+            if not store.alive():
+                print("the store was stopped")
+                store.close()
+                return 0
+    except KeyboardInterrupt:
+        pass
+    store.stop()
+    print("stopped")
+    return 0
+
+
+def _status(args) -> int:
+    import pandas as pd
+
+    store = _open(args)
+    try:
+        st = store.stats()
+        st["node"] = st["node_id"].str[:8]
+        cols = ["shard", "node", "events", "events_ingested", "log_segments", "log_bytes", "snapshot_age_s",
+                "events_since_snapshot", "errors", "replay_observations"]
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(f"store {store.name or store.path} ({len(st)} shards)")
+            print(st[cols].to_string(index=False))
+            feats = store.list_features()
+            print(f"\n{len(feats)} feature versions")
+            if len(feats):
+                print(feats[["key", "stream", "entity", "agg", "column", "window", "where"]].to_string(index=False))
+    finally:
+        store.close()
+    return 0
+
+
+def _stop(args) -> int:
+    store = _open(args)
+    store.stop()
+    print(f"stopped store {store.name or store.path}")
+    return 0
+
+
+def _apply_cmd(args) -> int:
+    from rayfs.config import load_config
+    from rayfs.store import FeatureStore, connect
+
+    cfg = load_config(args.config)
+    try:
+        store = connect(cfg.store.name, address=args.address or "auto") if cfg.store.name else None
+    except RayfsError:
+        store = None
+    store = store or FeatureStore.open(**cfg.store.open_kwargs(), address=args.address)
+    try:
+        _apply(cfg, store)
+        print(f"applied {len(cfg.streams)} streams and {len(cfg.features)} features to {store.name or store.path}")
+    finally:
+        store.close()
+    return 0
+
+
+def _features(args) -> int:
+    import pandas as pd
+
+    store = _open(args)
+    try:
+        if args.action == "list":
+            df = store.list_features()
+            with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
+                print(df.drop(columns=["description", "created"]).to_string(index=False) if len(df) else
+                      "no features")
+        else:
+            print(json.dumps(store.describe(args.feature), indent=2, default=str))
+    finally:
+        store.close()
+    return 0
+
+
+def _ingest(args) -> int:
+    from rayfs.files import iter_batches
+
+    store = _open(args)
+    try:
+        stream = store.streams.get(args.stream)
+        if stream is None:
+            raise UnknownStreamError(f"unknown stream {args.stream!r}; registered: {sorted(store.streams)}")
+        reader = iter_batches(args.files, format=args.format, batch_rows=args.batch_rows,
+                              timestamps=_string_columns(args.files, args.format, stream.timestamp))
+        bar = _Bar(f"ingest {args.stream}", unit="B")
+        rows = 0
+        t0 = time.perf_counter()
+        try:
+            for batch in reader:
+                rows += store.ingest(args.stream, batch)["rows"]
+                bar.update(reader.bytes_read, reader.total_bytes)
+        finally:
+            bar.close()
+            reader.close()
+        dt = time.perf_counter() - t0
+        print(f"ingested {rows:,} events into {args.stream!r} from {len(reader.paths)} file(s) in {dt:.1f}s "
+              f"({rows / max(dt, 1e-9):,.0f} events/s)")
+    finally:
+        store.close()
+    return 0
+
+
+def _string_columns(files, fmt, column: str) -> list[str]:
+    """``[column]`` if the first file holds it as strings (ISO timestamps to parse), else ``[]``."""
+    from rayfs.files import iter_batches
+
+    with iter_batches(files, format=fmt, batch_rows=1000) as reader:
+        first = next(iter(reader), None)
+    if first is None or column not in first.column_names:
+        return []
+    import pyarrow as pa
+
+    t = first.schema.field(column).type
+    return [column] if pa.types.is_string(t) or pa.types.is_large_string(t) else []
+
+
+def _train(args) -> int:
+    import pandas as pd
+
+    from rayfs.files import iter_batches, write_table
+
+    store = _open(args)
+    try:
+        parts = list(iter_batches(args.observations, timestamps=_string_columns(args.observations, None,
+                                                                                args.timestamp)))
+        obs = pd.concat([p.to_pandas() for p in parts], ignore_index=True) if parts else pd.DataFrame()
+        feats = args.features.split(",") if args.features else None
+        t0 = time.perf_counter()
+        out = store.training_set(obs, feats, timestamp=args.timestamp)
+        dt = time.perf_counter() - t0
+        write_table(out, args.output)
+        print(f"wrote {len(out):,} rows x {len(out.columns)} columns to {args.output} ({dt:.1f}s)")
+    finally:
+        store.close()
+    return 0
+
+
+def _audit(args) -> int:
+    store = _open(args)
+    try:
+        report = store.audit(args.n)
+        print(report.drop(columns=["examples"]).to_string(index=False))
+        bad = int(report["mismatches"].sum())
+        print("OK: online values equal a fresh replay of the log" if not bad else f"{bad} mismatches")
+        return 0 if not bad else 1
+    finally:
+        store.close()
+
+
+COMMANDS = {"demo": _demo, "serve": _serve, "status": _status, "stop": _stop, "apply": _apply_cmd,
+            "features": _features, "ingest": _ingest, "train": _train, "audit": _audit}
 
 if __name__ == "__main__":
     sys.exit(main())

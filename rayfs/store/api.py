@@ -184,7 +184,7 @@ class FeatureStore:
             return
         self._closed = True
         try:
-            if self._owns or self._started_ray:
+            if (self._owns or self._started_ray) and self.alive():  # (someone may have stopped it already)
                 self._stop_actors()
         finally:
             self._ingestor.close()
@@ -546,6 +546,13 @@ class FeatureStore:
         """
         self._check_open()
         return monitor.audit(self._session, self._resolve(features, None), n, seed)
+
+    def alive(self) -> bool:
+        """Whether the store's coordinator still runs (False once someone has stopped the store)."""
+        from rayfs.store.cluster import coordinator_name, lookup
+
+        s = self._session.settings
+        return lookup(coordinator_name(s["store_id"]), s["namespace"]) is not None
 
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Block until every shard answers (e.g. after a node loss, while shards restart elsewhere)."""

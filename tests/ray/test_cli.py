@@ -1,0 +1,144 @@
+"""The ``rayfs`` command line end to end, in real processes: serve a config, use it by name, stop it.
+
+``rayfs serve`` runs in the background with its own local Ray; every other command is a separate
+process that joins that Ray by address and finds the store by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rayfs.files import write_table
+from rayfs.testing import oracle_training_set
+
+CONFIG = """
+[store]
+name = "clitest"
+path = "store"
+shards = 2
+durability = "sync"
+
+[[streams]]
+name = "upvotes"
+entities = ["user", "post"]
+timestamp = "ts"
+
+[[features]]
+name = "user_upvotes_7d"
+stream = "upvotes"
+entity = "user"
+agg = "count"
+window = "7d"
+owner = "ranking"
+description = "Upvotes in the last 7 days"
+
+[[sql]]
+query = "SELECT user, SUM(score) AS user_score, LAST_K(post, 2) AS user_last_posts FROM upvotes GROUP BY user"
+"""
+
+
+def rayfs(*args, cwd, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rayfs.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def events(seed: int, n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    t0 = pd.Timestamp("2024-03-01", tz="UTC")
+    return pd.DataFrame({"user": [f"u{i}" for i in rng.integers(0, 20, n)],
+                         "post": [f"p{i}" for i in rng.integers(0, 50, n)],
+                         "score": rng.normal(size=n).round(3),
+                         "ts": t0 + pd.to_timedelta(rng.integers(0, 20 * 86_400, n), unit="s")})
+
+
+@pytest.fixture
+def served(tmp_path):
+    (tmp_path / "reddit.toml").write_text(CONFIG)
+    proc = subprocess.Popen([sys.executable, "-m", "rayfs.cli", "serve", "--config", "reddit.toml"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("serving until"):
+            break
+    text = "".join(lines)
+    m = re.search(r"address='([^']+)'", text)
+    assert m, text + proc.stderr.read() if proc.poll() is not None else text
+    yield tmp_path, m.group(1), proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_serve_ingest_files_train_describe_audit_stop(served):
+    cwd, address, proc = served
+    target = ["--name", "clitest", "--address", address]
+    a, b = events(1, 3000), events(2, 2000)
+    write_table(a, str(cwd / "a.parquet"))
+    b.assign(ts=b["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(cwd / "b.csv", index=False)  # ISO strings
+    r = rayfs("ingest", "upvotes", "a.parquet", "b.csv", "--batch-rows", "1000", *target, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert "ingested 5,000 events" in r.stdout
+
+    r = rayfs("features", "list", *target, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert all(n in r.stdout for n in ("user_upvotes_7d", "user_score", "user_last_posts"))
+    r = rayfs("features", "describe", "user_upvotes_7d", *target, cwd=cwd)
+    d = json.loads(r.stdout)
+    assert d["owner"] == "ranking" and d["window"] == "7d" and d["stats"]["count"] == 20
+    assert d["sql"] == "SELECT user, COUNT(*) AS user_upvotes_7d FROM upvotes GROUP BY user"
+
+    obs = pd.DataFrame({"user": [f"u{i}" for i in range(25)],
+                        "ts": pd.Timestamp("2024-03-10", tz="UTC") + pd.to_timedelta(np.arange(25), unit="h"),
+                        "label": np.arange(25) % 2})
+    write_table(obs, str(cwd / "obs.parquet"))
+    r = rayfs("train", "obs.parquet", "--features", "user_upvotes_7d,user_score", "-o", "train.parquet",
+              *target, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_parquet(cwd / "train.parquet")
+    from rayfs.config import load_config
+
+    cfg = load_config(cwd / "reddit.toml")
+    want = oracle_training_set({"upvotes": pd.concat([a, b], ignore_index=True)}, cfg.stream_map,
+                               [cfg.feature_map["user_upvotes_7d"], cfg.feature_map["user_score"]], obs,
+                               timestamp="ts")
+    assert got["user_upvotes_7d"].tolist() == want["user_upvotes_7d"].tolist()
+    np.testing.assert_allclose(got["user_score"], want["user_score"], rtol=1e-9)
+    assert got["label"].tolist() == obs["label"].tolist()
+
+    r = rayfs("audit", "-n", "50", *target, cwd=cwd)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    r = rayfs("status", *target, cwd=cwd)
+    assert r.returncode == 0 and "2 shards" in r.stdout, r.stderr
+    r = rayfs("ingest", "nope", "a.parquet", *target, cwd=cwd)
+    assert r.returncode == 2 and "unknown stream 'nope'" in r.stderr
+
+    r = rayfs("stop", *target, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert proc.wait(timeout=60) == 0  # serve notices the store is gone, shuts its Ray down and exits
+    # The data stays: the same config opens it again (embedded, from its path) with everything in it.
+    r = rayfs("features", "describe", "user_score", "--config", "reddit.toml", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stats"]["count"] == 20
+
+
+def test_bad_config_is_reported_with_file_and_line(tmp_path):
+    (tmp_path / "bad.toml").write_text(CONFIG.replace('agg = "count"', 'agg = "cnt"'))
+    r = rayfs("serve", "--config", "bad.toml", cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert re.search(r"bad\.toml:\d+: features\[0\]\.agg: .*'cnt'", r.stderr), r.stderr
+    assert not os.path.exists(tmp_path / "store")
