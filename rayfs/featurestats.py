@@ -27,14 +27,15 @@ def _nulls(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f":
         return np.isnan(values)
     if values.dtype == object:
-        return np.fromiter((v is None or (isinstance(v, float) and math.isnan(v)) or
-                            (isinstance(v, (list, tuple)) and not v) for v in values), dtype=bool,
-                           count=len(values))
+        return np.fromiter((not v if isinstance(v, (list, tuple, dict)) else bool(pd.isna(v)) for v in values),
+                           dtype=bool, count=len(values))
     return np.zeros(len(values), dtype=bool)
 
 
 def partial_stats(values: np.ndarray) -> dict:
     """Mergeable statistics of ``values`` (msgpack-able: numbers and bytes)."""
+    if isinstance(values, pd.Series | pd.api.extensions.ExtensionArray) and not isinstance(values, np.ndarray):
+        values = pd.Series(values).astype(object).to_numpy()
     values = np.asarray(values)
     nulls = _nulls(values)
     present = values[~nulls]

@@ -21,17 +21,14 @@ Invariants:
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
-import shutil
 import threading
 import time
 import warnings
 from collections import OrderedDict
 from typing import Any
 
-import lmdb
 import numpy as np
 
 from rayfs.aggregates import REGISTRY
@@ -53,6 +50,7 @@ from rayfs.fold import (
     slot_column,
 )
 from rayfs.groupcommit import GroupCommit
+from rayfs.locks import wait_lock
 from rayfs.log import SegmentedLog
 from rayfs.pit import EventIndex
 from rayfs.routing import shard_of
@@ -103,14 +101,15 @@ class ShardCore(ShardInspection):
         # The actor runs calls on a few threads (so group commit can gather concurrent ingests);
         # every state access holds this lock, only the wait for a group fsync happens outside it.
         self.lock = threading.RLock()
-        self.snap = _open_snapshot(os.path.join(self.dir, "snapshot.lmdb"))
+        self.snap = SnapshotStore.open_or_discard(os.path.join(self.dir, "snapshot.lmdb"))
         self.snapshot_every = snapshot_every
         self.streams = {d["name"]: Stream.from_dict(d) for d in streams}
         self.features = {f.key: f for f in map(Feature.from_dict, features)}
         self.catalog_version = on_disk.version if on_disk is not None else 0
         self.watermark: dict[str, int] = {}
         self.counts: dict[str, int] = {}  # events logged per stream
-        self.backfills: dict[str, list[int]] = {}  # feature key -> [events done, events total]
+        self.backfills: dict[str, list[int]] = {}  # feature key -> [events done, events total] while running
+        self.backfilled_keys: OrderedDict[str, tuple[int, int]] = OrderedDict()  # the last finished ones
         self.backfilled = threading.Condition(self.lock)
         self.counters = dict.fromkeys(("events_ingested", "bytes_ingested", "batches_ingested", "duplicates",
                                        "errors", "replay_observations", "replay_events"), 0)
@@ -243,10 +242,13 @@ class ShardCore(ShardInspection):
         self.window_events.pop(key, None)
         self._note_cv(version)
 
-    def add_feature(self, feature: dict, version: int | None = None) -> None:
+    def add_feature(self, feature: dict, version: int | None = None) -> int:
         """Register a feature version and backfill it from the log (cold start); returns when done.
 
         A lifetime feature is folded in chunks with the lock released in between, so ingest goes on.
+
+        Returns:
+            The number of logged events the backfill covered.
         """
         f = Feature.from_dict(feature)
         with self.lock:
@@ -254,7 +256,7 @@ class ShardCore(ShardInspection):
             old = self.features.get(f.key)
             self.features[f.key] = f
             if old is not None and old.same_definition(f):
-                return  # a metadata update (or a retried call)
+                return 0  # a metadata update (or a retried call)
             self._ensure_compiled(f.key)
             if f.window is not None:
                 if self.buffer_window.get(f.stream, 0) != self._longest_window(f.stream):
@@ -263,7 +265,7 @@ class ShardCore(ShardInspection):
                     self.buffer_window[f.stream] = self._longest_window(f.stream)
                     for _offset, cols in self._events(f.stream):
                         self._append_buffer(f.stream, cols)
-                return
+                return self._finished(f.key, self.counts.get(f.stream, 0))
             boundary = self.log.next_offset  # batches from here on fold through ingest
             parts = list(self.cache.get(f.stream, [])) if self.cache is not None else None
             self.backfills[f.key] = progress = [0, self.counts.get(f.stream, 0)]
@@ -271,9 +273,11 @@ class ShardCore(ShardInspection):
             for cols in self._backfill_chunks(f.stream, boundary, parts):
                 with self.lock:
                     if self.features.get(f.key) is not f:
-                        return  # dropped meanwhile
+                        return progress[0]  # dropped meanwhile
                     fold_into(self.tables[f.key], self.compiled[f.key], cols)
                     progress[0] += len(cols[TS])
+            with self.lock:
+                return self._finished(f.key, progress[0])
         finally:
             with self.lock:
                 self.backfills.pop(f.key, None)
@@ -295,10 +299,16 @@ class ShardCore(ShardInspection):
                     cols = self._decode(record, offset)
                 yield cols
 
+    def _finished(self, key: str, events: int) -> int:
+        self.backfilled_keys[key] = (events, events)
+        while len(self.backfilled_keys) > 1000:
+            self.backfilled_keys.popitem(last=False)
+        return events
+
     def backfill_progress(self) -> dict[str, tuple[int, int]]:
-        """Feature key -> (events folded, events to fold) of every backfill running on this shard."""
+        """Feature key -> (events folded, events to fold) of backfills running or recently finished here."""
         with self.lock:
-            return {k: (p[0], p[1]) for k, p in self.backfills.items()}
+            return {**self.backfilled_keys, **{k: (p[0], p[1]) for k, p in self.backfills.items()}}
 
     def _await_backfills(self, names: list[str]) -> None:
         while any(n in self.backfills for n in names):
@@ -595,28 +605,8 @@ def _key_array(keys: list) -> np.ndarray:
 
 
 def _lock_dir(path: str, timeout_s: float = 30.0):
-    """Hold an exclusive lock on ``path``/LOCK for the life of the process (the kernel drops it on exit).
-
-    A shard restarting on a directory whose previous process is still exiting waits for it.
-    """
-    fh = open(os.path.join(path, "LOCK"), "a+")  # noqa: SIM115 - held until the process exits
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fh
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                fh.close()
-                raise StoreOpenError(f"shard directory {path} is locked by another live process") from None
-            time.sleep(0.05)
-
-
-def _open_snapshot(path: str) -> SnapshotStore:
-    try:
-        return SnapshotStore(path)
-    except lmdb.Error as exc:
-        warnings.warn(f"snapshot {path}: cannot open ({exc}); discarding it, the log rebuilds the state",
-                      RuntimeWarning, stacklevel=2)
-        shutil.rmtree(path, ignore_errors=True)
-        return SnapshotStore(path)
+    """Hold ``path``/LOCK for the life of the process; a restarting shard waits for its previous process."""
+    fh = wait_lock(os.path.join(path, "LOCK"), timeout_s)
+    if fh is None:
+        raise StoreOpenError(f"shard directory {path} is locked by another live process")
+    return fh

@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import warnings
 import zlib
@@ -38,6 +39,17 @@ def _unpack(raw: bytes) -> Any:
 
 class SnapshotStore:
     """One LMDB environment holding the latest snapshot of one shard."""
+
+    @classmethod
+    def open_or_discard(cls, path: str) -> SnapshotStore:
+        """Open the environment at ``path``; one LMDB cannot open is deleted (the log rebuilds the state)."""
+        try:
+            return cls(path)
+        except lmdb.Error as exc:
+            warnings.warn(f"snapshot {path}: cannot open ({exc}); discarding it, the log rebuilds the state",
+                          RuntimeWarning, stacklevel=2)
+            shutil.rmtree(path, ignore_errors=True)
+            return cls(path)
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)

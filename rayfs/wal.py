@@ -17,7 +17,6 @@ The store must be on a filesystem every writer can reach (local, or shared in a 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import uuid
@@ -25,6 +24,7 @@ import warnings
 from collections.abc import Callable
 
 from rayfs.errors import RayfsError
+from rayfs.locks import try_lock
 from rayfs.log import SegmentedLog
 
 WAL_DIR = "wal"
@@ -47,19 +47,18 @@ class WriteAheadLog:
         self._durability = "none" if durability == "none" else "sync"
         self.dir = os.path.join(store_path, WAL_DIR, uuid.uuid4().hex)
         os.makedirs(self.dir)
-        self._owner = open(os.path.join(self.dir, _OWNER), "a+")  # noqa: SIM115 - held for the process life
-        fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._owner = try_lock(os.path.join(self.dir, _OWNER))  # held for the life of this writer
         self.log = SegmentedLog(os.path.join(self.dir, "log"), durability=self._durability)
-        self.unacked: set[tuple[str, str]] = set()  # batches that failed to reach every shard
+        self.unacked: dict[tuple[str, str], dict] = {}  # batches that failed to reach every shard
 
     def append(self, record: dict) -> None:
         self.log.append(record)
 
     def acked(self, key: tuple[str, str]) -> None:
-        self.unacked.discard(key)
+        self.unacked.pop(key, None)
 
-    def failed(self, key: tuple[str, str]) -> None:
-        self.unacked.add(key)
+    def failed(self, key: tuple[str, str], record: dict | None = None) -> None:
+        self.unacked[key] = record
 
     def maybe_reset(self, *, force: bool = False) -> None:
         """Drop the WAL once every batch in it is acknowledged (and it is big, or ``force``)."""
@@ -105,7 +104,7 @@ def recover_orphans(store_path: str, send: Callable[[dict], None], *, skip: str 
         d = os.path.join(root, name)
         if d == skip or not os.path.isdir(d) or name.endswith(".old"):
             continue
-        owner = _try_lock(os.path.join(d, _OWNER))
+        owner = try_lock(os.path.join(d, _OWNER))
         if owner is None:
             continue  # a live writer
         try:
@@ -116,19 +115,6 @@ def recover_orphans(store_path: str, send: Callable[[dict], None], *, skip: str 
         finally:
             owner.close()
     return sent
-
-
-def _try_lock(path: str):
-    try:
-        fh = open(path, "a+")  # noqa: SIM115 - returned to the caller
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fh
-    except BlockingIOError:
-        fh.close()
-        return None
 
 
 def _replay(store_path: str, wal_dir: str, send: Callable[[dict], None], *, segments_dir: str) -> int:

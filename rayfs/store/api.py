@@ -268,25 +268,28 @@ class FeatureStore:
         self._catalog.check_feature(feature)  # early, clear errors from the cached catalog
         ref = self._session.coordinator.register_feature.remote(feature.to_dict())
         if progress is not None:
-            self._watch_backfill(ref, feature.name, progress)
-        d, _change, catalog = ray.get(ref)
+            self._watch_backfill(ref, feature.name, set(self._catalog.features), progress)
+        d, _change, catalog, events = ray.get(ref)
         self._session.refresh(catalog)
+        if progress is not None:
+            progress(events, events)
         return Feature.from_dict(d)
 
-    def _watch_backfill(self, ref, name: str, progress: Callable[[int, int], None]) -> None:
+    def _watch_backfill(self, ref, name: str, known: set[str], progress: Callable[[int, int], None]) -> None:
+        """Poll the shards until ``ref`` is ready; report (done, total) of the new version of ``name``
+        summed over every shard, once all of them have started (a shard's total is fixed at its start)."""
         last = None
-        while True:
-            ready, _ = ray.wait([ref], timeout=0.2)
+        while not ray.wait([ref], timeout=0.2)[0]:
             states = ray.get([h.backfill_progress.remote() for h in self._handles])
-            done = sum(p[0] for st in states for k, p in st.items() if k.partition("@")[0] == name)
-            total = sum(p[1] for st in states for k, p in st.items() if k.partition("@")[0] == name)
-            if ready:
-                if last is not None:
-                    progress(last[1], last[1])
-                return
-            if total and (done, total) != last:
-                progress(done, total)
-                last = (done, total)
+            keys = {k for st in states for k in st if k.partition("@")[0] == name and k not in known}
+            if not keys:
+                continue
+            key = max(keys, key=lambda k: int(k.partition("@")[2] or 1))
+            if all(key in st for st in states):
+                now = (sum(st[key][0] for st in states), sum(st[key][1] for st in states))
+                if now != last:
+                    progress(*now)
+                    last = now
 
     def register_sql(self, sql: str, window=None, description: str = "", **metadata) -> list[Feature]:
         """Register the features of ``SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream>

@@ -74,11 +74,12 @@ class Coordinator:
         ray.get([h.add_stream.remote(s.to_dict(), version) for h in self.handles()])
         return self.get_catalog()
 
-    def register_feature(self, feature: dict) -> tuple[dict, str, dict]:
+    def register_feature(self, feature: dict) -> tuple[dict, str, dict, int]:
         """Register a feature version; its backfill on the shards is done when this returns.
 
         Returns:
-            ``(registered feature, change, catalog)`` with change ``"new"``, ``"metadata"`` or ``"same"``.
+            ``(registered feature, change, catalog, events backfilled)`` with change ``"new"``,
+            ``"metadata"`` or ``"same"``.
         """
         f = Feature.from_dict(feature)
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -88,10 +89,10 @@ class Coordinator:
                 self.catalog.save()
             version = self.catalog.version
         if change == "same":
-            return new.to_dict(), change, self.get_catalog()
+            return new.to_dict(), change, self.get_catalog(), 0
         try:
             # Outside the lock: a long backfill blocks neither other registrations nor ingest.
-            ray.get([h.add_feature.remote(new.to_dict(), version) for h in self.handles()])
+            done = sum(ray.get([h.add_feature.remote(new.to_dict(), version) for h in self.handles()]))
         except BaseException:
             if change == "new":  # a shard refused it: roll back everywhere
                 with self._lock:
@@ -101,7 +102,7 @@ class Coordinator:
                     version = self.catalog.version
                 ray.get([h.drop_feature.remote(new.key, version) for h in self.handles()])
             raise
-        return new.to_dict(), change, self.get_catalog()
+        return new.to_dict(), change, self.get_catalog(), done
 
     def drop_feature(self, ref: str) -> tuple[dict, dict]:
         """Drop one feature version (``name@v``, or the latest for a bare name)."""

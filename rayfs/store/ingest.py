@@ -9,6 +9,7 @@ matter which driver ingested it. A batch is acknowledged when every shard has lo
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import numpy as np
@@ -39,6 +40,8 @@ class Ingestor:
     def __init__(self, session: Session) -> None:
         self.session = session
         self._wal: WriteAheadLog | None = None
+        self._lock = threading.Lock()  # WAL appends and resets (a driver may ingest from several threads)
+        self._inflight = 0  # batches in the WAL not yet acknowledged or failed
 
     @property
     def wal(self) -> WriteAheadLog:
@@ -67,21 +70,43 @@ class Ingestor:
         cols, kinds = self.normalise(s, data)
         n = len(cols[TS])
         bid = batch_id or uuid.uuid4().hex
+        self._complete_failed()
         chunks = range(0, n, MAX_BATCH_ROWS)
         for i, lo in enumerate(chunks):
             part = C.take(cols, slice(lo, lo + MAX_BATCH_ROWS)) if len(chunks) > 1 else cols
             record = {"stream": s.name, "batch_id": bid if len(chunks) == 1 else f"{bid}#{i}",
                       "cols": C.encode_batch(part)}
-            self.wal.append(record)
             key = (s.name, record["batch_id"])
+            with self._lock:
+                self.wal.append(record)
+                self._inflight += 1
+            ok = False
             try:
                 self.send_record(record, part)
-            except BaseException:
-                self.wal.failed(key)  # keep the WAL: reopening (or a retry with this batch_id) completes it
-                raise
-            self.wal.acked(key)
-        self.wal.maybe_reset()
+                ok = True
+            finally:
+                with self._lock:
+                    self._inflight -= 1
+                    if ok:
+                        self.wal.acked(key)
+                    else:  # keep the WAL: the next ingest, a reopen, or a retry with this batch_id completes it
+                        self.wal.failed(key, record)
+                    if not self._inflight:
+                        self.wal.maybe_reset()
         return {"rows": n, "batch_id": bid}
+
+    def _complete_failed(self) -> None:
+        """Re-send batches of this WAL that failed to reach every shard before logging a new one, so the
+        WAL can be reset again (it must never outgrow what shards remember of batch ids)."""
+        with self._lock:
+            failed = dict(self._wal.unacked) if self._wal is not None else {}
+        for key, record in failed.items():
+            if record is None:
+                continue
+            self.send_record(record)  # raises while shards are unreachable: nothing new is logged meanwhile
+            with self._lock:
+                self.wal.acked(key)
+
 
     def normalise(self, s: Stream, data) -> tuple[C.Batch, dict[str, str | None]]:
         """Validate a batch against the stream and the catalog; the columns and their kinds.

@@ -30,14 +30,28 @@ def feature_sql(f: Feature) -> str | None:
     'SELECT user, COUNT(DISTINCT post) AS n FROM up WHERE score > 0 GROUP BY user'
     """
     if f.agg == "count_distinct":
-        call = f"COUNT(DISTINCT {f.column})"
+        call = f"COUNT(DISTINCT {_ident(f.column)})"
     elif f.agg in _SQL_AGGS:
-        args = [f.column or "*"] + [repr(p) for p in f.params.values()]
+        args = [_ident(f.column) if f.column else "*"] + [repr(p) for p in f.params.values()]
         call = f"{_SQL_AGGS[f.agg]}({', '.join(args)})"
     else:
         return None
     where = f" WHERE {f.where}" if f.where else ""
-    return f"SELECT {f.entity}, {call} AS {f.name} FROM {f.stream}{where} GROUP BY {f.entity}"
+    e = _ident(f.entity)
+    return f"SELECT {e}, {call} AS {_ident(f.name)} FROM {_ident(f.stream)}{where} GROUP BY {e}"
+
+
+def _ident(name: str) -> str:
+    """``name`` as an SQL identifier, double-quoted if it is a keyword (``"from"``) or not a plain word.
+
+    >>> _ident("user"), _ident("from")
+    ('user', '"from"')
+    """
+    from sqlglot.tokens import Tokenizer
+
+    plain = name.isidentifier() and name.upper() not in Tokenizer.KEYWORDS
+    return name if plain else '"' + name.replace('"', '""') + '"'
+
 
 
 def list_features(session: Session) -> pd.DataFrame:
