@@ -461,20 +461,21 @@ def pid_alive(pid: int) -> bool:
         return True  # no /proc: trust kill(0)
 
 
-def shard_actor_names(path, shards: int) -> list[str]:
-    """The Ray actor names of the shards of the store at ``path``."""
-    import hashlib
+def shard_actor_names(path, shards: int, name: str | None = None) -> list[str]:
+    """The Ray actor names of the shards of the store at ``path`` (or of the store called ``name``)."""
     import os
 
     from rayfs.shard import actor_name
+    from rayfs.store.cluster import store_id
 
-    store_id = hashlib.sha1(os.path.abspath(os.fspath(path)).encode()).hexdigest()[:12]
-    return [actor_name(store_id, i) for i in range(shards)]
+    sid = store_id(os.path.abspath(os.fspath(path)), name)
+    return [actor_name(sid, i) for i in range(shards)]
 
 
 def wait_store_released(path, shards: int, pids: Sequence[int] = (), timeout: float = 60.0) -> None:
     """Wait until no shard actor of the store at ``path`` is registered in Ray (e.g. after its driver
     died) and every process in ``pids`` has exited; raise ``TimeoutError`` otherwise."""
+    import os
     import time
 
     import ray
@@ -488,7 +489,9 @@ def wait_store_released(path, shards: int, pids: Sequence[int] = (), timeout: fl
             return True
         return True
 
-    names = shard_actor_names(path, shards)
+    from rayfs.store.cluster import coordinator_name, store_id
+
+    names = [*shard_actor_names(path, shards), coordinator_name(store_id(os.path.abspath(os.fspath(path)), None))]
     deadline = time.monotonic() + timeout
     while any(registered(n) for n in names) or any(pid_alive(p) for p in pids):
         if time.monotonic() > deadline:
