@@ -416,7 +416,8 @@ class FeatureStore:
                 break
         index = pd.RangeIndex(len(k))
         cols = {entity: pd.Series(list(keys), dtype=object, index=index)}
-        cols.update((r, _column(out[r], index)) for r, _ in fs)
+        # Numeric columns go in as arrays (a Series per column costs more than the shard call's work).
+        cols.update((r, _column(out[r], index) if out[r].dtype == object else out[r]) for r, _ in fs)
         return pd.DataFrame(cols, copy=False)
 
     def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None = None,
