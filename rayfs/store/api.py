@@ -127,12 +127,13 @@ class FeatureStore:
             raise StoreOpenError(f"store {path} is already open in this Ray cluster; close it first")
         created: list = []
         try:
+            # The coordinator and the shards start in parallel (each actor process takes ~1 s to import).
             coord = cluster.create_coordinator(path, settings)
             created.append(coord)
-            settings = ray.get(coord.settings.remote())  # another driver may have created it meanwhile
             handles = cluster.create_shards(path, settings, [s.to_dict() for s in catalog.streams.values()],
                                             [f.to_dict() for f in catalog.features.values()])
             created += handles
+            settings = ray.get(coord.settings.remote())  # (a named store's may come from a concurrent opener)
             for info in ray.get([h.info.remote() for h in handles]):  # every shard has recovered
                 if info["log_truncated_bytes"]:
                     warnings.warn(f"store {path}: shard {info['shard']} dropped a torn log tail of "
