@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from rayfs.aggregates import REGISTRY
+from rayfs.backfill import ShardBackfill
 from rayfs.catalog import Catalog
 from rayfs.columns import Batch, concat, decode, decode_batch, encode, encode_batch, kind_of, take
 from rayfs.definitions import Feature, Stream
@@ -46,7 +47,6 @@ from rayfs.fold import (
     WindowEvents,
     compile_feature,
     feature_rows,
-    fold_into,
     slot_column,
 )
 from rayfs.groupcommit import GroupCommit
@@ -77,7 +77,7 @@ def _locked(method):
     return wrapper
 
 
-class ShardCore(ShardInspection):
+class ShardCore(ShardInspection, ShardBackfill):
     """The state of one shard. Wrapped as a Ray actor by :mod:`rayfs.shard`."""
 
     def __init__(self, root: str, shard_id: int, n_shards: int, streams: list[dict], features: list[dict],
@@ -242,86 +242,17 @@ class ShardCore(ShardInspection):
         self.window_events.pop(key, None)
         self._note_cv(version)
 
-    def add_feature(self, feature: dict, version: int | None = None) -> int:
-        """Register a feature version and backfill it from the log (cold start); returns when done.
-
-        A lifetime feature is folded in chunks with the lock released in between, so ingest goes on.
-
-        Returns:
-            The number of logged events the backfill covered.
-        """
-        f = Feature.from_dict(feature)
-        with self.lock:
-            self._note_cv(version)
-            old = self.features.get(f.key)
-            self.features[f.key] = f
-            if old is not None and old.same_definition(f):
-                return 0  # a metadata update (or a retried call)
-            self._ensure_compiled(f.key)
-            if f.window is not None:
-                if self.buffer_window.get(f.stream, 0) != self._longest_window(f.stream):
-                    self.buffers[f.stream] = {}
-                    self.buffer_parts.pop(f.stream, None)
-                    self.buffer_window[f.stream] = self._longest_window(f.stream)
-                    for _offset, cols in self._events(f.stream):
-                        self._append_buffer(f.stream, cols)
-                return self._finished(f.key, self.counts.get(f.stream, 0))
-            boundary = self.log.next_offset  # batches from here on fold through ingest
-            parts = list(self.cache.get(f.stream, [])) if self.cache is not None else None
-            self.backfills[f.key] = progress = [0, self.counts.get(f.stream, 0)]
-        try:
-            for cols in self._backfill_chunks(f.stream, boundary, parts):
-                with self.lock:
-                    if self.features.get(f.key) is not f:
-                        return progress[0]  # dropped meanwhile
-                    fold_into(self.tables[f.key], self.compiled[f.key], cols)
-                    progress[0] += len(cols[TS])
-            with self.lock:
-                return self._finished(f.key, progress[0])
-        finally:
-            with self.lock:
-                self.backfills.pop(f.key, None)
-                self.backfilled.notify_all()
-
-    def _backfill_chunks(self, stream: str, boundary: int, parts: list[Batch] | None, rows: int = 1 << 20):
-        """The events of ``stream`` logged before offset ``boundary``, decoded, in chunks of ``rows``."""
-        if parts is not None:
-            limit = np.int64(boundary) << np.int64(SEQ_ROW_BITS)
-            for cols in parts:
-                for lo in range(0, len(cols[TS]), rows):
-                    chunk = take(cols, slice(lo, lo + rows))
-                    keep = chunk[SEQ] < limit
-                    yield chunk if keep.all() else take(chunk, keep)
-            return
-        for offset, record in self.log.read(0, boundary):
-            if record["stream"] == stream and _rows(record):
-                with self.lock:
-                    cols = self._decode(record, offset)
-                yield cols
-
-    def _finished(self, key: str, events: int) -> int:
-        self.backfilled_keys[key] = (events, events)
-        while len(self.backfilled_keys) > 1000:
-            self.backfilled_keys.popitem(last=False)
-        return events
-
-    def backfill_progress(self) -> dict[str, tuple[int, int]]:
-        """Feature key -> (events folded, events to fold) of backfills running or recently finished here."""
-        with self.lock:
-            return {**self.backfilled_keys, **{k: (p[0], p[1]) for k, p in self.backfills.items()}}
-
-    def _await_backfills(self, names: list[str]) -> None:
-        while any(n in self.backfills for n in names):
-            self.backfilled.wait()
-
-    def _events(self, stream: str):
-        """(offset, decoded batch) of every logged batch of ``stream`` (from the cache when loaded)."""
+    def _events(self, stream: str, since: int | None = None):
+        """(offset, decoded batch) of every logged batch of ``stream`` (from the cache when loaded); with
+        ``since``, batches whose events are all older are skipped before their keys are decoded."""
         if self.cache is not None:
-            yield from ((None, c) for c in self.cache.get(stream, []))
+            yield from ((None, c) for c in self.cache.get(stream, []) if since is None or c[TS].max() >= since)
             return
         for offset, record in self.log.read(0):
-            if record["stream"] == stream and _rows(record):
-                yield offset, self._decode(record, offset)
+            if record["stream"] == stream:
+                ts = decode(record["cols"][TS])
+                if len(ts) and (since is None or ts.max() >= since):
+                    yield offset, self._decode(record, offset)
 
     def _compiled_for(self, name: str, schema: dict[str, str]) -> CompiledFeature:
         """The compiled form of feature ``name`` given the column kinds ``schema`` (no state change)."""
