@@ -32,6 +32,18 @@ def _nulls(values: np.ndarray) -> np.ndarray:
     return np.zeros(len(values), dtype=bool)
 
 
+def _hashable(v):
+    """The value the sketch hashes: numbers as floats (1 == 1.0 on every shard), "" as NaN (datasketches
+    ignores empty strings; NaN never occurs otherwise, it is null), other objects by their repr."""
+    if isinstance(v, bool | np.bool_):
+        return float(v)
+    if isinstance(v, int | float | np.integer | np.floating):
+        return float(v)
+    if isinstance(v, str):
+        return v if v else math.nan
+    return repr(v)
+
+
 def partial_stats(values: np.ndarray) -> dict:
     """Mergeable statistics of ``values`` (msgpack-able: numbers and bytes)."""
     if isinstance(values, pd.Series | pd.api.extensions.ExtensionArray) and not isinstance(values, np.ndarray):
@@ -47,7 +59,7 @@ def partial_stats(values: np.ndarray) -> dict:
             isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in present):
         num = present.astype(np.float64)
     for v in (num if num is not None else present).tolist():
-        sketch.update(v if isinstance(v, (int, float, str)) else repr(v))
+        sketch.update(_hashable(v))
     out = {"count": int(len(values)), "nulls": int(nulls.sum()), "hll": sketch.serialize_compact(),
            "numeric": num is not None or not len(present)}
     if num is not None and len(num):

@@ -50,6 +50,11 @@ def fan_out(handles: Sequence, method: str, keys: np.ndarray, extra: Sequence[np
             if col.dtype == object and vals.dtype.kind == "f":
                 # A shard that never saw a non-null value of a string column answers NaN: make it None.
                 vals = np.where(np.isnan(vals), None, vals.astype(object))
+            elif col.dtype != object and vals.dtype == object:
+                wide = col.astype(object)  # a kind this driver had not seen yet (strings): empty is None
+                if col.dtype.kind == "f":
+                    wide[np.isnan(col)] = None
+                col = defaults[n] = wide
             elif col.dtype != vals.dtype and col.dtype != object:
                 vals = vals.astype(col.dtype)
             col[pos] = vals

@@ -36,7 +36,7 @@ from rayfs.backfill import ShardBackfill
 from rayfs.catalog import Catalog
 from rayfs.columns import Batch, concat, decode, decode_batch, encode, encode_batch, kind_of, take
 from rayfs.definitions import Feature, Stream
-from rayfs.errors import StoreOpenError
+from rayfs.errors import StoreOpenError, UnknownFeatureError
 from rayfs.fold import (
     SEQ,
     SEQ_ROW_BITS,
@@ -306,6 +306,7 @@ class ShardCore(ShardInspection, ShardBackfill):
         offset = self.log.next_offset
         stream = record["stream"]
         n = _rows(record)
+        self._note_cv(record.get("cv"))
         try:
             if n:
                 cols = self._decode(record, offset)
@@ -431,6 +432,7 @@ class ShardCore(ShardInspection, ShardBackfill):
 
         The answer also carries ``"__cv__"``, the catalog version this shard knows.
         """
+        self._check_known(names)
         self._await_backfills(names)
         out: dict[str, Any] = {"__cv__": self.catalog_version}
         slots_of: dict[str, np.ndarray] = {}
@@ -457,6 +459,7 @@ class ShardCore(ShardInspection, ShardBackfill):
     @_locked
     def replay(self, entity: str, keys: np.ndarray, t: np.ndarray, names: list[str]) -> dict:
         """Point-in-time values of ``names`` for observations ``(keys[i], t[i])`` owned by this shard."""
+        self._check_known(names)
         start = time.perf_counter()
         self._load_cache()
         by_stream: dict[str, list[str]] = {}
@@ -475,6 +478,12 @@ class ShardCore(ShardInspection, ShardBackfill):
         self.counters["replay_seconds"] += time.perf_counter() - start
         out["__cv__"] = self.catalog_version
         return out
+
+    def _check_known(self, names: list[str]) -> None:
+        missing = [n for n in names if n not in self.features]
+        if missing:  # e.g. a version another driver dropped: the caller's catalog is stale
+            raise UnknownFeatureError(f"unknown feature version(s) {missing} on shard {self.shard_id} "
+                                      f"(catalog version {self.catalog_version})")
 
     def _event_index(self, stream: str, entity: str) -> EventIndex:
         """The sorted index of ``stream``'s events for ``entity``, rebuilt only after new events arrive."""

@@ -201,12 +201,14 @@ class FeatureStore:
 
     def _stop_actors(self) -> None:
         s = self._session
+        ns = s.settings["namespace"]
         try:
             ray.get([h.close.remote() for h in s.handles])
         finally:
-            cluster.release([*s.handles, s.coordinator],
-                            [*s.settings["shard_names"], cluster.coordinator_name(s.settings["store_id"])],
-                            s.settings["namespace"])
+            # The coordinator goes first: a driver that then finds a shard gone sees a stopped store,
+            # not a lost node (it would re-create the shard).
+            cluster.release([s.coordinator], [cluster.coordinator_name(s.settings["store_id"])], ns)
+            cluster.release(s.handles, s.settings["shard_names"], ns)
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -266,7 +268,7 @@ class FeatureStore:
         self._check_open()
         if not isinstance(feature, Feature):
             raise DefinitionError(f"register_feature takes a rayfs.Feature, not {type(feature).__name__}")
-        self._catalog.check_feature(feature)  # early, clear errors from the cached catalog
+        self._session.fresh(lambda cat: cat.check_feature(feature))  # early, clear errors
         ref = self._session.coordinator.register_feature.remote(feature.to_dict())
         if progress is not None:
             self._watch_backfill(ref, feature.name, set(self._catalog.features), progress)
@@ -308,7 +310,7 @@ class FeatureStore:
         """Drop one version of a feature (the latest if ``version`` is None); its state is freed."""
         self._check_open()
         ref = name if version is None else f"{name}@{version}"
-        self._catalog.feature(ref)
+        self._session.fresh(lambda cat: cat.feature(ref))
         d, catalog = ray.get(self._session.coordinator.drop_feature.remote(ref))
         self._session.refresh(catalog)
         return Feature.from_dict(d)
@@ -382,15 +384,21 @@ class FeatureStore:
         return _repeat(one, n)
 
     def _fan_out(self, method: str, fs: list[tuple[str, Feature]], entity: str, keys: np.ndarray,
-                 extra: list, n: int, features) -> dict[str, np.ndarray] | None:
-        """Ask the shards; ``None`` if they know a newer catalog in which ``features`` mean other versions."""
+                 extra: list, n: int, final: bool) -> dict[str, np.ndarray] | None:
+        """Ask the shards; ``None`` (unless ``final``) if they know a newer catalog: resolve and ask again."""
         vals: dict[str, np.ndarray] = {}
         for _, f in fs:
             if f.key not in vals:
                 vals[f.key] = self._empty(f, n)
         if fs and n:
-            cv = self._session.call(lambda handles: fan_out(handles, method, keys, extra, list(vals), entity, vals))
-            if self._session.seen(cv) and [f.key for _, f in self._resolve(features, None)] != [f.key for _, f in fs]:
+            try:
+                cv = self._session.call(lambda hs: fan_out(hs, method, keys, extra, list(vals), entity, vals))
+            except UnknownFeatureError:  # a version this driver's catalog still has was dropped elsewhere
+                self._session.refresh()
+                if final:
+                    raise
+                return None
+            if self._session.seen(cv) and not final:  # definitions or column kinds changed: ask again
                 return None
         out, used = {}, set()
         for r, f in fs:  # two names of one version (``sx`` and ``sx@3``) get separate arrays
@@ -407,12 +415,12 @@ class FeatureStore:
         """
         self._check_open()
         k = C.key_column(pd.Series(list(keys), dtype=object), what=f"keys of entity {entity!r}")
-        for _attempt in range(3):
+        for attempt in range(3):
             fs = self._resolve(features, entity)
             for r, f in fs:
                 if f.entity != entity:
                     raise DefinitionError(f"feature {r!r} groups by {f.entity!r}, not {entity!r}")
-            out = self._fan_out("get", fs, entity, k, [], len(k), features)
+            out = self._fan_out("get", fs, entity, k, [], len(k), final=attempt == 2)
             if out is not None:
                 break
         index = pd.RangeIndex(len(k))
@@ -446,11 +454,11 @@ class FeatureStore:
         if timestamp not in obs.columns:
             raise SchemaError(f"observations lack the timestamp column {timestamp!r}")
         t = to_micros(obs[timestamp], what=f"observations column {timestamp!r}")
-        for _attempt in range(3):
+        for attempt in range(3):
             fs = self._resolve(features, None)
             if features is None:
                 fs = [(r, f) for r, f in fs if f.entity in obs.columns]
-            results = self._replay_all(obs, fs, t, features)
+            results = self._replay_all(obs, fs, t, final=attempt == 2)
             if results is not None:
                 break
         out = obs.copy()
@@ -459,13 +467,17 @@ class FeatureStore:
         if output == "arrow":
             import pyarrow as pa
 
-            return pa.Table.from_pandas(out, preserve_index=False)
+            try:
+                return pa.Table.from_pandas(out, preserve_index=False)
+            except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+                raise SchemaError(f"training set: a column cannot become Arrow (e.g. entity keys mixing integers "
+                                  f"and strings): {exc}; use output='pandas'") from None
         if output == "ray":
             return ray.data.from_pandas(out.reset_index(drop=True))
         return out
 
     def _replay_all(self, obs: pd.DataFrame, fs: list[tuple[str, Feature]], t: np.ndarray,
-                    features) -> dict | None:
+                    final: bool) -> dict | None:
         by_entity: dict[str, list[tuple[str, Feature]]] = {}
         for r, f in fs:
             if f.entity not in obs.columns:
@@ -474,7 +486,7 @@ class FeatureStore:
         results: dict[str, np.ndarray] = {}
         for entity, group in by_entity.items():
             keys = C.key_column(obs[entity], what=f"observations column {entity!r}")
-            vals = self._fan_out("replay", group, entity, keys, [t], len(obs), features)
+            vals = self._fan_out("replay", group, entity, keys, [t], len(obs), final)
             if vals is None:
                 return None
             results.update(vals)

@@ -26,7 +26,7 @@ import time
 
 import ray
 
-from rayfs.errors import StoreOpenError
+from rayfs.errors import StoreClosedError, StoreOpenError
 from rayfs.shard import ShardActor, actor_name
 from rayfs.store.coordinator import Coordinator
 
@@ -110,6 +110,8 @@ def revive(settings: dict, handles: list, timeout: float = 30.0) -> list:
     from ray.exceptions import ActorDiedError, ActorUnschedulableError, GetTimeoutError
 
     ns = settings["namespace"]
+    if lookup(coordinator_name(settings["store_id"]), ns) is None:
+        raise StoreClosedError(f"store {settings['name'] or settings['path']!r} was stopped")
     out = list(handles)
     for i, h in enumerate(handles):
         try:

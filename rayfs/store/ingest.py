@@ -66,7 +66,7 @@ class Ingestor:
 
     def ingest(self, stream: str, data, batch_id: str | None = None) -> dict:
         """See :meth:`rayfs.FeatureStore.ingest`."""
-        s = self.session.catalog.stream(stream)
+        s = self.session.fresh(lambda cat: cat.stream(stream))
         cols, kinds = self.normalise(s, data)
         n = len(cols[TS])
         bid = batch_id or uuid.uuid4().hex
@@ -175,7 +175,9 @@ class Ingestor:
         routed[0] |= ~routed.any(axis=0)  # rows with only null keys are still logged (on shard 0)
         wm = int(cols[TS].max())
         # Rows are cut from the encoded batch: strings keep the batch's dictionary, no re-encoding.
-        parts = [{"stream": s.name, "batch_id": record["batch_id"], "wm": wm,
+        # "cv": the catalog version this driver knows (e.g. after recording new column kinds), so that
+        # other drivers learn from the shards' answers that their copy is stale.
+        parts = [{"stream": s.name, "batch_id": record["batch_id"], "wm": wm, "cv": self.session.catalog.version,
                   "cols": record["cols"] if mask.all() else C.take_wire(record["cols"], mask)} for mask in routed]
         acks = self.session.call(
             lambda handles: ray.get([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))

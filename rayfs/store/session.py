@@ -27,6 +27,16 @@ class Session:
         if d.get("version", 0) >= self.catalog.version:
             self.catalog = Catalog.from_dict(self.path, d)
 
+    def fresh(self, fn):
+        """``fn(catalog)``; if it names something the cached catalog lacks, refresh it and try once more."""
+        from rayfs.errors import UnknownFeatureError, UnknownStreamError
+
+        try:
+            return fn(self.catalog)
+        except (UnknownStreamError, UnknownFeatureError):
+            self.refresh()
+            return fn(self.catalog)
+
     def seen(self, version: int | None) -> bool:
         """Note a catalog version reported by a shard; True if the cached copy was stale (now refreshed)."""
         if version is not None and version > self.catalog.version:
