@@ -14,11 +14,15 @@ ingest and replay).
 
 from __future__ import annotations
 
+import threading
+import time
+
 import ray
 from ray.util import metrics
 
 from rayfs.shardcore import ShardCore
 
+GAUGE_REFRESH_S = 10.0
 _COUNTERS = {"events_ingested": "events appended to the shard's log",
              "bytes_ingested": "bytes appended to the shard's log",
              "errors": "batches the shard refused",
@@ -42,6 +46,16 @@ class ShardService(ShardCore):
             m.set_default_tags(tags)
         self._exported = dict.fromkeys(_COUNTERS, 0)
         self._export()
+        # Ray drops a gauge from its endpoint ~30 s after its last set: refresh them while idle too.
+        threading.Thread(target=self._refresh_gauges, daemon=True, name="rayfs-metrics").start()
+
+    def _refresh_gauges(self) -> None:
+        while True:
+            time.sleep(GAUGE_REFRESH_S)
+            try:
+                self._export()
+            except Exception:  # noqa: BLE001 - a closed shard: nothing left to export
+                return
 
     def _export(self) -> None:
         st = self.stats()

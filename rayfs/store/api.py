@@ -125,6 +125,7 @@ class FeatureStore:
         settings = cluster.settings_for(path, name, namespace, catalog.shards, **options)
         if name is None and any(cluster.lookup(n, namespace) for n in settings["shard_names"]):
             raise StoreOpenError(f"store {path} is already open in this Ray cluster; close it first")
+        cluster.check_unlocked(path, catalog.shards)  # another store (another name) runs on this folder
         created: list = []
         try:
             # The coordinator and the shards start in parallel (each actor process takes ~1 s to import).
@@ -142,9 +143,8 @@ class FeatureStore:
             store = cls(Session(coord, settings, handles), started_ray=started, owns_actors=name is None)
             store._ingestor.recover()
             return store
-        except BaseException:
-            if name is None:  # a failed open leaves no actor behind
-                cluster.release(created, [cluster.coordinator_name(sid), *settings["shard_names"]], namespace)
+        except BaseException:  # a failed open leaves no actor behind
+            cluster.release(created, [cluster.coordinator_name(sid), *settings["shard_names"]], namespace)
             raise
 
     @classmethod

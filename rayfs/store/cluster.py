@@ -49,6 +49,20 @@ def ensure_ray(address: str | None = None, namespace: str = NAMESPACE) -> bool:
     return address == "local"
 
 
+def check_unlocked(path: str, shards: int) -> None:
+    """Refuse at once a folder whose shards a live process holds (seen from this machine's filesystem)."""
+    from rayfs.locks import try_lock
+
+    for i in range(shards):
+        lock = os.path.join(path, "shards", f"shard-{i:03d}", "LOCK")
+        if os.path.exists(lock):
+            fh = try_lock(lock)
+            if fh is None:
+                raise StoreOpenError(f"store {path} is in use by another running store (shard {i} is locked); "
+                                     "stop it or attach to it by its name")
+            fh.close()
+
+
 def store_id(path: str, name: str | None) -> str:
     return name if name else hashlib.sha1(path.encode()).hexdigest()[:12]
 
