@@ -4,6 +4,9 @@ For each size: generate events and observations, measure rayfs (ingest sync/none
 warm, get_features latency, recovery, peak memory), compute the same training sets with DuckDB and
 pandas, check that every answer agrees (a disagreement is a hard error printing the first differing
 rows), and only then report times and ratios (JSON, Markdown, PNG in ``--out``).
+
+``--cold-start`` instead measures the time to first value of a NEW feature over N logged events
+(:mod:`bench.coldstart`; writes ``coldstart.{json,md,png}``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +26,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from bench import compare, peers, rayfs_side
+from bench import coldstart, compare, peers, rayfs_side
 from bench.report import markdown, plot
 from bench.workload import MIXES, check_cents, make
 
@@ -38,6 +42,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--calls", type=int, default=200, help="get_features calls per latency figure")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--peer-repeats", type=int, default=2, help="runs of each peer query (best is reported)")
+    ap.add_argument("--cold-start", action="store_true",
+                    help="measure time to first value of new features over N logged events instead "
+                         "(writes coldstart.{json,md,png})")
     a = ap.parse_args(argv)
     a.sizes = [20_000, 50_000] if a.quick else [int(float(s)) for s in str(a.events).split(",") if s.strip()]
     if a.calls < 200:
@@ -55,6 +62,7 @@ def _timed(fn, *args, repeats: int = 1):
 
 
 def run_size(n: int, args, mixes: dict, tmp_root: str, log=print) -> dict:
+    load0 = os.getloadavg()[0]  # other work on the machine (the figures are noisy when it is busy)
     t0 = time.perf_counter()
     events, obs = make(n, args.observations_ratio, seed=args.seed)
     if not check_cents(events):
@@ -67,7 +75,8 @@ def run_size(n: int, args, mixes: dict, tmp_root: str, log=print) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
     res: dict = {"events": n, "observations": len(obs), "rayfs": fig, "duckdb": {"training": {}},
-                 "pandas": {"training": {}}}
+                 "pandas": {"training": {}}, "loadavg_1m_start": load0,
+                 "loadavg_1m_after_rayfs": os.getloadavg()[0]}
     duck = peers.DuckPeer(events)
     res["duckdb"]["load_s"] = duck.load_s
     duck_res = {}
@@ -120,6 +129,30 @@ def run_size(n: int, args, mixes: dict, tmp_root: str, log=print) -> dict:
     return res
 
 
+def code_info() -> dict:
+    """Which rayfs this run measures: the driver's and a Ray worker's import path, and the git commit."""
+    import ray
+
+    import rayfs
+
+    @ray.remote(num_cpus=0)
+    def where() -> str:
+        import rayfs as r
+
+        return r.__file__
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(rayfs.__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "rayfs"], capture_output=True,
+                               text=True, check=True).stdout.strip() != ""
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"driver_rayfs": rayfs.__file__, "worker_rayfs": ray.get(where.remote()), "git_commit": commit,
+            "rayfs_dirty": dirty}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     warnings.filterwarnings("ignore")
@@ -131,12 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", namespace="rayfs", include_dashboard=False, logging_level="ERROR",
              configure_logging=True, log_to_driver=False)
     ray_init_s = time.perf_counter() - started
-    print(f"ray.init {ray_init_s:.1f}s; sizes {args.sizes}; mix {args.mix}; shards {args.shards}", flush=True)
+    code = code_info()
+    print(f"ray.init {ray_init_s:.1f}s; sizes {args.sizes}; mix {args.mix}; shards {args.shards}; rayfs "
+          f"{code['driver_rayfs']} (worker {code['worker_rayfs']}, commit {code['git_commit']}"
+          f"{', modified' if code['rayfs_dirty'] else ''})", flush=True)
     tmp_root = tempfile.mkdtemp(prefix="rayfs-bench-")
     runs = []
     try:
         for n in args.sizes:
-            runs.append(run_size(n, args, mixes, tmp_root, log=lambda s: print(s, flush=True)))
+            if args.cold_start:
+                runs.append(coldstart.run_size(n, args, tmp_root, log=lambda s: print(s, flush=True)))
+            else:
+                runs.append(run_size(n, args, mixes, tmp_root, log=lambda s: print(s, flush=True)))
     except compare.Disagreement as exc:
         print(f"\nFAILED: answers disagree; no times reported.\n{exc}", file=sys.stderr)
         return 2
@@ -150,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
            "config": {"sizes": args.sizes, "observations_ratio": args.observations_ratio, "shards": args.shards,
                       "mix": args.mix, "calls": args.calls, "seed": args.seed, "batch_rows": rayfs_side.BATCH,
                       "peer_repeats": args.peer_repeats},
-           "ray_init_s": ray_init_s, "wall_s": time.perf_counter() - started, "runs": runs}
+           "code": code, "ray_init_s": ray_init_s, "wall_s": time.perf_counter() - started, "runs": runs}
+    if args.cold_start:
+        return _write_cold_start(doc, args.out, stamp)
     for name in (f"bench-{stamp}.json", "latest.json"):
         with open(os.path.join(args.out, name), "w") as f:
             json.dump(doc, f, indent=1, default=float)
@@ -161,6 +202,23 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(md)
     print(f"wrote {args.out}/bench-{stamp}.json, latest.json, latest.md, latest.png "
+          f"({doc['wall_s']:.0f}s wall)")
+    return 0
+
+
+def _write_cold_start(doc: dict, out: str, stamp: str) -> int:
+    doc["config"] = {k: doc["config"][k] for k in ("sizes", "shards", "seed", "batch_rows", "peer_repeats")}
+    doc["config"]["durability"] = "none"
+    for name in (f"coldstart-{stamp}.json", "coldstart.json"):
+        with open(os.path.join(out, name), "w") as f:
+            json.dump(doc, f, indent=1, default=float)
+    md = coldstart.markdown(doc)
+    with open(os.path.join(out, "coldstart.md"), "w") as f:
+        f.write(md)
+    coldstart.plot(doc, os.path.join(out, "coldstart.png"))
+    print()
+    print(md)
+    print(f"wrote {out}/coldstart-{stamp}.json, coldstart.json, coldstart.md, coldstart.png "
           f"({doc['wall_s']:.0f}s wall)")
     return 0
 

@@ -13,6 +13,7 @@ def markdown(doc: dict) -> str:
              "before timing was reported. Peer times: best of "
              f"{c['peer_repeats']}; rayfs cold = first training_set after ingest (loads the log), "
              "warm = second call.", "",
+             *_load_line(doc),
              "## Training set (point-in-time join)", "",
              "| events | obs | mix | rayfs cold s | rayfs warm s | rayfs rows/s (warm) | DuckDB s | pandas s "
              "| cold/DuckDB | warm/DuckDB | cold/pandas | warm/pandas | peak RSS MiB (PSS) |",
@@ -53,6 +54,18 @@ def markdown(doc: dict) -> str:
             f"| {f['recovery'].get('log_only_s_per_gb', float('nan')):.1f} | {lat('user_1')} | {lat('user_1000')} "
             f"| {lat('post_1')} | {lat('post_1000')} |")
     return "\n".join(lines) + "\n"
+
+
+def _load_line(doc: dict) -> list[str]:
+    """A note on other work on the machine during the run (1-minute load average), when recorded."""
+    loads = [(r["events"], r["loadavg_1m_start"], r["loadavg_1m_after_rayfs"]) for r in doc["runs"]
+             if "loadavg_1m_start" in r]
+    if not loads:
+        return []
+    return [f"Machine load (1-min load average on {doc['machine']['cpus']} CPUs, at the start / after the rayfs "
+            "part): " + "; ".join(f"{n:,} events {a:.1f} / {b:.1f}" for n, a, b in loads)
+            + ". Above ~2 other processes compete for the CPUs and every time is inflated (DuckDB's, which "
+            "uses every core, the most).", ""]
 
 
 def plot(doc: dict, path: str) -> None:

@@ -69,6 +69,36 @@ def _cmd(pid: int) -> str:
         return ""
 
 
+def _role(pid: int) -> str:
+    """driver, shards, coordinator or other (Ray's own processes, idle workers) by process title."""
+    if pid == os.getpid():
+        return "driver"
+    cmd = _cmd(pid)
+    if "ShardService" in cmd or "ShardCore" in cmd:  # ray::ShardService.<method>, ray::rayfs:<id>:shard-...
+        return "shards"
+    if "Coordinator" in cmd:
+        return "coordinator"
+    return "other"
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process tree, summed per :func:`_role`.
+
+    The difference of two calls is the work done in between, whatever else the machine runs (wall times
+    grow on a busy machine, CPU seconds much less).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(("driver", "shards", "coordinator", "other"), 0.0)
+    for pid in process_tree():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[_role(pid)] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
+
+
 def snapshot() -> dict:
     pids = process_tree()
     rss = pss = shard_rss = 0
@@ -76,7 +106,7 @@ def snapshot() -> dict:
         r, p = _mem(pid)
         rss += r
         pss += p
-        if "ShardCore" in _cmd(pid):
+        if _role(pid) == "shards":
             shard_rss += r
     driver_rss = _mem(os.getpid())[0]
     return {"rss": rss, "pss": pss, "driver_rss": driver_rss, "shard_rss": shard_rss, "processes": len(pids)}

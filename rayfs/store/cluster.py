@@ -49,14 +49,14 @@ def ensure_ray(address: str | None = None, namespace: str = NAMESPACE) -> bool:
     return address == "local"
 
 
-def check_unlocked(path: str, shards: int) -> None:
+def check_unlocked(path: str, shards: int, timeout_s: float = 10.0) -> None:
     """Refuse at once a folder whose shards a live process holds (seen from this machine's filesystem)."""
-    from rayfs.locks import try_lock
+    from rayfs.locks import wait_lock
 
     for i in range(shards):
         lock = os.path.join(path, "shards", f"shard-{i:03d}", "LOCK")
         if os.path.exists(lock):
-            fh = try_lock(lock)
+            fh = wait_lock(lock, timeout_s)  # a just-killed shard process may still be exiting
             if fh is None:
                 raise StoreOpenError(f"store {path} is in use by another running store (shard {i} is locked); "
                                      "stop it or attach to it by its name")
