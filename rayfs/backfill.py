@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from rayfs.columns import Batch, decode, take
+from rayfs.columns import Batch, take
 from rayfs.definitions import Feature
-from rayfs.fold import SEQ, SEQ_ROW_BITS, TS, fold_into
+from rayfs.fold import SEQ, SEQ_ROW_BITS, TS, fold_into, record_times
 
 CHUNK_ROWS = 1 << 20
 KEEP_FINISHED = 1000
@@ -80,7 +80,7 @@ class ShardBackfill:
                     yield chunk if keep.all() else take(chunk, keep)
             return
         for offset, record in self.log.read(0, boundary):
-            if record["stream"] == stream and len(decode(record["cols"][TS])):
+            if record["stream"] == stream and len(record_times(record)):
                 with self.lock:
                     cols = self._decode(record, offset)
                 yield cols

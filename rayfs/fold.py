@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from rayfs.aggregates import Aggregate, make_aggregate
-from rayfs.columns import Batch, null_mask
+from rayfs.columns import Batch, decode, null_mask
 from rayfs.definitions import Feature
 from rayfs.errors import SchemaError
 
@@ -117,6 +117,11 @@ def _kinds(agg: str) -> frozenset[str]:
     from rayfs.aggregates import REGISTRY
 
     return REGISTRY[agg].kinds
+
+
+def record_times(record: dict) -> np.ndarray:
+    """The event times of a logged batch record (empty for a batch that only carries a watermark)."""
+    return decode(record["cols"][TS])
 
 
 def feature_rows(cf: CompiledFeature, cols: Batch) -> tuple[np.ndarray, np.ndarray | None]:

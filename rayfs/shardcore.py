@@ -47,6 +47,7 @@ from rayfs.fold import (
     WindowEvents,
     compile_feature,
     feature_rows,
+    record_times,
     slot_column,
 )
 from rayfs.groupcommit import GroupCommit
@@ -156,9 +157,10 @@ class ShardCore(ShardInspection, ShardBackfill):
         for offset, record in self.log.read(first):
             stream = record["stream"]
             tail = offset >= start
+            n = len(record_times(record))
             if tail:
-                self._note_batch(record, _rows(record))
-            if not _rows(record):
+                self._note_batch(record, n)
+            if not n:
                 if tail:
                     self._remember(_batch_key(record), offset)
                 continue
@@ -250,7 +252,7 @@ class ShardCore(ShardInspection, ShardBackfill):
             return
         for offset, record in self.log.read(0):
             if record["stream"] == stream:
-                ts = decode(record["cols"][TS])
+                ts = record_times(record)
                 if len(ts) and (since is None or ts.max() >= since):
                     yield offset, self._decode(record, offset)
 
@@ -305,7 +307,7 @@ class ShardCore(ShardInspection, ShardBackfill):
             return {"offset": self.applied[bid], "duplicate": True, "cv": self.catalog_version}
         offset = self.log.next_offset
         stream = record["stream"]
-        n = _rows(record)
+        n = len(record_times(record))
         self._note_cv(record.get("cv"))
         try:
             if n:
@@ -497,13 +499,16 @@ class ShardCore(ShardInspection, ShardBackfill):
 
     def _load_cache(self) -> None:
         if self.cache is None:
-            cache: dict[str, list[Batch]] = {}
-            for offset, record in self.log.read(0):
-                if _rows(record):
-                    cache.setdefault(record["stream"], []).append(self._decode(record, offset))
-            for s, parts in cache.items():
-                cache[s] = [concat(parts)] if len(parts) > 1 else parts
-            self.cache = cache
+            self.cache = {s: [concat(parts)] if len(parts) > 1 else parts
+                          for s, parts in self._read_log().items()}
+
+    def _read_log(self) -> dict[str, list[Batch]]:
+        """Every logged event, decoded, by stream (read from the files, not the cache)."""
+        out: dict[str, list[Batch]] = {}
+        for offset, record in self.log.read(0):
+            if len(record_times(record)):
+                out.setdefault(record["stream"], []).append(self._decode(record, offset))
+        return out
 
     @_locked
     def pid(self) -> int:
@@ -531,11 +536,6 @@ class ShardCore(ShardInspection, ShardBackfill):
         self.log.close()
         self._dir_lock.close()  # releases the flock
         self.snap.close()
-
-
-def _rows(record: dict) -> int:
-    """The number of events in a logged batch (0 for a batch that only carries a watermark)."""
-    return len(decode(record["cols"][TS]))
 
 
 def _key_array(keys: list) -> np.ndarray:

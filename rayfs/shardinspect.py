@@ -14,7 +14,7 @@ import numpy as np
 
 from rayfs.columns import concat
 from rayfs.featurestats import partial_stats
-from rayfs.fold import TS, WindowEvents
+from rayfs.fold import WindowEvents
 from rayfs.pit import EventIndex
 
 
@@ -72,10 +72,7 @@ class ShardInspection:
             self._await_backfills(names)
             online = self.get(entity, keys, names)
             online.pop("__cv__", None)
-            fresh: dict[str, list] = {}
-            for offset, record in self.log.read(0):
-                if len(self._decode_ts(record)):
-                    fresh.setdefault(record["stream"], []).append(self._decode(record, offset))
+            fresh = self._read_log()
             replay, at = {}, {}
             indexes: dict[str, EventIndex] = {}
             for n in names:
@@ -89,9 +86,3 @@ class ShardInspection:
                 at[n] = t
                 replay[n] = indexes[f.stream].evaluate([self.compiled[n]], slots, np.full(len(keys), t))[0]
             return {"online": online, "replay": replay, "at": at}
-
-    @staticmethod
-    def _decode_ts(record: dict) -> np.ndarray:
-        from rayfs.columns import decode
-
-        return decode(record["cols"][TS])

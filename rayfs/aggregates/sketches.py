@@ -199,16 +199,7 @@ class ApproxCountDistinct(_Sketch):
         return round(hll_estimate(sk))
 
     def merge(self, a: State, b: State) -> State:
-        out = []
-        for ra, rb in zip(a["sk"].tolist(), b["sk"].tolist(), strict=True):
-            if ra is None or rb is None:
-                out.append(rb if ra is None else ra)
-                continue
-            u = hll_union(HLL_LG_K)
-            u.update(hll_sketch.deserialize(ra))
-            u.update(hll_sketch.deserialize(rb))
-            out.append(u.get_result(HLL_4).serialize_compact())
-        return {"sk": objects(out, len(out))}
+        return _merge_serialized(a, b, _hll_union_bytes)
 
     def finalize(self, state: State) -> np.ndarray:
         sk = state["sk"]
@@ -260,17 +251,29 @@ class ApproxQuantile(_Sketch):
         return sk.get_quantile(self.q, True)
 
     def merge(self, a: State, b: State) -> State:
-        out = []
-        for ra, rb in zip(a["sk"].tolist(), b["sk"].tolist(), strict=True):
-            if ra is None or rb is None:
-                out.append(rb if ra is None else ra)
-                continue
-            sk = kll_doubles_sketch.deserialize(ra)
-            sk.merge(kll_doubles_sketch.deserialize(rb))
-            out.append(sk.serialize())
-        return {"sk": objects(out, len(out))}
+        return _merge_serialized(a, b, _kll_merge_bytes)
 
     def finalize(self, state: State) -> np.ndarray:
         sk = state["sk"]
         return np.fromiter((np.nan if raw is None else self._value(kll_doubles_sketch.deserialize(raw))
                             for raw in sk.tolist()), dtype=np.float64, count=len(sk))
+
+
+def _merge_serialized(a: State, b: State, combine) -> State:
+    """Elementwise merge of two vectors of serialized sketches (``None``: empty) with ``combine``."""
+    out = [rb if ra is None else ra if rb is None else combine(ra, rb)
+           for ra, rb in zip(a["sk"].tolist(), b["sk"].tolist(), strict=True)]
+    return {"sk": objects(out, len(out))}
+
+
+def _hll_union_bytes(ra: bytes, rb: bytes) -> bytes:
+    u = hll_union(HLL_LG_K)
+    u.update(hll_sketch.deserialize(ra))
+    u.update(hll_sketch.deserialize(rb))
+    return u.get_result(HLL_4).serialize_compact()
+
+
+def _kll_merge_bytes(ra: bytes, rb: bytes) -> bytes:
+    sk = kll_doubles_sketch.deserialize(ra)
+    sk.merge(kll_doubles_sketch.deserialize(rb))
+    return sk.serialize()
