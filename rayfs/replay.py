@@ -10,6 +10,7 @@ take the same route.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import ray
@@ -17,45 +18,58 @@ import ray
 from rayfs.routing import shard_of
 
 
-def fan_out(handles: Sequence, method: str, keys: np.ndarray, extra: Sequence[np.ndarray], names: list[str],
-            entity: str, defaults: dict[str, np.ndarray], tail: tuple = ()) -> int:
-    """Call ``method`` on every shard owning some of ``keys`` and scatter the answers into ``defaults``.
+class Request(NamedTuple):
+    """One entity field's share of a read: its keys, per-key arrays, and the outputs to fill."""
+
+    entity: str
+    keys: np.ndarray  # normalised entity keys (see rayfs.columns.key_column)
+    extra: Sequence[np.ndarray]  # per-key arrays passed along, sliced like keys (replay: [times])
+    defaults: dict[str, np.ndarray]  # feature key -> output pre-filled with its empty value; filled in place
+
+
+def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: tuple = ()) -> int:
+    """Call ``method`` on every shard owning some keys of each request and scatter the answers back.
+
+    Every call of every request is submitted before any answer is awaited, so the shards work while the
+    driver routes the next entity field's keys, and each shard runs its calls back to back.
 
     Args:
         handles: shard actor handles, index = shard id.
         method: ``"replay"`` (extra = [times]) or ``"get"`` (extra = []).
-        keys: normalised entity keys (see :func:`rayfs.columns.key_column`).
-        extra: per-key arrays passed along (sliced the same way as ``keys``).
-        names: feature names to compute.
-        entity: the entity field.
-        defaults: name → output array pre-filled with each feature's empty value; filled in place.
+        requests: one per entity field; ``defaults`` are filled in place (and may be widened to object).
         tail: extra positional arguments appended to each call.
 
     Returns:
         The newest catalog version the shards reported (so the caller can tell its catalog is stale).
     """
-    owner = shard_of(keys, len(handles))
-    calls, positions = [], []
-    for s in np.unique(owner[owner >= 0]).tolist():
-        pos = np.flatnonzero(owner == s)
-        args = [entity, keys[pos], *[e[pos] for e in extra], names, *tail]
-        calls.append(getattr(handles[s], method).remote(*args))
-        positions.append(pos)
+    calls, where = [], []
+    for req in requests:
+        names = list(req.defaults)
+        owner = shard_of(req.keys, len(handles))
+        for s in np.unique(owner[owner >= 0]).tolist():
+            pos = np.flatnonzero(owner == s)
+            args = [req.entity, req.keys[pos], *[e[pos] for e in req.extra], names, *tail]
+            calls.append(getattr(handles[s], method).remote(*args))
+            where.append((req, pos))
     cv = 0
-    for pos, res in zip(positions, ray.get(calls), strict=True):
+    for (req, pos), res in zip(where, ray.get(calls), strict=True):
         cv = max(cv, res.get("__cv__", 0))
-        for n in names:
-            col = defaults[n]
-            vals = res[n]
-            if col.dtype == object and vals.dtype.kind == "f":
-                # A shard that never saw a non-null value of a string column answers NaN: make it None.
-                vals = np.where(np.isnan(vals), None, vals.astype(object))
-            elif col.dtype != object and vals.dtype == object:
-                wide = col.astype(object)  # a kind this driver had not seen yet (strings): empty is None
-                if col.dtype.kind == "f":
-                    wide[np.isnan(col)] = None
-                col = defaults[n] = wide
-            elif col.dtype != vals.dtype and col.dtype != object:
-                vals = vals.astype(col.dtype)
-            col[pos] = vals
+        _scatter(req.defaults, res, pos)
     return cv
+
+
+def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> None:
+    for n in list(defaults):
+        col = defaults[n]
+        vals = res[n]
+        if col.dtype == object and vals.dtype.kind == "f":
+            # A shard that never saw a non-null value of a string column answers NaN: make it None.
+            vals = np.where(np.isnan(vals), None, vals.astype(object))
+        elif col.dtype != object and vals.dtype == object:
+            wide = col.astype(object)  # a kind this driver had not seen yet (strings): empty is None
+            if col.dtype.kind == "f":
+                wide[np.isnan(col)] = None
+            col = defaults[n] = wide
+        elif col.dtype != vals.dtype and col.dtype != object:
+            vals = vals.astype(col.dtype)
+        col[pos] = vals

@@ -60,6 +60,7 @@ from rayfs.snapshot import SnapshotStore
 
 DURABILITY = ("sync", "group", "none")
 REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
+COMPACT_PARTS = 64  # cached batches of a stream beyond which a replay concatenates them into one
 
 
 def _batch_key(record: dict) -> str:
@@ -490,11 +491,12 @@ class ShardCore(ShardInspection, ShardBackfill):
     def _event_index(self, stream: str, entity: str) -> EventIndex:
         """The sorted index of ``stream``'s events for ``entity``, rebuilt only after new events arrive."""
         parts = self.cache.setdefault(stream, [])
-        if len(parts) > 1:  # ingest appended batches since the last replay: compact them
+        if len(parts) > COMPACT_PARTS:  # many small batches: one concatenation beats per-batch overhead
             parts[:] = [concat(parts)]
         index = self.indexes.get((stream, entity))
-        if index is None:
-            index = self.indexes[(stream, entity)] = EventIndex(parts[0] if parts else {}, entity)
+        if index is None:  # columns are concatenated (and sorted) lazily, only those a feature reads
+            same = next((ix for (s, _), ix in self.indexes.items() if s == stream), None)
+            index = self.indexes[(stream, entity)] = EventIndex(list(parts), entity, same_events=same)
         return index
 
     def _load_cache(self) -> None:

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 
-from rayfs.columns import concat
 from rayfs.featurestats import partial_stats
 from rayfs.fold import WindowEvents
 from rayfs.pit import EventIndex
@@ -79,7 +78,7 @@ class ShardInspection:
                 f = self.features[n]
                 if f.stream not in indexes:
                     parts = fresh.get(f.stream, [])
-                    indexes[f.stream] = EventIndex(concat(parts) if parts else {}, entity)
+                    indexes[f.stream] = EventIndex(parts, entity)
                 ki = self.keys.get((f.stream, entity))
                 slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
                 t = self.watermark.get(f.stream, -(2**62)) + 1

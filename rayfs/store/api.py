@@ -25,7 +25,7 @@ from rayfs.definitions import Feature, Stream, check_name
 from rayfs.errors import DefinitionError, SchemaError, StoreClosedError, StoreOpenError, UnknownFeatureError
 from rayfs.fold import compile_feature
 from rayfs.observations import ObservationStreams
-from rayfs.replay import fan_out
+from rayfs.replay import Request, fan_out
 from rayfs.shardcore import DURABILITY
 from rayfs.store import cluster, monitor
 from rayfs.store.ingest import Ingestor
@@ -383,16 +383,20 @@ class FeatureStore:
             one = self._empties[(f, kind)] = cf.agg.finalize(cf.agg.zero(1))
         return _repeat(one, n)
 
-    def _fan_out(self, method: str, fs: list[tuple[str, Feature]], entity: str, keys: np.ndarray,
-                 extra: list, n: int, final: bool) -> dict[str, np.ndarray] | None:
-        """Ask the shards; ``None`` (unless ``final``) if they know a newer catalog: resolve and ask again."""
-        vals: dict[str, np.ndarray] = {}
-        for _, f in fs:
-            if f.key not in vals:
-                vals[f.key] = self._empty(f, n)
-        if fs and n:
+    def _fan_out(self, method: str, groups: list[tuple[list[tuple[str, Feature]], str, np.ndarray, list]], n: int,
+                 final: bool) -> dict[str, np.ndarray] | None:
+        """Ask the shards for every group ``(features, entity, keys, extra)`` at once; requested name ->
+        values. ``None`` (unless ``final``) if they know a newer catalog: resolve and ask again."""
+        requests = []
+        for fs, entity, keys, extra in groups:
+            vals: dict[str, np.ndarray] = {}
+            for _, f in fs:
+                if f.key not in vals:
+                    vals[f.key] = self._empty(f, n)
+            requests.append(Request(entity, keys, extra, vals))
+        if n and any(r.defaults for r in requests):
             try:
-                cv = self._session.call(lambda hs: fan_out(hs, method, keys, extra, list(vals), entity, vals))
+                cv = self._session.call(lambda hs: fan_out(hs, method, [r for r in requests if r.defaults]))
             except UnknownFeatureError:  # a version this driver's catalog still has was dropped elsewhere
                 self._session.refresh()
                 if final:
@@ -401,9 +405,10 @@ class FeatureStore:
             if self._session.seen(cv) and not final:  # definitions or column kinds changed: ask again
                 return None
         out, used = {}, set()
-        for r, f in fs:  # two names of one version (``sx`` and ``sx@3``) get separate arrays
-            out[r] = copy.deepcopy(vals[f.key]) if f.key in used else vals[f.key]
-            used.add(f.key)
+        for (fs, *_), req in zip(groups, requests, strict=True):
+            for r, f in fs:  # two names of one version (``sx`` and ``sx@3``) get separate arrays
+                out[r] = copy.deepcopy(req.defaults[f.key]) if f.key in used else req.defaults[f.key]
+                used.add(f.key)
         return out
 
     def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None = None) -> pd.DataFrame:
@@ -420,7 +425,7 @@ class FeatureStore:
             for r, f in fs:
                 if f.entity != entity:
                     raise DefinitionError(f"feature {r!r} groups by {f.entity!r}, not {entity!r}")
-            out = self._fan_out("get", fs, entity, k, [], len(k), final=attempt == 2)
+            out = self._fan_out("get", [(fs, entity, k, [])], len(k), final=attempt == 2)
             if out is not None:
                 break
         index = pd.RangeIndex(len(k))
@@ -483,14 +488,9 @@ class FeatureStore:
             if f.entity not in obs.columns:
                 raise SchemaError(f"observations lack column {f.entity!r} needed by feature {r!r}")
             by_entity.setdefault(f.entity, []).append((r, f))
-        results: dict[str, np.ndarray] = {}
-        for entity, group in by_entity.items():
-            keys = C.key_column(obs[entity], what=f"observations column {entity!r}")
-            vals = self._fan_out("replay", group, entity, keys, [t], len(obs), final)
-            if vals is None:
-                return None
-            results.update(vals)
-        return results
+        groups = [(group, entity, C.key_column(obs[entity], what=f"observations column {entity!r}"), [t])
+                  for entity, group in by_entity.items()]
+        return self._fan_out("replay", groups, len(obs), final)
 
     # ------------------------------------------------------------------------------------- observations
     def append_observation(self, name: str, rows) -> int:

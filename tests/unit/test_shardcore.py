@@ -290,3 +290,18 @@ def test_growing_longest_window_rebuilds_buffer(tmp_path, data):
     r3 = core(tmp_path, feats=big)
     assert_oracle(read_all(r3, data, big), data, big, context="grown on reopen")
     r3.close()
+
+
+@pytest.mark.parametrize("size", [5, 400])
+def test_replay_between_ingests_equals_oracle(tmp_path, data, size):
+    """Replays interleaved with ingest (indexes rebuilt, time ranks shared by the two entity fields, the
+    event cache compacted once it holds more than COMPACT_PARTS batches) equal the oracle each time."""
+    c = core(tmp_path, snapshot_every=10**9)
+    parts = batches(data, size)
+    checkpoints = {len(parts) // 3, len(parts) - 1}
+    for i, b in enumerate(parts):
+        c.ingest(record(b, f"b{i}"))
+        if i in checkpoints:
+            seen = data.iloc[:(i + 1) * size]
+            assert_oracle(read_all(c, seen), seen, context=f"after batch {i}")
+    c.close()
