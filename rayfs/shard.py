@@ -46,6 +46,9 @@ class ShardService(ShardCore):
         for m in (*self._counters.values(), *self._gauges.values()):
             m.set_default_tags(tags)
         self._exported = dict.fromkeys(_COUNTERS, 0)
+        # Calls run concurrently (max_concurrency) and the refresher thread exports too: without the lock two
+        # exports could both add the same delta to a counter.
+        self._export_lock = threading.Lock()
         self._export()
         # Ray drops a gauge from its endpoint ~30 s after its last set: refresh them while idle too.
         threading.Thread(target=self._refresh_gauges, daemon=True, name="rayfs-metrics").start()
@@ -59,6 +62,10 @@ class ShardService(ShardCore):
                 return
 
     def _export(self) -> None:
+        with self._export_lock:
+            self._export_locked()
+
+    def _export_locked(self) -> None:
         st = self.stats()
         for k, c in self._counters.items():
             delta = st[k] - self._exported[k]

@@ -65,3 +65,34 @@ def test_observation_stream_keeps_its_timestamp_type(store):
     store.append_observation("obs", {"user": 7, "ts": 3.0})  # keys may mix ints and strings
     got = store.training_set("obs", features=["n"])
     assert got["n"].tolist() == [1, 0]
+
+
+def test_concurrent_metric_exports_add_each_delta_once(tmp_path):
+    """Two replays answered at once by one shard (max_concurrency) both export its counters afterwards: each
+    delta must reach the Prometheus counter once (the CI failure: replay_observations counted twice)."""
+    import threading
+    import time
+
+    from rayfs.shard import ShardService
+
+    class SlowCounter:  # widens the window between reading the delta and recording it
+        def __init__(self) -> None:
+            self.total = 0.0
+
+        def inc(self, v: float) -> None:
+            time.sleep(0.01)
+            self.total += v
+
+    shard = ShardService(str(tmp_path / "shard"), 0, 1, [], [], durability="none")
+    try:
+        shard._counters = {k: SlowCounter() for k in shard._counters}
+        shard._exported = dict.fromkeys(shard._counters, 0)
+        shard.counters["replay_observations"] = 115
+        threads = [threading.Thread(target=shard._export) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert shard._counters["replay_observations"].total == 115
+    finally:
+        shard.close()
