@@ -118,13 +118,20 @@ class PeakSampler:
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
         self.peak: dict = {}
+        self.start: dict = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         snap = snapshot()
+        if not self.start:
+            self.start = snap  # what the processes held before: the growth is ``peak - start``
         for k, v in snap.items():
             self.peak[k] = max(self.peak.get(k, 0), v)
+
+    def growth(self, key: str = "rss") -> int:
+        """Peak minus the figure at the start (bytes)."""
+        return self.peak.get(key, 0) - self.start.get(key, 0)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

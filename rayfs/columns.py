@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayfs.errors import SchemaError
 from rayfs.timeutil import to_micros
@@ -45,8 +46,44 @@ def to_frame(data, *, what: str) -> pd.DataFrame:
                       "pyarrow Table, list of dicts or dict of arrays")
 
 
-def value_column(series: pd.Series, *, what: str) -> np.ndarray:
-    """Normalise one value column to kind ``i``, ``f`` or ``s`` (see module docstring)."""
+class Coded(np.ndarray):
+    """An object column of strings that carries its wire form (:func:`encode`), made from pandas' Arrow
+    string storage by Arrow's dictionary encoding: :func:`encode` returns it instead of factorizing the
+    column again. Views, copies and slices do not carry it (``wire`` is ``None``); never mutate one."""
+
+    wire: dict | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        self.wire = None
+
+
+def _arrow_strings(series: pd.Series) -> pa.Array | None:
+    """The Arrow array behind a pandas string column (``str``/``string[pyarrow]`` dtypes), else ``None``."""
+    dtype = series.dtype
+    if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
+        return None
+    arr = pa.array(series.array)
+    return arr if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) else None
+
+
+def _coded_strings(arr: pa.Array) -> Coded:
+    """The strings of ``arr`` as a :class:`Coded` object array (None for nulls), encoded as by :func:`encode`
+    (dictionary in order of first appearance, code -1 for null)."""
+    enc = pc.dictionary_encode(arr)
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    uniq = enc.dictionary.to_pylist()
+    table = np.empty(len(uniq) + 1, dtype=object)
+    table[:-1] = uniq
+    out = table[codes].view(Coded)  # code -1 picks the trailing None
+    out.wire = {"k": "s", "u": uniq, "c": codes.tobytes()}
+    return out
+
+
+def value_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarray:
+    """Normalise one value column to kind ``i``, ``f`` or ``s`` (see module docstring).
+
+    ``coded``: return a pandas Arrow string column as a :class:`Coded` array (cheaper to encode).
+    """
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
         if series.isna().any():
@@ -56,6 +93,13 @@ def value_column(series: pd.Series, *, what: str) -> np.ndarray:
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
     if pd.api.types.is_datetime64_any_dtype(dtype):
         raise SchemaError(f"{what}: datetime values are only supported in the timestamp column")
+    arrow = _arrow_strings(series)
+    if arrow is not None:  # strings by construction: no per-value check
+        if arrow.null_count == len(arrow):
+            return np.full(len(arrow), np.nan)
+        if coded:
+            return _coded_strings(arrow)
+        return series.to_numpy(dtype=object, na_value=None)
     # strings and Python objects
     items = series.to_numpy(dtype=object)
     nulls = pd.isna(series).to_numpy()
@@ -78,12 +122,16 @@ def value_column(series: pd.Series, *, what: str) -> np.ndarray:
     raise SchemaError(f"{what}: values must be all numbers or all strings, got {', '.join(bad)}")
 
 
-def key_column(series: pd.Series, *, what: str) -> np.ndarray:
+def key_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarray:
     """Normalise an entity-key column: int64 (no nulls), or object array of ``int``/``str`` with None.
 
     Floats that are whole numbers become ints (pandas turns int columns with nulls into floats).
+    ``coded``: return a pandas Arrow string column as a :class:`Coded` array (cheaper to encode).
     """
     dtype = series.dtype
+    arrow = _arrow_strings(series)
+    if arrow is not None:  # strings by construction
+        return _coded_strings(arrow) if coded else series.to_numpy(dtype=object, na_value=None)
     if pd.api.types.is_bool_dtype(dtype):
         raise SchemaError(f"{what}: entity keys must be strings or integers, not booleans")
     if pd.api.types.is_integer_dtype(dtype) and not series.isna().any():
@@ -133,11 +181,10 @@ def key_kind(keys: np.ndarray) -> str | None:
     """
     if keys.dtype != object:
         return "num"
-    nonnull = keys[~pd.isna(keys)]
-    if len(nonnull) == 0:
-        return None
-    inferred = pd.api.types.infer_dtype(nonnull, skipna=False)
-    return {"string": "str", "integer": "num"}.get(inferred, "mixed")
+    if isinstance(keys, Coded) and keys.wire is not None:
+        return "str" if keys.wire["u"] else None
+    inferred = pd.api.types.infer_dtype(keys, skipna=True)  # C speed; nulls (None) are skipped
+    return {"string": "str", "integer": "num", "empty": None}.get(inferred, "mixed")
 
 
 def key_nulls(keys: np.ndarray) -> np.ndarray:
@@ -179,9 +226,11 @@ def conform(col: np.ndarray, kind: str | None) -> np.ndarray:
 def encode(col: np.ndarray) -> dict:
     """Encode a column as msgpack-able primitives (strings dictionary-encoded)."""
     if col.dtype == object:
-        codes, uniques = pd.factorize(pd.Series(col, dtype=object), use_na_sentinel=True)
+        if isinstance(col, Coded) and col.wire is not None:
+            return col.wire
+        codes, uniques = pd.factorize(np.asarray(col), use_na_sentinel=True)
         uniq = uniques.tolist()
-        if all(isinstance(u, str) for u in uniq):
+        if pd.api.types.infer_dtype(uniques, skipna=False) == "string" or not uniq:
             return {"k": "s", "u": uniq, "c": codes.astype(np.int32).tobytes()}
         return {"k": "k", "u": [int(u) if not isinstance(u, str) else u for u in uniq],
                 "c": codes.astype(np.int32).tobytes()}
@@ -212,15 +261,17 @@ def decode(wire: dict) -> np.ndarray:
     raise ValueError(f"unknown column kind {k!r}")
 
 
-def take_wire(wire: dict, mask: np.ndarray) -> dict:
-    """The rows ``mask`` of an encoded batch, still encoded (string dictionaries are shared, not rebuilt)."""
+def take_wire(wire: dict, rows: np.ndarray) -> dict:
+    """The rows of an encoded batch selected by a boolean mask or by row numbers, still encoded (string
+    dictionaries are shared, not rebuilt)."""
+    idx = np.flatnonzero(rows) if rows.dtype == bool else rows  # taking by index beats a random mask ~4x
     out = {}
     for name, col in wire.items():
         if col["k"] in ("s", "k"):
-            out[name] = {"k": col["k"], "u": col["u"], "c": np.frombuffer(col["c"], dtype=np.int32)[mask].tobytes()}
+            out[name] = {"k": col["k"], "u": col["u"], "c": np.frombuffer(col["c"], dtype=np.int32).take(idx).tobytes()}
         else:
             out[name] = {"k": col["k"], "d": np.frombuffer(col["d"], dtype=np.int64 if col["k"] != "f"
-                                                            else np.float64)[mask].tobytes()}
+                                                            else np.float64).take(idx).tobytes()}
     return out
 
 

@@ -25,6 +25,11 @@ from rayfs.columns import Batch, decode, null_mask
 from rayfs.definitions import Feature
 from rayfs.errors import SchemaError
 
+try:  # pandas' C hash table of int64 (vectorised look-ups); KeyIndex falls back to its dict without it
+    from pandas._libs.hashtable import Int64HashTable
+except ImportError:  # pragma: no cover - every supported pandas has it
+    Int64HashTable = None
+
 SEQ_ROW_BITS = 24  # seq = log offset << 24 | row: batches are capped at 2**24 rows
 MAX_BATCH_ROWS = 1 << SEQ_ROW_BITS
 TS = "__ts"
@@ -51,6 +56,23 @@ class KeyIndex:
     def __init__(self, keys: list | None = None) -> None:
         self._keys: list = list(keys or [])
         self._slot: dict = {k: i for i, k in enumerate(self._keys)}
+        self._ints = None  # Int64HashTable: int key -> slot, built on the first int64 lookup
+
+    def _int_table(self):
+        """The vectorised index of the integer keys (pandas' C hash table), built once, then kept in sync."""
+        if self._ints is None:
+            self._ints = Int64HashTable(max(16, len(self._keys)))
+            self._index_ints(self._keys, 0)
+        return self._ints
+
+    def _index_ints(self, keys: list, first_slot: int) -> None:
+        """Add the integer ones of ``keys`` (slots ``first_slot``, ``first_slot + 1``, ...) to the int table."""
+        if self._ints is None:
+            return
+        at = [i for i, k in enumerate(keys) if isinstance(k, int) and -(2**63) <= k < 2**63]
+        if at:
+            self._ints.map_keys_to_values(np.array([keys[i] for i in at], dtype=np.int64),
+                                          np.array(at, dtype=np.int64) + first_slot)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -68,22 +90,82 @@ class KeyIndex:
         """
         if len(keys) == 0:
             return np.zeros(0, dtype=np.int64)
+        if keys.dtype.kind in "iu" and Int64HashTable is not None:
+            # int64 keys: one C pass over the rows; only the unknown ones are factorized and added.
+            slots = self._int_table().lookup(keys.astype(np.int64, copy=False)).astype(np.int64, copy=False)
+            miss = np.flatnonzero(slots < 0)
+            if len(miss) and add is not False:
+                codes, uniques = pd.factorize(keys[miss])
+                uniques = np.asarray(uniques, dtype=np.int64)
+                slots[miss] = self._table(uniques.tolist(), add, False, ints=uniques)[codes]
+            return slots
         codes, uniques = pd.factorize(pd.Series(keys, dtype=keys.dtype), use_na_sentinel=True)
-        uniq = uniques.tolist()
+        table = self._table(uniques.tolist(), add, keys.dtype == object)
+        return table[codes]
+
+    def lookup_encoded(self, uniques: list, codes: np.ndarray, *,
+                       add: bool | Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """:meth:`lookup` of a dictionary-encoded key column (``uniques[codes]``, code -1 = null) without
+        decoding it: one dict look-up per distinct key present, then a gather by code.
+
+        Equal to ``lookup(decoded column)``, including the order in which new keys get their slots (first
+        appearance in the rows); ``uniques`` may hold keys no row uses (they are not added).
+
+        >>> ki = KeyIndex()
+        >>> ki.lookup_encoded(["x", "a", "b"], np.array([1, -1, 2, 1], dtype=np.int32), add=True).tolist()
+        [0, -1, 1, 0]
+        >>> ki.keys()
+        ['a', 'b']
+        """
+        if len(codes) == 0:
+            return np.zeros(0, dtype=np.int64)
+        local, used = pd.factorize(np.asarray(codes))  # the codes present, in order of first appearance
+        used = np.asarray(used, dtype=np.int64)
+        present = used >= 0
+        pool = np.empty(len(uniques), dtype=object)
+        pool[:] = uniques
+        table = np.full(len(used) + 1, -1, dtype=np.int64)  # the trailing -1: no row maps there
+        if present.all():
+            table[:-1] = self._table(pool[used].tolist(), add, True)[:-1]
+        else:
+            table[np.flatnonzero(present)] = self._table(pool[used[present]].tolist(), add, True)[:-1]
+        return table[local]
+
+    def _table(self, uniq: list, add: bool | Callable[[np.ndarray], np.ndarray], objects: bool,
+               ints: np.ndarray | None = None) -> np.ndarray:
+        """Slots of the distinct non-null keys ``uniq`` plus a trailing -1 (the slot of a null code),
+        adding unknown keys per ``add`` (see :meth:`lookup`) in the order of ``uniq``.
+
+        ``ints``: ``uniq`` as an int64 array, all of them known to be unknown (the int64 path of
+        :meth:`lookup`, which looked them up in the int table already).
+        """
         table = np.empty(len(uniq) + 1, dtype=np.int64)
-        table[:-1] = np.fromiter(map(self._slot.get, uniq, itertools.repeat(-1)), dtype=np.int64, count=len(uniq))
+        if ints is None:
+            table[:-1] = np.fromiter(map(self._slot.get, uniq, itertools.repeat(-1)), dtype=np.int64,
+                                     count=len(uniq))
+        else:
+            table[:-1] = -1
         table[-1] = -1
         unknown = np.flatnonzero(table[:-1] < 0)
         if len(unknown) and add is not False:
             if add is not True:
-                arr = np.empty(len(unknown), dtype=object)
-                arr[:] = [uniq[i] for i in unknown.tolist()]
-                unknown = unknown[add(arr if keys.dtype == object else arr.astype(np.int64))]
-            for i in unknown.tolist():
-                k = uniq[i]
-                table[i] = self._slot[k] = len(self._keys)
-                self._keys.append(k)
-        return table[codes]
+                if ints is not None:
+                    arr = ints[unknown]
+                else:
+                    arr = np.empty(len(unknown), dtype=object)
+                    arr[:] = [uniq[i] for i in unknown.tolist()]
+                    arr = arr if objects else arr.astype(np.int64)
+                unknown = unknown[add(arr)]
+            first = len(self._keys)
+            added = [uniq[i] for i in unknown.tolist()]
+            table[unknown] = np.arange(first, first + len(added))
+            self._slot.update(zip(added, range(first, first + len(added)), strict=True))
+            self._keys.extend(added)
+            if ints is None:
+                self._index_ints(added, first)
+            elif len(unknown):
+                self._ints.map_keys_to_values(ints[unknown], table[unknown])
+        return table
 
 
 @dataclass
@@ -124,8 +206,30 @@ def record_times(record: dict) -> np.ndarray:
     return decode(record["cols"][TS])
 
 
-def feature_rows(cf: CompiledFeature, cols: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+def wire_codes(wire: dict) -> np.ndarray:
+    """The int32 codes of a dictionary-encoded wire column (kinds ``s``/``k``; -1 = null), not copied."""
+    return np.frombuffer(wire["c"], dtype=np.int32)
+
+
+def wire_nulls(wire_cols: dict) -> dict[str, np.ndarray]:
+    """Null masks of the dictionary-encoded columns of an encoded batch (``codes < 0``), by column name.
+
+    >>> from rayfs.columns import encode
+    >>> wire_nulls({"s": encode(np.array(["a", None], dtype=object)), "x": encode(np.array([1.0]))})
+    {'s': array([False,  True])}
+    """
+    return {name: wire_codes(w) < 0 for name, w in wire_cols.items() if w["k"] in ("s", "k")}
+
+
+def feature_rows(cf: CompiledFeature, cols: Batch, *,
+                 nulls: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Rows of ``cols`` that count for ``cf`` and the aggregated values at those rows.
+
+    Args:
+        cf: the compiled feature.
+        cols: the batch.
+        nulls: optional null masks of columns of ``cols`` by name, a cache shared by the features of one
+            batch: masks missing from it are computed and added (the result never depends on it).
 
     Returns:
         (indices of counted rows, values at those rows or ``None`` for row counts).
@@ -139,7 +243,12 @@ def feature_rows(cf: CompiledFeature, cols: Batch) -> tuple[np.ndarray, np.ndarr
     if f.column is None:
         return np.flatnonzero(mask), None
     col = cols[f.column] if f.column in cols else _nulls(n)
-    mask &= ~null_mask(col)
+    if nulls is None:
+        mask &= ~null_mask(col)
+    else:
+        if f.column not in nulls:
+            nulls[f.column] = null_mask(col)
+        mask &= ~nulls[f.column]
     idx = np.flatnonzero(mask)
     vals = col[idx]
     if cf.kind == "num":
@@ -182,7 +291,8 @@ class StateTable:
             return
         cap = max(n, 2 * self._capacity(), 16)
         z = self.agg.zero(cap)
-        self.agg.put(z, np.arange(self.size), self.agg.take(self.state, np.arange(self.size)))
+        # The old arrays are dropped: their elements move over without take()'s copies (e.g. of dicts).
+        self.agg.put(z, np.arange(self.size), {k: v[:self.size] for k, v in self.state.items()})
         self.state = z
         self.size = n
 

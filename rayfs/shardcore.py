@@ -49,6 +49,8 @@ from rayfs.fold import (
     feature_rows,
     record_times,
     slot_column,
+    wire_codes,
+    wire_nulls,
 )
 from rayfs.groupcommit import GroupCommit
 from rayfs.locks import wait_lock
@@ -312,8 +314,9 @@ class ShardCore(ShardInspection, ShardBackfill):
         self._note_cv(record.get("cv"))
         try:
             if n:
-                cols = self._decode(record, offset)
-                plan = self._plan(stream, cols, self._lifetime(stream))  # errors surface before the log append
+                nulls: dict[str, np.ndarray] = {}
+                cols = self._decode(record, offset, nulls)
+                plan = self._plan(stream, cols, self._lifetime(stream), nulls)  # errors surface before the log append
             size = self.log.size_bytes()
             self.log.append(record)
         except Exception:
@@ -350,7 +353,9 @@ class ShardCore(ShardInspection, ShardBackfill):
         while len(self.applied) > REMEMBER_IDS:
             self.applied.popitem(last=False)
 
-    def _decode(self, record: dict, offset: int) -> Batch:
+    def _decode(self, record: dict, offset: int, nulls: dict | None = None) -> Batch:
+        """The decoded batch with ``__seq`` and the slot columns; fills ``nulls`` (when given) with the null
+        masks of the dictionary-encoded columns (free from their codes)."""
         stream = self.streams[record["stream"]]
         cols = decode_batch(record["cols"])
         n = len(cols[TS])
@@ -358,15 +363,23 @@ class ShardCore(ShardInspection, ShardBackfill):
         for e in stream.entities:
             ki = self.keys.setdefault((stream.name, e), KeyIndex())
             # Known keys are ours by construction; only keys new to this shard are hashed.
-            cols[slot_column(e)] = ki.lookup(cols[e], add=self._owns)
+            wire = record["cols"].get(e)
+            if wire is not None and wire["k"] in ("s", "k"):  # dictionary-encoded: no re-factorizing
+                cols[slot_column(e)] = ki.lookup_encoded(wire["u"], wire_codes(wire), add=self._owns)
+            else:
+                cols[slot_column(e)] = ki.lookup(cols[e], add=self._owns)
+        if nulls is not None:
+            nulls.update(wire_nulls(record["cols"]))
         return cols
 
     def _owns(self, keys: np.ndarray) -> np.ndarray:
         return shard_of(keys, self.n_shards) == self.shard_id
 
-    def _plan(self, stream: str, cols: Batch, names: list[str]) -> tuple:
+    def _plan(self, stream: str, cols: Batch, names: list[str], nulls: dict | None = None) -> tuple:
         """Everything folding ``cols`` will do, computed without changing any state (so it may raise
-        before the batch is logged): new column kinds, compiled features, and each fold's rows."""
+        before the batch is logged): new column kinds, compiled features, and each fold's rows.
+        ``nulls``: known null masks of columns of ``cols`` (see :func:`rayfs.fold.feature_rows`)."""
+        nulls = {} if nulls is None else nulls
         schema = dict(self.schema.get(stream, {}))
         for name, col in cols.items():
             if not name.startswith("__") and name not in schema:
@@ -377,7 +390,7 @@ class ShardCore(ShardInspection, ShardBackfill):
         folds = {}
         for n, cf in compiled.items():
             # Windowed features fold at read time from the buffer; selecting their rows now proves it works.
-            idx, vals = feature_rows(cf, cols)
+            idx, vals = feature_rows(cf, cols, nulls=nulls)
             if n in names:
                 table = self.tables[n] if self.compiled.get(n) is cf else StateTable(cf.agg)
                 slots = cols[slot_column(cf.feature.entity)][idx]

@@ -41,8 +41,19 @@ def segments(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ``(order, starts, uniq)``: a stable permutation that sorts the events by slot, the start of each
         slot's run in that order, and the sorted unique slots.
     """
-    order = np.argsort(slots, kind="stable")
-    s = slots[order]
+    n = len(slots)
+    bits = max(n - 1, 1).bit_length()
+    lo, hi = (int(slots.min()), int(slots.max())) if n else (0, 0)
+    if 0 <= lo and hi < (1 << (62 - bits)):
+        # One sort of distinct int64 keys slot << bits | row (numpy's SIMD sort, several times faster than
+        # a stable argsort); the row in the low bits makes it the stable order.
+        keys = (slots.astype(np.int64, copy=False) << bits) | np.arange(n, dtype=np.int64)
+        keys.sort()
+        order = keys & ((1 << bits) - 1)
+        s = keys >> bits
+    else:
+        order = np.argsort(slots, kind="stable")
+        s = slots[order]
     starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
     return order, starts, s[starts]
 

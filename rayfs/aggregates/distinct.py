@@ -132,21 +132,21 @@ class CountDistinct(Aggregate):
         return pair_slot[slot_start], {"d": _dicts(dicts)}
 
     def prepare(self, state: State, slots: np.ndarray, values, ts, seq) -> tuple:
-        """The batch's distinct (slot, value) pairs with multiplicities, as flat lists: :meth:`commit` adds
-        them to the slots' dicts in place (no per-slot dicts built, no dict copies)."""
+        """The batch's distinct (slot, value) pairs with multiplicities, sorted by slot (consecutive pairs
+        touch the same dict): :meth:`commit` adds them to the slots' dicts in place (no dict copies)."""
         slots, values, _, _ = self._prepare(slots, values, None, None)
         if len(slots) == 0:
-            return [], [], []
+            return np.zeros(0, dtype=np.int64), [], []
         codes, uniques = pd.factorize(values)
         width = np.int64(len(uniques))
         pairs, mult = np.unique(slots * width + codes, return_counts=True)
         keys = np.asarray(uniques, dtype=object)[pairs % width]
-        return (pairs // width).tolist(), keys.tolist(), mult.tolist()
+        return pairs // width, keys.tolist(), mult.tolist()
 
-    def commit(self, state: State, pair_slots: list, keys: list, mult: list) -> None:
-        dicts = state["d"]
-        for slot, k, m in zip(pair_slots, keys, mult, strict=True):
-            d = dicts[slot]
+    def commit(self, state: State, pair_slots: np.ndarray, keys: list, mult: list) -> None:
+        """Add the multiplicities of the distinct pairs ``(pair_slots[i], keys[i])`` to the slots' dicts
+        (the dicts gathered in one numpy step; consecutive pairs share a dict, which keeps it in cache)."""
+        for d, k, m in zip(state["d"][pair_slots].tolist(), keys, mult, strict=True):
             d[k] = d.get(k, 0) + m
 
     def merge(self, a: State, b: State) -> State:

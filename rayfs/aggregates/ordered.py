@@ -11,7 +11,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from rayfs.aggregates.base import Aggregate, State, optional_values
+from rayfs.aggregates.base import Aggregate, State, optional_values, run_lengths, segments
+
+_I64 = np.iinfo(np.int64)
 
 
 class _Ordered(Aggregate):
@@ -29,15 +31,18 @@ class _Ordered(Aggregate):
     def _reduce(self, slots, values, ts, seq):
         if ts is None or seq is None:
             raise ValueError(f"aggregate {self.name!r} needs ts and seq")
-        order = np.lexsort((seq, ts, slots))
-        s = slots[order]
-        change = np.flatnonzero(s[1:] != s[:-1])
-        if self._latest:
-            pick = order[np.append(change, len(s) - 1)]
-        else:
-            pick = order[np.concatenate(([0], change + 1))]
-        return slots[pick], {"ts": ts[pick], "seq": seq[pick], "value": values[pick],
-                             "has": np.ones(len(pick), dtype=bool)}
+        # Per slot, the event with the largest (smallest) (ts, seq), ties going to the later (earlier) row:
+        # what a stable lexsort by (slot, ts, seq) puts last (first) in the slot's run, without that sort.
+        order, starts, uniq = segments(slots)
+        t, q = ts[order], seq[order]
+        run = np.repeat(np.arange(len(starts)), run_lengths(starts, len(order)))
+        pos = np.arange(len(order))
+        best, none, worst = (np.maximum, -1, _I64.min) if self._latest else (np.minimum, len(order), _I64.max)
+        cand = t == best.reduceat(t, starts)[run]
+        cand &= q == best.reduceat(np.where(cand, q, worst), starts)[run]
+        pick = order[best.reduceat(np.where(cand, pos, none), starts)]
+        return uniq, {"ts": ts[pick], "seq": seq[pick], "value": values[pick],
+                      "has": np.ones(len(pick), dtype=bool)}
 
     def merge(self, a: State, b: State) -> State:
         if self._latest:

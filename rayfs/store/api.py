@@ -28,7 +28,7 @@ from rayfs.observations import ObservationStreams
 from rayfs.replay import Request, fan_out
 from rayfs.shardcore import DURABILITY
 from rayfs.store import cluster, monitor
-from rayfs.store.ingest import Ingestor
+from rayfs.store.ingest import Ingestor, is_batches
 from rayfs.store.session import Session
 from rayfs.timeutil import to_micros
 
@@ -333,14 +333,20 @@ class FeatureStore:
         Args:
             stream: a registered stream.
             data: a pandas DataFrame, pyarrow Table, list of dicts, dict of arrays, or a ``ray.data.Dataset``
-                (ingested in parallel by Ray Data workers, never collected on this driver).
-            batch_id: an id making retries idempotent (generated if not given; not for datasets).
+                (ingested in parallel by Ray Data workers, never collected on this driver); or many batches:
+                an iterator/generator of batches, or a list/tuple of DataFrames, Tables or dicts of arrays.
+                Many batches are pipelined: this driver prepares and logs batch k+1 while the shards fold
+                batch k (at most two in flight); each batch is its own batch, acknowledged as above, in order.
+            batch_id: an id making retries idempotent (generated if not given; not for datasets). For many
+                batches, batch k gets the id ``f"{batch_id}/{k}"``.
 
         Returns:
-            ``{"rows": n, "batch_id": id}`` (``{"rows": n, "batches": k}`` for a dataset).
+            ``{"rows": n, "batch_id": id}``; ``{"rows": n, "batches": k}`` for a dataset or many batches.
 
         Raises:
-            SchemaError, TimestampError, UnknownStreamError: on bad input; nothing is then written.
+            SchemaError, TimestampError, UnknownStreamError: on bad input; nothing is then written. For many
+                batches the message names the bad batch's position: the batches before it are acknowledged,
+                nothing of it or after it is written (likewise if the iterator itself raises).
         """
         self._check_open()
         if type(data).__module__.startswith("ray.data"):
@@ -348,6 +354,8 @@ class FeatureStore:
 
             self._catalog.stream(stream)
             return ingest_dataset(self._session, stream, data)
+        if is_batches(data):
+            return self._ingestor.ingest_many(stream, data, batch_id)
         return self._ingestor.ingest(stream, data, batch_id)
 
     def flush(self) -> None:

@@ -11,27 +11,77 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import ray
 
 from rayfs import columns as C
 from rayfs.definitions import Stream
-from rayfs.errors import SchemaError, StoreOpenError
+from rayfs.errors import RayfsError, SchemaError, StoreOpenError
 from rayfs.fold import MAX_BATCH_ROWS, TS
-from rayfs.routing import shard_of
+from rayfs.routing import shard_of, shard_of_strs
 from rayfs.store.session import Session
 from rayfs.wal import WriteAheadLog, recover_orphans
 
 
-def _owners(wire: dict, keys: np.ndarray, n_shards: int) -> np.ndarray:
-    """The shard of each key; dictionary-encoded keys are hashed once per distinct key."""
+def _owners(wire: dict, keys: np.ndarray | None, n_shards: int) -> np.ndarray:
+    """The shard of each key (-1 for null); dictionary-encoded keys are hashed once per distinct key."""
     if wire["k"] not in ("s", "k"):
-        return shard_of(keys, n_shards)
-    uniques = np.empty(len(wire["u"]) + 1, dtype=object)
-    uniques[:-1] = wire["u"]
-    per_unique = shard_of(uniques, n_shards)  # the trailing None (code -1) maps to -1
+        return shard_of(C.decode(wire) if keys is None else keys, n_shards)
+    uniques = np.empty(len(wire["u"]), dtype=object)
+    uniques[:] = wire["u"]
+    per_unique = np.empty(len(uniques) + 1, dtype=np.int64)
+    per_unique[:-1] = shard_of_strs(uniques, n_shards) if wire["k"] == "s" else shard_of(uniques, n_shards)
+    per_unique[-1] = -1  # code -1: a null key
     return per_unique[np.frombuffer(wire["c"], dtype=np.int32)]
+
+
+_FRAMES = (pd.DataFrame, pa.Table, pa.RecordBatch)
+_ARRAYS = (np.ndarray, pd.Series, pd.Index, pa.Array, pa.ChunkedArray, list, tuple)
+
+
+def is_batches(data) -> bool:
+    """Whether ``data`` is many batches: an iterator (a generator, :func:`rayfs.files.iter_batches`), or a
+    list/tuple of DataFrames, pyarrow Tables or dicts of arrays (a list of dicts of scalars is one batch of
+    events, a DataFrame or a dict of arrays is one batch)."""
+    if isinstance(data, (*_FRAMES, Mapping, str, bytes)):
+        return False
+    if isinstance(data, (list, tuple)):
+        return bool(data) and all(isinstance(b, _FRAMES) or (isinstance(b, Mapping) and b and all(
+            isinstance(v, _ARRAYS) for v in b.values())) for b in data)
+    return isinstance(data, Iterator)
+
+
+def _at_position(exc: BaseException, k: int) -> BaseException:
+    """``exc`` of batch ``k`` of a pipelined ingest, its message naming that position."""
+    where = (f"batch {k} of the batches (counting from 0): batches 0..{k - 1} were ingested and acknowledged, "
+             f"nothing of batch {k} or after it was written" if k else
+             "batch 0 of the batches: nothing was written")
+    if isinstance(exc, RayfsError) and type(exc).__init__ is Exception.__init__:
+        out = type(exc)(f"{exc} ({where})")
+        out.__traceback__ = exc.__traceback__
+        return out
+    exc.add_note(f"rayfs: {where}")
+    return exc
+
+
+class _Incomplete(Exception):
+    """A pipelined batch not yet sent to every shard."""
+
+
+class _Flight:
+    """One logged record of a pipelined ingest: its parts (in Ray's object store) and the shards' acks."""
+
+    __slots__ = ("record", "parts", "refs", "done")
+
+    def __init__(self, record: dict) -> None:
+        self.record = record
+        self.parts: list = []
+        self.refs: list = []
+        self.done = False
 
 
 class Ingestor:
@@ -71,29 +121,160 @@ class Ingestor:
         n = len(cols[TS])
         bid = batch_id or uuid.uuid4().hex
         self._complete_failed()
-        chunks = range(0, n, MAX_BATCH_ROWS)
-        for i, lo in enumerate(chunks):
-            part = C.take(cols, slice(lo, lo + MAX_BATCH_ROWS)) if len(chunks) > 1 else cols
-            record = {"stream": s.name, "batch_id": bid if len(chunks) == 1 else f"{bid}#{i}",
-                      "cols": C.encode_batch(part)}
-            key = (s.name, record["batch_id"])
-            with self._lock:
-                self.wal.append(record)
-                self._inflight += 1
+        for record, part in self._records(s, cols, bid):
             ok = False
             try:
                 self.send_record(record, part)
                 ok = True
             finally:
-                with self._lock:
-                    self._inflight -= 1
-                    if ok:
-                        self.wal.acked(key)
-                    else:  # keep the WAL: the next ingest, a reopen, or a retry with this batch_id completes it
-                        self.wal.failed(key, record)
-                    if not self._inflight:
-                        self.wal.maybe_reset()
+                self._finish(record, ok)
         return {"rows": n, "batch_id": bid}
+
+    def ingest_many(self, stream: str, batches: Iterable, batch_id: str | None = None) -> dict:
+        """Ingest an iterable of batches, pipelined: batch k+1 is normalised, logged and routed on this driver
+        while the shards fold batch k (see :meth:`rayfs.FeatureStore.ingest`).
+
+        Each shard receives the batches in order (a shard's part of batch k+1 is sent once that shard acked
+        batch k), so ingest order, and with it every tie-break, is that of one ``ingest`` call per batch.
+        At most two batches are in flight. Batch k's id is ``f"{batch_id}/{k}"`` if ``batch_id`` is given.
+        """
+        s = self.session.fresh(lambda cat: cat.stream(stream))
+        self._complete_failed()
+        rows = k = 0
+        prev: _Flight | None = None  # sent to (some) shards, not yet acknowledged by all
+        flight: _Flight | None = None
+        it = iter(batches)
+        try:
+            while True:
+                try:
+                    data = next(it)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    self._drain(prev)
+                    prev = None
+                    exc.add_note(f"rayfs: raised by the batches iterable at position {k} (counting from 0); "
+                                 + (f"batches 0..{k - 1} were ingested and acknowledged" if k else
+                                    "nothing was written"))
+                    raise
+                try:
+                    cols, _ = self.normalise(s, data)
+                except Exception as exc:
+                    self._drain(prev)
+                    prev = None
+                    raise _at_position(exc, k) from None
+                bid = f"{batch_id}/{k}" if batch_id else uuid.uuid4().hex
+                for record, part in self._records(s, cols, bid):
+                    flight = _Flight(record)
+                    try:
+                        flight.parts = [ray.put(p) for p in self._parts(record, part)]
+                    except BaseException:
+                        self._finish(record, False)
+                        raise
+                    self._handoff(prev, flight)
+                    prev = None if flight.done else flight
+                rows += len(cols[TS])
+                k += 1
+            self._drain(prev)
+            prev = None
+        finally:  # interrupted (e.g. KeyboardInterrupt): the WAL keeps what is in flight for the next ingest
+            for f in {id(f): f for f in (prev, flight) if f is not None and not f.done}.values():
+                self._finish_flight(f, False)
+        return {"rows": rows, "batches": k}
+
+    def _records(self, s: Stream, cols: C.Batch, bid: str) -> Iterator[tuple[dict, C.Batch]]:
+        """The WAL records of one normalised batch (one, or chunks of MAX_BATCH_ROWS), each logged (and
+        counted in flight) just before it is yielded; the caller must :meth:`_finish` each."""
+        n = len(cols[TS])
+        chunks = range(0, n, MAX_BATCH_ROWS)
+        for i, lo in enumerate(chunks):
+            part = C.take(cols, slice(lo, lo + MAX_BATCH_ROWS)) if len(chunks) > 1 else cols
+            record = {"stream": s.name, "batch_id": bid if len(chunks) == 1 else f"{bid}#{i}",
+                      "cols": C.encode_batch(part)}
+            with self._lock:
+                self.wal.append(record)
+                self._inflight += 1
+            yield record, part
+
+    def _finish(self, record: dict, ok: bool) -> None:
+        key = (record["stream"], record["batch_id"])
+        with self._lock:
+            self._inflight -= 1
+            if ok:
+                self.wal.acked(key)
+            else:  # keep the WAL: the next ingest, a reopen, or a retry with this batch_id completes it
+                self.wal.failed(key, record)
+            if not self._inflight:
+                self.wal.maybe_reset()
+
+    def _finish_flight(self, f: _Flight, ok: bool) -> None:
+        f.done = True
+        f.parts = f.refs = []
+        self._finish(f.record, ok)
+
+    def _handoff(self, prev: _Flight | None, nxt: _Flight) -> None:
+        """Send ``nxt`` to each shard as soon as that shard acknowledged ``prev``; then ``prev`` is done.
+
+        On any failure of ``prev`` everything in flight is awaited and both are completed the way
+        :meth:`send_record` would (revive lost shards, re-send; batch ids make re-sends no-ops where applied).
+        """
+        handles = self.session.handles
+        nxt.refs = [None] * len(handles)
+        if prev is None:
+            nxt.refs = [h.ingest.remote(p) for h, p in zip(handles, nxt.parts, strict=True)]
+            return
+        pending = {ref: j for j, ref in enumerate(prev.refs)}
+        acks = []
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    j = pending.pop(ref)
+                    acks.append(ray.get(ref))
+                    nxt.refs[j] = handles[j].ingest.remote(nxt.parts[j])
+        except Exception:  # noqa: BLE001 - completed (or raised) by _recover
+            self._recover([prev, nxt])
+            return
+        self._finish_flight(prev, True)
+        self.session.seen(max(a.get("cv", 0) for a in acks))
+
+    def _drain(self, flight: _Flight | None) -> None:
+        """Wait until ``flight`` is acknowledged by every shard (completing it as :meth:`_handoff` does)."""
+        if flight is None or flight.done:
+            return
+        try:
+            acks = ray.get(list(flight.refs))
+        except Exception:  # noqa: BLE001 - completed (or raised) by _recover
+            self._recover([flight])
+            return
+        self._finish_flight(flight, True)
+        self.session.seen(max(a.get("cv", 0) for a in acks))
+
+    def _recover(self, flights: list[_Flight]) -> None:
+        """Complete ``flights`` (in order) after a failure: wait for whatever was sent, then re-send each
+        batch not acknowledged by every shard with :meth:`send_record` (which revives lost shards). The first
+        error that persists marks that batch and the later ones failed (kept in the WAL) and is raised."""
+        sent = [r for f in flights for r in f.refs if r is not None]
+        if sent:
+            ray.wait(sent, num_returns=len(sent))
+        error: BaseException | None = None
+        for f in flights:
+            if f.done:
+                continue
+            if error is None:
+                try:
+                    if any(r is None for r in f.refs):
+                        raise _Incomplete
+                    acks = ray.get(list(f.refs))
+                    self.session.seen(max(a.get("cv", 0) for a in acks))
+                except Exception:  # noqa: BLE001 - re-sent below; a persisting error is raised
+                    try:
+                        self.send_record(f.record)
+                    except Exception as exc:  # noqa: BLE001 - raised below, after the later flights
+                        error = exc
+            self._finish_flight(f, error is None)
+        if error is not None:
+            raise error
 
     def _complete_failed(self) -> None:
         """Re-send batches of this WAL that failed to reach every shard before logging a new one, so the
@@ -106,7 +287,6 @@ class Ingestor:
             self.send_record(record)  # raises while shards are unreachable: nothing new is logged meanwhile
             with self._lock:
                 self.wal.acked(key)
-
 
     def normalise(self, s: Stream, data) -> tuple[C.Batch, dict[str, str | None]]:
         """Validate a batch against the stream and the catalog; the columns and their kinds.
@@ -139,14 +319,14 @@ class Ingestor:
             if c in s.entities:
                 # Keys may mix ints and strings across batches ("mixed"), unless a feature reads the
                 # column as a typed value (check_types below refuses "mixed" for those).
-                col = C.key_column(df[c], what=where)
+                col = C.key_column(df[c], what=where, coded=True)
                 kind = C.key_kind(col)
                 old = schema.get(c)
                 if kind is not None and old is not None and old != kind:
                     kind = "mixed"
                 cols[c] = col
             else:
-                col = C.value_column(df[c], what=where)
+                col = C.value_column(df[c], what=where, coded=True)
                 kind = C.kind_of(col)
                 if kind is not None and schema.get(c, kind) != kind:
                     raise SchemaError(f"{where}: holds {kind} values but earlier batches held {schema[c]} values")
@@ -163,22 +343,32 @@ class Ingestor:
 
     def send_record(self, record: dict, cols: C.Batch | None = None) -> None:
         """Route the rows of one logged batch to the shards of their entity keys and wait for the acks."""
+        parts = self._parts(record, cols)
+        acks = self.session.call(
+            lambda handles: ray.get([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))
+        self.session.seen(max(a.get("cv", 0) for a in acks))
+
+    def _parts(self, record: dict, cols: C.Batch | None = None) -> list[dict]:
+        """One part of a logged batch per shard: the rows of its keys (maybe none) and the watermark."""
         s = self.session.catalog.stream(record["stream"])
-        cols = C.decode_batch(record["cols"]) if cols is None else cols
-        n = len(cols[TS])
+        wire = record["cols"]
+        ts = C.decode(wire[TS]) if cols is None else cols[TS]
         n_shards = self.session.settings["shards"]
-        owners = [_owners(record["cols"][e], cols[e], n_shards) for e in s.entities]
-        routed = np.zeros((n_shards, n), dtype=bool)
-        for o in owners:
-            ok = o >= 0
-            routed[o[ok], np.flatnonzero(ok)] = True
-        routed[0] |= ~routed.any(axis=0)  # rows with only null keys are still logged (on shard 0)
-        wm = int(cols[TS].max())
+        owners = [_owners(wire[e], None if cols is None else cols[e], n_shards) for e in s.entities]
+        if n_shards <= 16:  # a comparison per shard and entity beats scattering into a matrix
+            routed = [np.logical_or.reduce([o == j for o in owners]) for j in range(n_shards)]
+        else:
+            routed = np.zeros((n_shards, len(ts)), dtype=bool)
+            for o in owners:
+                ok = o >= 0
+                routed[o[ok], np.flatnonzero(ok)] = True
+        keyless = ~np.logical_or.reduce([o >= 0 for o in owners])
+        if keyless.any():
+            routed[0] = routed[0] | keyless  # rows with only null keys are still logged (on shard 0)
+        wm = int(ts.max())
         # Rows are cut from the encoded batch: strings keep the batch's dictionary, no re-encoding.
         # "cv": the catalog version this driver knows (e.g. after recording new column kinds), so that
         # other drivers learn from the shards' answers that their copy is stale.
         parts = [{"stream": s.name, "batch_id": record["batch_id"], "wm": wm, "cv": self.session.catalog.version,
                   "cols": record["cols"] if mask.all() else C.take_wire(record["cols"], mask)} for mask in routed]
-        acks = self.session.call(
-            lambda handles: ray.get([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))
-        self.session.seen(max(a.get("cv", 0) for a in acks))
+        return parts
