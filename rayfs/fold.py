@@ -30,6 +30,7 @@ try:  # pandas' C hash table of int64 (vectorised look-ups); KeyIndex falls back
 except ImportError:  # pragma: no cover - every supported pandas has it
     Int64HashTable = None
 
+SMALL_LOOKUP = 64  # key look-ups up to this many keys go through the dict, not pandas
 SEQ_ROW_BITS = 24  # seq = log offset << 24 | row: batches are capped at 2**24 rows
 MAX_BATCH_ROWS = 1 << SEQ_ROW_BITS
 TS = "__ts"
@@ -90,6 +91,9 @@ class KeyIndex:
         """
         if len(keys) == 0:
             return np.zeros(0, dtype=np.int64)
+        if add is False and len(keys) <= SMALL_LOOKUP:
+            # An online read of a few keys: dict look-ups beat factorizing (None, a null, is never a key).
+            return np.array([self._slot.get(k, -1) for k in keys.tolist()], dtype=np.int64)
         if keys.dtype.kind in "iu" and Int64HashTable is not None:
             # int64 keys: one C pass over the rows; only the unknown ones are factorized and added.
             slots = self._int_table().lookup(keys.astype(np.int64, copy=False)).astype(np.int64, copy=False)
