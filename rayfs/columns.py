@@ -63,6 +63,8 @@ def _arrow_strings(series: pd.Series) -> pa.Array | None:
     if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
         return None
     arr = pa.array(series.array)
+    if isinstance(arr, pa.ChunkedArray):  # e.g. a column of several Parquet row groups or a pd.concat
+        arr = arr.combine_chunks()
     return arr if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) else None
 
 

@@ -168,10 +168,24 @@ class Ingestor:
                     flight = _Flight(record)
                     try:
                         flight.parts = [ray.put(p) for p in self._parts(record, part)]
-                    except BaseException:
-                        self._finish(record, False)
+                    except BaseException as exc:
+                        self._finish_flight(flight, False)  # done: the finally below must not finish it again
+                        if isinstance(exc, Exception):  # (an interrupt leaves prev to the WAL, see finally)
+                            self._drain(prev)  # batch k - 1 is acknowledged before the error is raised
+                            prev = None
+                            exc.add_note(f"rayfs: raised handing batch {k} of the batches (counting from 0) to "
+                                         f"Ray: batches before it were acknowledged; batch {k} stays in this "
+                                         "driver's write-ahead log, completed by the next ingest, a reopen, or "
+                                         "a retry with the same batch ids")
                         raise
-                    self._handoff(prev, flight)
+                    try:
+                        self._handoff(prev, flight)
+                    except Exception as exc:
+                        exc.add_note(f"rayfs: raised while batches {max(k - 1, 0)}..{k} of the batches (counting "
+                                     "from 0) were in flight: the batches before were acknowledged; the failed "
+                                     "batch and any sent after it stay in this driver's write-ahead log, completed "
+                                     "by the next ingest, a reopen, or a retry with the same batch ids")
+                        raise
                     prev = None if flight.done else flight
                 rows += len(cols[TS])
                 k += 1

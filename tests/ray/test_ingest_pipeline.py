@@ -173,3 +173,43 @@ def test_shard_killed_mid_pipeline(tmp_path):
         check(store, batches, [f"b{i}" for i in range(40)], "after shard kills")
     with rayfs.FeatureStore.open(tmp_path / "s") as store:
         check(store, batches, [f"b{i}" for i in range(40)], "after shard kills, reopened")
+
+
+def test_failed_object_store_put_leaves_the_wal_consistent(tmp_path, monkeypatch):
+    """A failure handing batch 2 to Ray's object store: batches 0..1 acknowledged, batch 2 kept in the WAL
+    (completed by the next ingest), and the in-flight count back at zero (so the WAL still resets)."""
+    import rayfs.store.ingest as ingest_mod
+
+    batches = make_batches(7, 5)
+    real_put, calls = ingest_mod.ray.put, {"n": 0}
+
+    def flaky_put(obj, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the first part of batch 2 (two shards, two parts per batch)
+            raise MemoryError("object store full")
+        return real_put(obj, *args, **kwargs)
+
+    with open_store(tmp_path / "s") as store:
+        monkeypatch.setattr(ingest_mod.ray, "put", flaky_put)
+        with pytest.raises(MemoryError, match="object store full") as info:
+            store.ingest("ev", iter(batches[:3]))
+        assert any("batch 2 of the batches" in n and "write-ahead log" in n for n in info.value.__notes__)
+        monkeypatch.setattr(ingest_mod.ray, "put", real_put)
+        assert store._ingestor._inflight == 0
+        assert len(store._ingestor.wal.unacked) == 1  # batch 2, logged but never sent
+        check(store, batches[:2], [f"b{i}" for i in range(5)], "after the failed put")
+        store.ingest("ev", batches[3:])  # completes batch 2 first, then 3..4 in order
+        assert store._ingestor._inflight == 0 and store._ingestor.wal.unacked == {}
+        check(store, batches, [f"b{i}" for i in range(5)], "after the next ingest")
+
+
+def test_multi_chunk_arrow_strings_ingest(tmp_path):
+    """Arrow-backed string columns in several chunks (Parquet row groups, concatenated tables)."""
+    batches = make_batches(8, 4)
+    table = pa.concat_tables([pa.Table.from_pandas(b, preserve_index=False) for b in batches[:3]])
+    assert table.column("user").num_chunks == 3
+    with open_store(tmp_path / "s") as store:
+        store.ingest("ev", table)
+        store.ingest("ev", pd.concat([b.astype({"user": "string[pyarrow]", "s": "string[pyarrow]"})
+                                      for b in batches[3:]], ignore_index=True))
+        check(store, batches, [f"b{i}" for i in range(4)], "multi-chunk strings")

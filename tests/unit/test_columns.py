@@ -1,0 +1,35 @@
+"""Column normalisation: Arrow-backed string columns (one chunk or many) encode exactly as object columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from rayfs.columns import decode, encode, key_column, key_kind, value_column
+
+VALUES = [["a", None, "b", "a"], ["", "é", None], [None, None], ["x"]]
+
+
+@pytest.mark.parametrize("coded", [False, True])
+@pytest.mark.parametrize("normalise", [key_column, value_column])
+def test_multi_chunk_arrow_strings_encode_as_object_columns(normalise, coded):
+    parts = VALUES
+    flat = [v for p in parts for v in p]
+    series = pd.concat([pd.Series(p, dtype="string[pyarrow]") for p in parts], ignore_index=True)
+    assert isinstance(pa.array(series.array), pa.ChunkedArray) or len(parts) == 1
+    got = normalise(series, what="c", coded=coded)
+    want = normalise(pd.Series(flat, dtype=object), what="c")
+    assert got.tolist() == want.tolist()
+    assert encode(got) == encode(want)
+    assert decode(encode(got)).tolist() == flat
+    if normalise is key_column:
+        assert key_kind(got) == key_kind(want) == "str"
+
+
+def test_all_null_arrow_strings():
+    s = pd.Series([None, None], dtype="string[pyarrow]")
+    assert key_column(s, what="k", coded=True).tolist() == [None, None]
+    assert key_kind(key_column(s, what="k", coded=True)) is None
+    assert np.isnan(value_column(s, what="v", coded=True)).all()
