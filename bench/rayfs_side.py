@@ -25,13 +25,28 @@ def open_store(path: str, shards: int, durability: str, features: list[Feature])
     return store
 
 
-def ingest(store: FeatureStore, events: pd.DataFrame) -> float:
-    """Seconds to ingest ``events`` in 100k-row DataFrame batches (each call returns when durable/folded)."""
+def ingest(store: FeatureStore, events: pd.DataFrame, pipelined: bool = True) -> float:
+    """Seconds to ingest ``events`` in 100k-row DataFrame batches, acknowledged (durable and folded).
+
+    ``pipelined``: hand all batches to one ``ingest`` call (an iterator, as ``rayfs ingest`` does with a
+    file), so the driver prepares batch k+1 while the shards fold batch k; else one call per batch.
+    """
+    batches = (events.iloc[lo:lo + BATCH] for lo in range(0, len(events), BATCH))
     t0 = time.perf_counter()
-    for lo in range(0, len(events), BATCH):
-        store.ingest("upvotes", events.iloc[lo:lo + BATCH])
+    if pipelined:
+        store.ingest("upvotes", batches)
+    else:
+        for b in batches:
+            store.ingest("upvotes", b)
     store.flush()
     return time.perf_counter() - t0
+
+
+def raw_bytes(events: pd.DataFrame) -> int:
+    """Bytes of the raw event columns as Arrow holds them (numbers 8 bytes, strings their UTF-8 plus offsets)."""
+    import pyarrow as pa
+
+    return int(pa.Table.from_pandas(events, preserve_index=False).nbytes)
 
 
 def latency(store: FeatureStore, entity: str, pool: np.ndarray, k: int, calls: int, features: list[str],
@@ -58,15 +73,17 @@ def run(tmp: str, events: pd.DataFrame, obs: pd.DataFrame, shards: int, mixes: d
     # ---- ingest with durability "sync" (fsync per batch) and "group" (one fsync per ~2 ms shared by
     # concurrent ingests); the "sync" store is kept for the recovery figures below
     sync_path = os.path.join(tmp, "sync")
-    for mode in ("sync", "group"):
+    fig["raw_event_bytes"] = raw_bytes(events)
+    for mode in ("sync", "group", "sync_per_call"):
         mode_path = os.path.join(tmp, mode)
-        store = open_store(mode_path, shards, mode, feats)
-        dt = ingest(store, events)
+        store = open_store(mode_path, shards, mode.removesuffix("_per_call"), feats)
+        dt = ingest(store, events, pipelined=not mode.endswith("_per_call"))
         fig[f"ingest_{mode}_s"] = dt
         fig[f"ingest_{mode}_events_per_s"] = len(events) / dt
         log(f"  rayfs ingest {mode}: {dt:.2f}s ({len(events) / dt:,.0f} ev/s)")
         store.close()
-    shutil.rmtree(os.path.join(tmp, "group"), ignore_errors=True)
+        if mode != "sync":
+            shutil.rmtree(mode_path, ignore_errors=True)
 
     # ---- ingest, durability "none"; this store also serves the reads
     path = os.path.join(tmp, "none")
@@ -91,11 +108,18 @@ def run(tmp: str, events: pd.DataFrame, obs: pd.DataFrame, shards: int, mixes: d
             store.training_set(obs, features=names, timestamp="ts")
             warm = time.perf_counter() - t0
             results[mix] = res[names].reset_index(drop=True)
+            growth = {k: mem.growth(k) for k in ("rss", "pss", "shard_rss", "driver_rss")}
             fig["training"][mix] = {"cold_s": cold, "warm_s": warm, "rows_per_s_cold": len(obs) / cold,
-                                    "rows_per_s_warm": len(obs) / warm, "peak_mem": mem.peak}
+                                    "rows_per_s_warm": len(obs) / warm, "peak_mem": mem.peak,
+                                    "start_mem": mem.start, "growth_mem": growth,
+                                    "growth_per_raw": growth["rss"] / fig["raw_event_bytes"],
+                                    "shard_peak_per_raw": mem.peak["shard_rss"] / fig["raw_event_bytes"]}
             log(f"  rayfs training_set[{mix}]: cold {cold:.2f}s warm {warm:.2f}s; peak RSS "
                 f"{mem.peak['rss'] / 2**20:,.0f} MiB (PSS {mem.peak['pss'] / 2**20:,.0f} MiB) "
-                f"over {mem.peak['processes']} processes")
+                f"over {mem.peak['processes']} processes; growth during the call {growth['rss'] / 2**20:,.0f} "
+                f"MiB = {fig['training'][mix]['growth_per_raw']:.2f}x the raw event columns "
+                f"({fig['raw_event_bytes'] / 2**20:,.0f} MiB); shards' peak "
+                f"{fig['training'][mix]['shard_peak_per_raw']:.2f}x")
 
         # ---- online reads
         users = events["user"].drop_duplicates().to_numpy(dtype=object)
