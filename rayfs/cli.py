@@ -267,12 +267,15 @@ def _ingest(args) -> int:
         reader = iter_batches(args.files, format=args.format, batch_rows=args.batch_rows,
                               timestamps=_string_columns(args.files, args.format, stream.timestamp))
         bar = _Bar(f"ingest {args.stream}", unit="B")
-        rows = 0
         t0 = time.perf_counter()
-        try:
+
+        def batches():
             for batch in reader:
-                rows += store.ingest(args.stream, batch)["rows"]
-                bar.update(reader.bytes_read, reader.total_bytes)
+                yield batch
+                bar.update(reader.bytes_read, reader.total_bytes)  # batch handed over (acks follow in order)
+
+        try:  # one pipelined call: the next batch is read and prepared while the shards fold this one
+            rows = store.ingest(args.stream, batches())["rows"]
         finally:
             bar.close()
             reader.close()

@@ -337,8 +337,9 @@ class FeatureStore:
                 an iterator/generator of batches, or a list/tuple of DataFrames, Tables or dicts of arrays.
                 Many batches are pipelined: this driver prepares and logs batch k+1 while the shards fold
                 batch k (at most two in flight); each batch is its own batch, acknowledged as above, in order.
-            batch_id: an id making retries idempotent (generated if not given; not for datasets). For many
-                batches, batch k gets the id ``f"{batch_id}/{k}"``.
+            batch_id: an id making retries idempotent (generated if not given). For many batches, batch k
+                gets the id ``f"{batch_id}/{k}"``; for a dataset, each batch ``f"{batch_id}/{content hash}"``
+                (retried Ray Data tasks are applied once; see :mod:`rayfs.store.dataio`).
 
         Returns:
             ``{"rows": n, "batch_id": id}``; ``{"rows": n, "batches": k}`` for a dataset or many batches.
@@ -353,7 +354,7 @@ class FeatureStore:
             from rayfs.store.dataio import ingest_dataset
 
             self._catalog.stream(stream)
-            return ingest_dataset(self._session, stream, data)
+            return ingest_dataset(self._session, stream, data, batch_id=batch_id)
         if is_batches(data):
             return self._ingestor.ingest_many(stream, data, batch_id)
         return self._ingestor.ingest(stream, data, batch_id)

@@ -5,9 +5,17 @@ pickles to them), owns its own write-ahead log under ``<store>/wal/`` and sends 
 the same :class:`~rayfs.store.ingest.Ingestor` a driver uses; only a row count per block comes back.
 A worker empties its WAL after every acknowledged batch, so a finished ingest leaves nothing to replay.
 Should a worker die mid-batch, its unacknowledged WAL is re-sent by the next process that opens the store.
+
+Exactly once: a batch's id is the call's id (``batch_id``, else a fresh one per call) plus a hash of the
+batch's normalised content. Ray Data re-runs the task of a worker that died on the same rows, so the retry
+re-sends the same ids and the shards drop what they already applied; a whole call repeated with the same
+``batch_id`` is a no-op likewise. The price: two batches of one call with byte-identical content (every
+row equal, in the same order, e.g. ``ds.union(ds)``) count once.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import pandas as pd
 
@@ -20,14 +28,15 @@ BATCH_ROWS = 100_000
 class _Writer:
     """A Ray Data ``map_batches`` callable class: one Ingestor (and WAL) per worker."""
 
-    def __init__(self, session: Session, stream: str) -> None:
+    def __init__(self, session: Session, stream: str, call_id: str) -> None:
         self.ingestor = Ingestor(session)
         self.stream = stream
+        self.call_id = call_id
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         if len(batch) == 0:
             return pd.DataFrame({"rows": pd.Series([], dtype="int64")})
-        rows = self.ingestor.ingest(self.stream, batch)["rows"]
+        rows = self.ingestor.ingest(self.stream, batch, content_id=self.call_id)["rows"]
         self.ingestor.wal.maybe_reset(force=True)
         return pd.DataFrame({"rows": [rows]})
 
@@ -38,13 +47,15 @@ class _Writer:
             pass
 
 
-def ingest_dataset(session: Session, stream: str, ds, *, batch_rows: int = BATCH_ROWS,
-                   concurrency: int | None = None) -> dict:
-    """Ingest every row of ``ds`` into ``stream``; returns ``{"rows": n, "batches": k}``."""
+def ingest_dataset(session: Session, stream: str, ds, *, batch_id: str | None = None,
+                   batch_rows: int = BATCH_ROWS, concurrency: int | None = None) -> dict:
+    """Ingest every row of ``ds`` into ``stream``; returns ``{"rows": n, "batches": k}`` (``rows`` counts
+    what the workers handed over, duplicates dropped by the shards included)."""
+    call_id = batch_id or uuid.uuid4().hex
     workers = concurrency or max(1, min(len(session.handles), 4))
     import ray.data
 
-    counts = ds.map_batches(_Writer, fn_constructor_args=(session, stream), batch_size=batch_rows,
+    counts = ds.map_batches(_Writer, fn_constructor_args=(session, stream, call_id), batch_size=batch_rows,
                             batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0)
     rows = batches = 0
     for block in counts.iter_batches(batch_format="pandas", batch_size=None):

@@ -9,10 +9,12 @@ matter which driver ingested it. A batch is acknowledged when every shard has lo
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 
+import msgpack
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -114,11 +116,19 @@ class Ingestor:
             self._wal.close()
             self._wal = None
 
-    def ingest(self, stream: str, data, batch_id: str | None = None) -> dict:
-        """See :meth:`rayfs.FeatureStore.ingest`."""
+    def ingest(self, stream: str, data, batch_id: str | None = None, *, content_id: str | None = None) -> dict:
+        """See :meth:`rayfs.FeatureStore.ingest`.
+
+        ``content_id``: a prefix; the batch id becomes ``f"{content_id}/{digest}"`` with ``digest`` a hash of
+        the normalised batch, so that re-running the same work (a Ray Data task retried after its worker
+        died) re-sends the same id and is applied once.
+        """
         s = self.session.fresh(lambda cat: cat.stream(stream))
         cols, kinds = self.normalise(s, data)
         n = len(cols[TS])
+        if content_id is not None:
+            wire = msgpack.packb(C.encode_batch(cols), use_bin_type=True)
+            batch_id = f"{content_id}/{hashlib.blake2b(wire, digest_size=16).hexdigest()}"
         bid = batch_id or uuid.uuid4().hex
         self._complete_failed()
         for record, part in self._records(s, cols, bid):

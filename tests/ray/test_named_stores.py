@@ -496,3 +496,26 @@ def test_ray_dataset_ingest_and_arrow_and_ray_outputs_equal_the_pandas_paths(ray
     own = store._ingestor.wal.dir
     leftover = [p for p in (r["path"] / "wal").rglob("*.log") if p.stat().st_size and not str(p).startswith(own)]
     assert leftover == []
+
+
+def test_a_repeated_ray_dataset_ingest_with_its_batch_id_is_applied_once(tmp_path):
+    """Batch ids of a Dataset ingest are the call's id plus a content hash: running the same work again (what
+    Ray Data does when a worker dies mid-task) re-sends the same ids, which the shards drop."""
+    rng = np.random.default_rng(61)
+    n = 2500
+    df = pd.DataFrame({"user": pd.Series([f"u{k}" for k in rng.integers(0, 30, n)], dtype=object),
+                       "ts": T0 + np.arange(n, dtype=np.int64) * 11})
+    with rayfs.FeatureStore.open(tmp_path / "s", shards=2, durability="none") as store:
+        store.register_stream("ev", entities=["user"], timestamp="ts")
+        store.register_feature(F("n", "count", stream="ev"))
+        ds = ray.data.from_pandas([df.iloc[:1200], df.iloc[1200:]])
+        assert store.ingest("ev", ds, batch_id="load-7")["rows"] == n
+        before = store.stats()["duplicates"].sum()
+        assert store.ingest("ev", ds, batch_id="load-7")["rows"] == n  # handed over again ...
+        assert store.stats()["duplicates"].sum() > before  # ... and dropped by the shards
+        keys = sorted(df["user"].unique())
+        want = df["user"].value_counts().reindex(keys).tolist()
+        assert store.get_features("user", keys, ["n"])["n"].tolist() == want
+        assert store.stats()["events"].sum() == n
+        store.ingest("ev", ds)  # a new call (fresh id): the same rows are new events
+        assert store.get_features("user", keys, ["n"])["n"].tolist() == [2 * w for w in want]
