@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args) or 0
     except RayfsError as exc:
-        print(f"rayfs {args.command}: {exc}", file=sys.stderr)
+        notes = "".join(f"\n  {n}" for n in getattr(exc, "__notes__", ()))
+        print(f"rayfs {args.command}: {exc}{notes}", file=sys.stderr)
         return 2
 
 
@@ -276,6 +277,11 @@ def _ingest(args) -> int:
 
         try:  # one pipelined call: the next batch is read and prepared while the shards fold this one
             rows = store.ingest(args.stream, batches())["rows"]
+        except RayfsError as exc:
+            if reader.path is not None:
+                exc.add_note(f"file being read: {reader.path} ({reader.rows_read:,} rows read from the files "
+                             "so far, the failing batch included)")
+            raise
         finally:
             bar.close()
             reader.close()

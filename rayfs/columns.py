@@ -159,12 +159,17 @@ def key_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarr
     if kind == "string":
         return items
     if kind == "integer" and not nulls.any():
-        return items.astype(np.int64)
+        try:
+            return items.astype(np.int64)
+        except OverflowError:
+            pass  # a key beyond int64: the loop below names it
     for i in np.flatnonzero(~nulls):
         v = items[i]
         if isinstance(v, str):
             continue
         if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            if not -(2**63) <= int(v) < 2**63:
+                raise SchemaError(f"{what}: integer key {int(v)} does not fit in 64 bits; send such keys as strings")
             items[i] = int(v)
         elif isinstance(v, (float, np.floating)) and float(v).is_integer():
             items[i] = int(v)

@@ -338,8 +338,8 @@ class FeatureStore:
                 Many batches are pipelined: this driver prepares and logs batch k+1 while the shards fold
                 batch k (at most two in flight); each batch is its own batch, acknowledged as above, in order.
             batch_id: an id making retries idempotent (generated if not given). For many batches, batch k
-                gets the id ``f"{batch_id}/{k}"``; for a dataset, each batch ``f"{batch_id}/{content hash}"``
-                (retried Ray Data tasks are applied once; see :mod:`rayfs.store.dataio`).
+                gets the id ``f"{batch_id}/{k}"``. Not for a dataset (a DefinitionError): its batches get ids
+                from their content, so a retried Ray Data task is applied once (see :mod:`rayfs.store.dataio`).
 
         Returns:
             ``{"rows": n, "batch_id": id}``; ``{"rows": n, "batches": k}`` for a dataset or many batches.
@@ -354,7 +354,11 @@ class FeatureStore:
             from rayfs.store.dataio import ingest_dataset
 
             self._catalog.stream(stream)
-            return ingest_dataset(self._session, stream, data, batch_id=batch_id)
+            if batch_id is not None:
+                raise DefinitionError(f"ingest into {stream!r}: batch_id is not supported for a ray.data.Dataset "
+                                      "(Ray Data cuts batches differently on every run); a retried Ray Data task "
+                                      "is applied once without it")
+            return ingest_dataset(self._session, stream, data)
         if is_batches(data):
             return self._ingestor.ingest_many(stream, data, batch_id)
         return self._ingestor.ingest(stream, data, batch_id)

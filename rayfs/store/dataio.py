@@ -6,11 +6,12 @@ the same :class:`~rayfs.store.ingest.Ingestor` a driver uses; only a row count p
 A worker empties its WAL after every acknowledged batch, so a finished ingest leaves nothing to replay.
 Should a worker die mid-batch, its unacknowledged WAL is re-sent by the next process that opens the store.
 
-Exactly once: a batch's id is the call's id (``batch_id``, else a fresh one per call) plus a hash of the
-batch's normalised content. Ray Data re-runs the task of a worker that died on the same rows, so the retry
-re-sends the same ids and the shards drop what they already applied; a whole call repeated with the same
-``batch_id`` is a no-op likewise. The price: two batches of one call with byte-identical content (every
-row equal, in the same order, e.g. ``ds.union(ds)``) count once.
+Exactly once: a batch's id is the call's id (fresh per call) plus a hash of the batch's normalised content
+(:func:`rayfs.store.ingest.content_digest`). Ray Data re-runs the task of a worker that died on the same
+input rows, so the retry re-sends the same ids and the shards drop what they already applied. The price:
+two batches of one call with identical content (every row equal, in the same order, e.g. ``ds.union(ds)``)
+count once. A whole call cannot be made idempotent by an id (Ray Data forms batches in the order upstream
+tasks finish, so a second run cuts the rows differently): ``batch_id`` is refused for datasets.
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ class _Writer:
             pass
 
 
-def ingest_dataset(session: Session, stream: str, ds, *, batch_id: str | None = None,
-                   batch_rows: int = BATCH_ROWS, concurrency: int | None = None) -> dict:
+def ingest_dataset(session: Session, stream: str, ds, *, batch_rows: int = BATCH_ROWS,
+                   concurrency: int | None = None) -> dict:
     """Ingest every row of ``ds`` into ``stream``; returns ``{"rows": n, "batches": k}`` (``rows`` counts
-    what the workers handed over, duplicates dropped by the shards included)."""
-    call_id = batch_id or uuid.uuid4().hex
+    what the workers handed over, a retried task's duplicates dropped by the shards included)."""
+    call_id = uuid.uuid4().hex
     workers = concurrency or max(1, min(len(session.handles), 4))
     import ray.data
 

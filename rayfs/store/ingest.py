@@ -41,6 +41,20 @@ def _owners(wire: dict, keys: np.ndarray | None, n_shards: int) -> np.ndarray:
     return per_unique[np.frombuffer(wire["c"], dtype=np.int32)]
 
 
+def content_digest(cols: C.Batch) -> str:
+    """A hash of a normalised batch that does not depend on the catalog: an all-null column (which
+    normalising turns into NaNs or Nones depending on the column kinds known so far) hashes as a marker, so
+    the same rows hash alike before and after another writer recorded the column's kind."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, col in cols.items():
+        h.update(msgpack.packb(name))
+        if len(col) and C.null_mask(col).all():
+            h.update(msgpack.packb(["null", len(col)]))
+        else:
+            h.update(msgpack.packb(C.encode(col), use_bin_type=True))
+    return h.hexdigest()
+
+
 _FRAMES = (pd.DataFrame, pa.Table, pa.RecordBatch)
 _ARRAYS = (np.ndarray, pd.Series, pd.Index, pa.Array, pa.ChunkedArray, list, tuple)
 
@@ -127,8 +141,7 @@ class Ingestor:
         cols, kinds = self.normalise(s, data)
         n = len(cols[TS])
         if content_id is not None:
-            wire = msgpack.packb(C.encode_batch(cols), use_bin_type=True)
-            batch_id = f"{content_id}/{hashlib.blake2b(wire, digest_size=16).hexdigest()}"
+            batch_id = f"{content_id}/{content_digest(cols)}"
         bid = batch_id or uuid.uuid4().hex
         self._complete_failed()
         for record, part in self._records(s, cols, bid):

@@ -142,3 +142,22 @@ def test_bad_config_is_reported_with_file_and_line(tmp_path):
     assert r.returncode == 2
     assert re.search(r"bad\.toml:\d+: features\[0\]\.agg: .*'cnt'", r.stderr), r.stderr
     assert not os.path.exists(tmp_path / "store")
+
+
+def test_ingest_of_a_bad_file_midway_names_the_file_and_keeps_what_came_before(tmp_path):
+    """Files are ingested in one pipelined call: a bad batch in the second file stops the ingest with an
+    error naming that file and saying that the batches before it were ingested; they are."""
+    (tmp_path / "reddit.toml").write_text(CONFIG)
+    good, bad = events(31, 3000), events(32, 400)
+    write_table(good, str(tmp_path / "a.parquet"))
+    bad = bad.astype({"score": object})
+    bad.loc[250, "score"] = "not a number"
+    write_table(bad, str(tmp_path / "b.csv"))
+    r = rayfs("ingest", "upvotes", "a.parquet", "b.csv", "--batch-rows", "1000", "--config", "reddit.toml",
+              cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "score" in r.stderr and "b.csv" in r.stderr, r.stderr
+    assert "batches 0..2 were ingested" in r.stderr, r.stderr
+    r = rayfs("features", "describe", "user_score", "--config", "reddit.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stats"]["count"] == good["user"].nunique()

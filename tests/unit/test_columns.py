@@ -33,3 +33,16 @@ def test_all_null_arrow_strings():
     assert key_column(s, what="k", coded=True).tolist() == [None, None]
     assert key_kind(key_column(s, what="k", coded=True)) is None
     assert np.isnan(value_column(s, what="v", coded=True)).all()
+
+
+@pytest.mark.parametrize("keys", [[2**64, None], [2**64, 5], [-(2**63) - 1, "a"]])
+def test_integer_keys_beyond_64_bits_are_a_schema_error_naming_the_column(keys):
+    from rayfs.errors import SchemaError
+
+    with pytest.raises(SchemaError, match="user.*does not fit in 64 bits"):
+        key_column(pd.Series(keys, dtype=object), what="column 'user'")
+
+
+def test_extreme_64_bit_integer_keys_are_kept():
+    keys = [2**63 - 1, -(2**63), None]
+    assert key_column(pd.Series(keys, dtype=object), what="k").tolist() == keys
