@@ -8,7 +8,9 @@ lives. Invariants:
 * A WAL is reset (deleted) only when every batch in it is acknowledged by every shard it routes to.
 * A WAL whose ``OWNER`` lock nobody holds belongs to a writer that died: any writer that opens the store
   re-sends its batches (shards drop batch ids they already applied, so a batch lands whole, once) and
-  deletes it. A refused batch is kept aside in ``<store>/wal-rejected/`` with a warning, never lost.
+  deletes it. A batch the shards refuse (as bad input, a RayfsError) is kept aside in
+  ``<store>/wal-rejected/`` with a warning, never lost, and leaves the WAL: on replay, and live (the
+  caller of ``ingest`` gets the error; the next ingest is not blocked by re-sending it).
 * ``<store>/wal/`` holding segment files directly is the one-writer layout of rayfs 0.1: it is adopted
   as an orphan the same way.
 
@@ -24,7 +26,7 @@ import warnings
 from collections.abc import Callable
 
 from rayfs.errors import RayfsError
-from rayfs.locks import try_lock
+from rayfs.locks import try_lock, wait_lock
 from rayfs.log import SegmentedLog
 
 WAL_DIR = "wal"
@@ -117,6 +119,25 @@ def recover_orphans(store_path: str, send: Callable[[dict], None], *, skip: str 
     return sent
 
 
+def set_aside(store_path: str, record: dict, exc: BaseException, when: str) -> None:
+    """Keep a batch the shards refused in ``<store>/wal-rejected/`` (whole, never lost) and warn.
+
+    Writers of several processes may set batches aside at once: the rejected log is appended under a lock.
+    """
+    d = os.path.join(store_path, REJECTED_DIR)
+    os.makedirs(d, exist_ok=True)
+    guard = wait_lock(os.path.join(d, "LOCK"), timeout_s=60)
+    try:
+        rejected = SegmentedLog(d)
+        rejected.append(record)
+        rejected.close()
+    finally:
+        if guard is not None:
+            guard.close()
+    warnings.warn(f"store {store_path}: batch {record['batch_id']!r} of stream {record['stream']!r} was refused "
+                  f"{when} ({exc}); kept in {REJECTED_DIR}/", RuntimeWarning, stacklevel=3)
+
+
 def _replay(store_path: str, wal_dir: str, send: Callable[[dict], None], *, segments_dir: str) -> int:
     log = SegmentedLog(segments_dir, durability="none")
     n = 0
@@ -125,12 +146,7 @@ def _replay(store_path: str, wal_dir: str, send: Callable[[dict], None], *, segm
             try:
                 send(record)
             except RayfsError as exc:  # refused as bad input by a shard: keep it aside, never block open
-                rejected = SegmentedLog(os.path.join(store_path, REJECTED_DIR))
-                rejected.append(record)
-                rejected.close()
-                warnings.warn(f"store {store_path}: batch {record['batch_id']!r} of stream {record['stream']!r} "
-                              f"was refused on replay ({exc}); kept in {REJECTED_DIR}/", RuntimeWarning,
-                              stacklevel=3)
+                set_aside(store_path, record, exc, "on replay")
             n += 1
     finally:
         log.close()

@@ -26,7 +26,7 @@ from rayfs.errors import RayfsError, SchemaError, StoreOpenError
 from rayfs.fold import MAX_BATCH_ROWS, TS
 from rayfs.routing import shard_of, shard_of_strs
 from rayfs.store.session import Session
-from rayfs.wal import WriteAheadLog, recover_orphans
+from rayfs.wal import WriteAheadLog, recover_orphans, set_aside
 
 
 def _owners(wire: dict, keys: np.ndarray | None, n_shards: int) -> np.ndarray:
@@ -145,12 +145,12 @@ class Ingestor:
         bid = batch_id or uuid.uuid4().hex
         self._complete_failed()
         for record, part in self._records(s, cols, bid):
-            ok = False
             try:
                 self.send_record(record, part)
-                ok = True
-            finally:
-                self._finish(record, ok)
+            except BaseException as exc:
+                self._finish(record, False, exc)
+                raise
+            self._finish(record, True)
         return {"rows": n, "batch_id": bid}
 
     def ingest_many(self, stream: str, batches: Iterable, batch_id: str | None = None) -> dict:
@@ -233,8 +233,14 @@ class Ingestor:
                 self._inflight += 1
             yield record, part
 
-    def _finish(self, record: dict, ok: bool) -> None:
+    def _finish(self, record: dict, ok: bool, exc: BaseException | None = None) -> None:
+        """The end of one logged record's journey: acknowledged (``ok``), or failed with ``exc``."""
         key = (record["stream"], record["batch_id"])
+        if not ok and isinstance(exc, RayfsError):
+            # Refused by a shard as bad input (e.g. this driver's catalog was stale): re-sending cannot
+            # succeed, and would block every later ingest of this process. Keep it aside, whole.
+            set_aside(self.session.path, record, exc, "by a shard")
+            ok = True
         with self._lock:
             self._inflight -= 1
             if ok:
@@ -244,10 +250,10 @@ class Ingestor:
             if not self._inflight:
                 self.wal.maybe_reset()
 
-    def _finish_flight(self, f: _Flight, ok: bool) -> None:
+    def _finish_flight(self, f: _Flight, ok: bool, exc: BaseException | None = None) -> None:
         f.done = True
         f.parts = f.refs = []
-        self._finish(f.record, ok)
+        self._finish(f.record, ok, exc)
 
     def _handoff(self, prev: _Flight | None, nxt: _Flight) -> None:
         """Send ``nxt`` to each shard as soon as that shard acknowledged ``prev``; then ``prev`` is done.
@@ -298,6 +304,7 @@ class Ingestor:
         for f in flights:
             if f.done:
                 continue
+            own: BaseException | None = None  # this flight's own error (later ones only wait behind it)
             if error is None:
                 try:
                     if any(r is None for r in f.refs):
@@ -308,8 +315,8 @@ class Ingestor:
                     try:
                         self.send_record(f.record)
                     except Exception as exc:  # noqa: BLE001 - raised below, after the later flights
-                        error = exc
-            self._finish_flight(f, error is None)
+                        error = own = exc
+            self._finish_flight(f, error is None, own)
         if error is not None:
             raise error
 
@@ -321,7 +328,10 @@ class Ingestor:
         for key, record in failed.items():
             if record is None:
                 continue
-            self.send_record(record)  # raises while shards are unreachable: nothing new is logged meanwhile
+            try:
+                self.send_record(record)  # raises while shards are unreachable: nothing new is logged meanwhile
+            except RayfsError as exc:  # refused: kept aside (see _finish), never re-sent again
+                set_aside(self.session.path, record, exc, "by a shard on re-send")
             with self._lock:
                 self.wal.acked(key)
 

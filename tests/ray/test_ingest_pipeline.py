@@ -213,3 +213,49 @@ def test_multi_chunk_arrow_strings_ingest(tmp_path):
         store.ingest("ev", pd.concat([b.astype({"user": "string[pyarrow]", "s": "string[pyarrow]"})
                                       for b in batches[3:]], ignore_index=True))
         check(store, batches, [f"b{i}" for i in range(4)], "multi-chunk strings")
+
+
+def _rejected(path) -> list[dict]:
+    from rayfs.log import SegmentedLog
+    from rayfs.wal import REJECTED_DIR
+
+    log = SegmentedLog(str(path / REJECTED_DIR), durability="none")
+    try:
+        return [r for _, r in log.read(0)]
+    finally:
+        log.close()
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_batch_the_shards_refuse_is_set_aside_and_blocks_nothing(tmp_path, monkeypatch, pipelined):
+    """A batch that passed this driver's checks but that the shards refuse (a stale catalog would do it):
+    the caller gets the shard's error, the batch is kept whole in wal-rejected/, and the next ingest of this
+    process goes through instead of re-sending the refused batch forever."""
+    from rayfs import columns as C
+
+    batches = make_batches(9, 4)
+    with open_store(tmp_path / "s") as store:
+        store.ingest("ev", batches[0])
+        real = store._ingestor.normalise
+
+        def stale(s, data):  # as if the driver had not known that x holds numbers
+            cols, kinds = real(s, data)
+            if data is batches[1]:
+                cols["x"] = C.value_column(pd.Series(["oops"] * len(data), dtype=object), what="x")
+            return cols, kinds
+
+        monkeypatch.setattr(store._ingestor, "normalise", stale)
+        with pytest.warns(RuntimeWarning, match="wal-rejected"):
+            with pytest.raises(rayfs.SchemaError, match="x"):
+                store.ingest("ev", iter(batches[1:3]) if pipelined else batches[1])
+        monkeypatch.setattr(store._ingestor, "normalise", real)
+        refused = _rejected(tmp_path / "s")
+        assert len(refused) == 1 and len(C.decode(refused[0]["cols"]["__ts"])) == len(batches[1])
+        store.ingest("ev", batches[3] if pipelined else iter(batches[2:]))
+        assert store._ingestor._inflight == 0 and store._ingestor.wal.unacked == {}
+        kept = [b for i, b in enumerate(batches) if i != 1]
+        ids = ["b0", "b2", "b3", "b1"]  # b1 last: refused, no rows anywhere
+        check(store, kept, ids, "after a refused batch")
+        assert refused[0]["cols"]["x"]["u"] == ["oops"]  # kept whole, as logged
+    with rayfs.FeatureStore.open(tmp_path / "s") as store:  # nothing left to replay
+        check(store, kept, ids, "after a refused batch, reopened")
