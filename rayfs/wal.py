@@ -8,7 +8,7 @@ lives. Invariants:
 * A WAL is reset (deleted) only when every batch in it is acknowledged by every shard it routes to.
 * A WAL whose ``OWNER`` lock nobody holds belongs to a writer that died: any writer that opens the store
   re-sends its batches (shards drop batch ids they already applied, so a batch lands whole, once) and
-  deletes it. A batch the shards refuse (as bad input, a RayfsError) is kept aside in
+  deletes it. A batch the shards refuse as bad input (a SchemaError) is kept aside in
   ``<store>/wal-rejected/`` with a warning, never lost, and leaves the WAL: on replay, and live (the
   caller of ``ingest`` gets the error; the next ingest is not blocked by re-sending it).
 * ``<store>/wal/`` holding segment files directly is the one-writer layout of rayfs 0.1: it is adopted
@@ -25,7 +25,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 
-from rayfs.errors import RayfsError
+from rayfs.errors import SchemaError
 from rayfs.locks import try_lock, wait_lock
 from rayfs.log import SegmentedLog
 
@@ -87,7 +87,7 @@ def recover_orphans(store_path: str, send: Callable[[dict], None], *, skip: str 
 
     Args:
         store_path: the store's folder.
-        send: routes one WAL record to its shards and waits for the acks (raises RayfsError if refused).
+        send: routes one WAL record to its shards and waits for the acks (raises SchemaError if refused).
         skip: a WAL directory to leave alone (the caller's own).
 
     Returns:
@@ -145,7 +145,7 @@ def _replay(store_path: str, wal_dir: str, send: Callable[[dict], None], *, segm
         for _, record in log.read(0):
             try:
                 send(record)
-            except RayfsError as exc:  # refused as bad input by a shard: keep it aside, never block open
+            except SchemaError as exc:  # refused as bad input by a shard: keep it aside, never block open
                 set_aside(store_path, record, exc, "on replay")
             n += 1
     finally:

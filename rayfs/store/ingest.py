@@ -236,9 +236,10 @@ class Ingestor:
     def _finish(self, record: dict, ok: bool, exc: BaseException | None = None) -> None:
         """The end of one logged record's journey: acknowledged (``ok``), or failed with ``exc``."""
         key = (record["stream"], record["batch_id"])
-        if not ok and isinstance(exc, RayfsError):
+        if not ok and isinstance(exc, SchemaError):
             # Refused by a shard as bad input (e.g. this driver's catalog was stale): re-sending cannot
-            # succeed, and would block every later ingest of this process. Keep it aside, whole.
+            # succeed, and would block every later ingest of this process. Keep it aside, whole. (Other
+            # errors, a stopped store or an unreachable shard, keep it in the WAL to be completed later.)
             set_aside(self.session.path, record, exc, "by a shard")
             ok = True
         with self._lock:
@@ -330,7 +331,7 @@ class Ingestor:
                 continue
             try:
                 self.send_record(record)  # raises while shards are unreachable: nothing new is logged meanwhile
-            except RayfsError as exc:  # refused: kept aside (see _finish), never re-sent again
+            except SchemaError as exc:  # refused as bad input: kept aside (see _finish), never re-sent again
                 set_aside(self.session.path, record, exc, "by a shard on re-send")
             with self._lock:
                 self.wal.acked(key)
