@@ -29,6 +29,21 @@ from rayfs.store.session import Session
 from rayfs.wal import WriteAheadLog, recover_orphans, set_aside
 
 
+def _get_all(refs: list) -> list:
+    """Every shard's answer; the first error is raised only once all are in, so that no other shard's
+    error goes unretrieved (Ray would print it as an "unhandled error" later)."""
+    ray.wait(list(refs), num_returns=len(refs))
+    out, first = [], None
+    for ref in refs:
+        try:
+            out.append(ray.get(ref))
+        except Exception as exc:  # noqa: BLE001 - the first one is raised below
+            first = first or exc
+    if first is not None:
+        raise first
+    return out
+
+
 def _owners(wire: dict, keys: np.ndarray | None, n_shards: int) -> np.ndarray:
     """The shard of each key (-1 for null); dictionary-encoded keys are hashed once per distinct key."""
     if wire["k"] not in ("s", "k"):
@@ -287,7 +302,7 @@ class Ingestor:
         if flight is None or flight.done:
             return
         try:
-            acks = ray.get(list(flight.refs))
+            acks = _get_all(flight.refs)
         except Exception:  # noqa: BLE001 - completed (or raised) by _recover
             self._recover([flight])
             return
@@ -310,7 +325,7 @@ class Ingestor:
                 try:
                     if any(r is None for r in f.refs):
                         raise _Incomplete
-                    acks = ray.get(list(f.refs))
+                    acks = _get_all(f.refs)
                     self.session.seen(max(a.get("cv", 0) for a in acks))
                 except Exception:  # noqa: BLE001 - re-sent below; a persisting error is raised
                     try:
@@ -393,7 +408,7 @@ class Ingestor:
         """Route the rows of one logged batch to the shards of their entity keys and wait for the acks."""
         parts = self._parts(record, cols)
         acks = self.session.call(
-            lambda handles: ray.get([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))
+            lambda handles: _get_all([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))
         self.session.seen(max(a.get("cv", 0) for a in acks))
 
     def _parts(self, record: dict, cols: C.Batch | None = None) -> list[dict]:
