@@ -15,6 +15,9 @@ Invariants:
 * Every batch is sent to every shard, rows or not, with ``wm``: the newest event time of the whole batch.
   ``watermark[stream]`` (the max of the ``wm`` of every logged batch) is therefore the stream's newest
   acknowledged event time store-wide, the instant online values are served at.
+* Only keys this shard owns get slots. A batch may carry ``own`` (per entity field, a packed bit per row:
+  the driver's routing says the key is this shard's); then only those rows are looked up, else (batches of
+  older drivers) unknown keys are hashed here. Both give the same slots; the log keeps what was sent.
 * A lifetime feature being backfilled is folded in chunks, the lock released between them (ingest goes on
   and folds new batches into it as usual); it is never snapshotted until done, and reads of it wait.
 """
@@ -360,11 +363,19 @@ class ShardCore(ShardInspection, ShardBackfill):
         cols = decode_batch(record["cols"])
         n = len(cols[TS])
         cols[SEQ] = (np.int64(offset) << np.int64(SEQ_ROW_BITS)) + np.arange(n, dtype=np.int64)
+        own = record.get("own") or {}
         for e in stream.entities:
             ki = self.keys.setdefault((stream.name, e), KeyIndex())
-            # Known keys are ours by construction; only keys new to this shard are hashed.
             wire = record["cols"].get(e)
-            if wire is not None and wire["k"] in ("s", "k"):  # dictionary-encoded: no re-factorizing
+            coded = wire is not None and wire["k"] in ("s", "k")  # dictionary-encoded: no re-factorizing
+            if e in own and wire is not None:
+                # The driver marked the rows whose key is this shard's: only those are looked up (and added).
+                rows = np.flatnonzero(np.unpackbits(np.frombuffer(own[e], dtype=np.uint8), count=n))
+                slots = np.full(n, -1, dtype=np.int64)
+                slots[rows] = (ki.lookup_encoded(wire["u"], wire_codes(wire)[rows], add=True) if coded
+                               else ki.lookup(cols[e][rows], add=True))
+                cols[slot_column(e)] = slots
+            elif coded:  # records without "own" (older drivers): known keys are ours, new ones are hashed
                 cols[slot_column(e)] = ki.lookup_encoded(wire["u"], wire_codes(wire), add=self._owns)
             else:
                 cols[slot_column(e)] = ki.lookup(cols[e], add=self._owns)

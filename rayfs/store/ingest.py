@@ -432,6 +432,15 @@ class Ingestor:
         # Rows are cut from the encoded batch: strings keep the batch's dictionary, no re-encoding.
         # "cv": the catalog version this driver knows (e.g. after recording new column kinds), so that
         # other drivers learn from the shards' answers that their copy is stale.
-        parts = [{"stream": s.name, "batch_id": record["batch_id"], "wm": wm, "cv": self.session.catalog.version,
-                  "cols": record["cols"] if mask.all() else C.take_wire(record["cols"], mask)} for mask in routed]
+        # "own": per entity field, a packed bit per row of the part: the row's key belongs to this shard. The
+        # shard then looks up only its own keys (a key of another shard would be looked up, missed and hashed
+        # again in every batch it appears in).
+        parts = []
+        for j, mask in enumerate(routed):
+            whole = mask.all()
+            parts.append({"stream": s.name, "batch_id": record["batch_id"], "wm": wm,
+                          "cv": self.session.catalog.version,
+                          "cols": record["cols"] if whole else C.take_wire(record["cols"], mask),
+                          "own": {e: np.packbits((o if whole else o[mask]) == j).tobytes()
+                                  for e, o in zip(s.entities, owners, strict=True)}})
         return parts
