@@ -295,7 +295,7 @@ class Ingestor:
             self._recover([prev, nxt])
             return
         self._finish_flight(prev, True)
-        self.session.seen(max(a.get("cv", 0) for a in acks))
+        self._seen(acks)
 
     def _drain(self, flight: _Flight | None) -> None:
         """Wait until ``flight`` is acknowledged by every shard (completing it as :meth:`_handoff` does)."""
@@ -307,7 +307,7 @@ class Ingestor:
             self._recover([flight])
             return
         self._finish_flight(flight, True)
-        self.session.seen(max(a.get("cv", 0) for a in acks))
+        self._seen(acks)
 
     def _recover(self, flights: list[_Flight]) -> None:
         """Complete ``flights`` (in order) after a failure: wait for whatever was sent, then re-send each
@@ -325,8 +325,7 @@ class Ingestor:
                 try:
                     if any(r is None for r in f.refs):
                         raise _Incomplete
-                    acks = _get_all(f.refs)
-                    self.session.seen(max(a.get("cv", 0) for a in acks))
+                    self._seen(_get_all(f.refs))
                 except Exception:  # noqa: BLE001 - re-sent below; a persisting error is raised
                     try:
                         self.send_record(f.record)
@@ -407,8 +406,11 @@ class Ingestor:
     def send_record(self, record: dict, cols: C.Batch | None = None) -> None:
         """Route the rows of one logged batch to the shards of their entity keys and wait for the acks."""
         parts = self._parts(record, cols)
-        acks = self.session.call(
-            lambda handles: _get_all([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)]))
+        self._seen(self.session.call(
+            lambda handles: _get_all([h.ingest.remote(p) for h, p in zip(handles, parts, strict=True)])))
+
+    def _seen(self, acks: list[dict]) -> None:
+        """Refresh the cached catalog if a shard's ack names a newer version than this driver knows."""
         self.session.seen(max(a.get("cv", 0) for a in acks))
 
     def _parts(self, record: dict, cols: C.Batch | None = None) -> list[dict]:
@@ -418,8 +420,10 @@ class Ingestor:
         ts = C.decode(wire[TS]) if cols is None else cols[TS]
         n_shards = self.session.settings["shards"]
         owners = [_owners(wire[e], None if cols is None else cols[e], n_shards) for e in s.entities]
+        mine = None  # per shard, per entity field: is the row's key this shard's
         if n_shards <= 16:  # a comparison per shard and entity beats scattering into a matrix
-            routed = [np.logical_or.reduce([o == j for o in owners]) for j in range(n_shards)]
+            mine = [[o == j for o in owners] for j in range(n_shards)]
+            routed = [np.logical_or.reduce(m) for m in mine]
         else:
             routed = np.zeros((n_shards, len(ts)), dtype=bool)
             for o in owners:
@@ -438,9 +442,11 @@ class Ingestor:
         parts = []
         for j, mask in enumerate(routed):
             whole = mask.all()
+            own = {}
+            for i, (e, o) in enumerate(zip(s.entities, owners, strict=True)):
+                bits = mine[j][i] if mine is not None else o == j
+                own[e] = np.packbits(bits if whole else bits[mask]).tobytes()
             parts.append({"stream": s.name, "batch_id": record["batch_id"], "wm": wm,
                           "cv": self.session.catalog.version,
-                          "cols": record["cols"] if whole else C.take_wire(record["cols"], mask),
-                          "own": {e: np.packbits((o if whole else o[mask]) == j).tobytes()
-                                  for e, o in zip(s.entities, owners, strict=True)}})
+                          "cols": record["cols"] if whole else C.take_wire(record["cols"], mask), "own": own})
         return parts
