@@ -38,7 +38,7 @@ from bench import compare, peers
 from bench.rayfs_side import ingest
 from bench.rss import PeakSampler, cpu_seconds
 from bench.workload import DAY_US, to_us
-from rayfs.definitions import Feature
+from rayfs.model.definitions import Feature
 from rayfs.store import FeatureStore
 from rayfs.workload import reddit_upvotes
 

@@ -1,6 +1,6 @@
 """``python -m bench.profile``: where rayfs spends its time, without Ray in the way.
 
-Runs one :class:`rayfs.shardcore.ShardCore` in this process (1 shard owning every key, durability
+Runs one :class:`rayfs.shard.core.ShardCore` in this process (1 shard owning every key, durability
 "none") under cProfile for (a) ingest of 100k-row batches, (b) the first (cold) and (c) a warm
 ``replay`` per feature mix, plus (d) the driver-side share of ``FeatureStore.ingest`` (normalising and
 encoding a batch). Prints the top functions by cumulative and by own time.
@@ -23,13 +23,13 @@ import time
 import warnings
 
 from bench.workload import MIXES, make
-from rayfs import columns as C
-from rayfs.catalog import Catalog
-from rayfs.definitions import Stream
-from rayfs.fold import TS
-from rayfs.shardcore import ShardCore
+from rayfs.engine import columns as C
+from rayfs.engine.fold import TS
+from rayfs.model.definitions import Stream
+from rayfs.model.timeutil import to_micros
+from rayfs.shard.core import ShardCore
+from rayfs.storage.catalog import Catalog
 from rayfs.store.ingest import Ingestor
-from rayfs.timeutil import to_micros
 
 BATCH = 100_000
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.rss import PeakSampler
-from rayfs.definitions import Feature
+from rayfs.model.definitions import Feature
 from rayfs.store import FeatureStore
 
 BATCH = 100_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rayfs.definitions import Feature
+from rayfs.model.definitions import Feature
 from rayfs.workload import observations_for, reddit_upvotes
 
 DAY_US = 86_400 * 1_000_000

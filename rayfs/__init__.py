@@ -5,7 +5,6 @@
 True
 """
 
-from rayfs.definitions import Feature, Stream
 from rayfs.errors import (
     AggregateError,
     DefinitionError,
@@ -20,6 +19,7 @@ from rayfs.errors import (
     UnknownStreamError,
     WindowError,
 )
+from rayfs.model.definitions import Feature, Stream
 
 __version__ = "0.2.0"
 

@@ -116,7 +116,7 @@ def _open(args):
     if args.name:
         return connect(args.name, address=args.address or "auto", namespace=args.namespace)
     if args.config:
-        from rayfs.config import load_config
+        from rayfs.model.config import load_config
 
         cfg = load_config(args.config)
         store = FeatureStore.open(**cfg.store.open_kwargs(), address=args.address)
@@ -158,7 +158,7 @@ class _Bar:
 
 
 def _serve(args) -> int:
-    from rayfs.config import load_config
+    from rayfs.model.config import load_config
     from rayfs.store import FeatureStore
 
     cfg = load_config(args.config)
@@ -223,7 +223,7 @@ def _stop(args) -> int:
 
 
 def _apply_cmd(args) -> int:
-    from rayfs.config import load_config
+    from rayfs.model.config import load_config
     from rayfs.store import FeatureStore, connect
 
     cfg = load_config(args.config)
@@ -258,7 +258,7 @@ def _features(args) -> int:
 
 
 def _ingest(args) -> int:
-    from rayfs.files import iter_batches
+    from rayfs.sources.files import iter_batches
 
     store = _open(args)
     try:
@@ -295,7 +295,7 @@ def _ingest(args) -> int:
 
 def _string_columns(files, fmt, column: str) -> list[str]:
     """``[column]`` if the first file holds it as strings (ISO timestamps to parse), else ``[]``."""
-    from rayfs.files import iter_batches
+    from rayfs.sources.files import iter_batches
 
     with iter_batches(files, format=fmt, batch_rows=1000) as reader:
         first = next(iter(reader), None)
@@ -310,7 +310,7 @@ def _string_columns(files, fmt, column: str) -> list[str]:
 def _train(args) -> int:
     import pandas as pd
 
-    from rayfs.files import iter_batches, write_table
+    from rayfs.sources.files import iter_batches, write_table
 
     store = _open(args)
     try:

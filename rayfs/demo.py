@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from rayfs.definitions import Feature
+from rayfs.model.definitions import Feature
 from rayfs.workload import observations_for, reddit_upvotes
 
 SQL_FEATURES = [

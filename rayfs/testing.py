@@ -9,7 +9,7 @@ meant for differential tests on small data: build a store, ingest the same event
 
 The contract they implement:
 
-* Every timestamp becomes int64 microseconds (:func:`rayfs.timeutil.to_micros`).
+* Every timestamp becomes int64 microseconds (:func:`rayfs.model.timeutil.to_micros`).
 * An observation ``(k, t)`` sees the events of the feature's stream whose entity column equals ``k``
   and whose time is strictly before ``t``; with a window ``w`` it sees ``t - w <= ts < t``.
 * ``where`` is a SQL predicate over the event's columns; an event counts only where it is true (SQL
@@ -46,12 +46,12 @@ import numpy as np
 import pandas as pd
 
 from rayfs.errors import AggregateError, DefinitionError, SchemaError, UnknownStreamError
-from rayfs.timeutil import parse_window, to_micros
+from rayfs.model.timeutil import parse_window, to_micros
 
 __all__ = ["oracle_training_set", "oracle_online", "assert_approx_features"]
 
 # ---------------------------------------------------------------------------------------------------
-# Oracle (self-contained: depends only on rayfs.timeutil, rayfs.errors, pandas, numpy, duckdb)
+# Oracle (self-contained: depends only on rayfs.model.timeutil, rayfs.errors, pandas, numpy, duckdb)
 # ---------------------------------------------------------------------------------------------------
 
 _AGGS = ("count", "sum", "mean", "min", "max", "count_distinct", "stddev", "variance", "first", "last",
@@ -281,7 +281,7 @@ def oracle_training_set(events: Mapping[str, pd.DataFrame], streams: Mapping, fe
 
     Args:
         events: stream name -> DataFrame of its events in arrival order (row order = ingest order).
-        streams: stream name -> :class:`rayfs.definitions.Stream`.
+        streams: stream name -> :class:`rayfs.model.definitions.Stream`.
         features: the features (anything with ``name, stream, entity, agg, column, window, where``).
         observations: one row per observation, with the observation time in ``timestamp`` and, for
             each feature, the entity key in column ``f.entity`` (or ``entity_columns[f.name]``).
@@ -294,7 +294,7 @@ def oracle_training_set(events: Mapping[str, pd.DataFrame], streams: Mapping, fe
         A copy of ``observations`` (same index and order) plus one column per feature.
 
     >>> from types import SimpleNamespace as F
-    >>> from rayfs.definitions import Stream
+    >>> from rayfs.model.definitions import Stream
     >>> ev = {"votes": pd.DataFrame({"user": ["a", "a", "b"], "ts": [1.0, 2.0, 2.0], "x": [1.0, 5.0, 7.0]})}
     >>> st = {"votes": Stream(name="votes", entities=("user",), timestamp="ts")}
     >>> f = F(name="n", stream="votes", entity="user", agg="sum", column="x", window=None, where=None)
@@ -465,7 +465,7 @@ def shard_actor_names(path, shards: int, name: str | None = None) -> list[str]:
     """The Ray actor names of the shards of the store at ``path`` (or of the store called ``name``)."""
     import os
 
-    from rayfs.shard import actor_name
+    from rayfs.shard.actor import actor_name
     from rayfs.store.cluster import store_id
 
     sid = store_id(os.path.abspath(os.fspath(path)), name)

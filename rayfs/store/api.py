@@ -18,19 +18,19 @@ import numpy as np
 import pandas as pd
 import ray
 
-from rayfs import columns as C
 from rayfs.aggregates import REGISTRY
-from rayfs.catalog import Catalog
-from rayfs.definitions import Feature, Stream, check_name
+from rayfs.engine import columns as C
+from rayfs.engine.fold import compile_feature
 from rayfs.errors import DefinitionError, SchemaError, StoreClosedError, StoreOpenError, UnknownFeatureError
-from rayfs.fold import compile_feature
-from rayfs.observations import ObservationStreams
-from rayfs.replay import Request, fan_out
-from rayfs.shardcore import DURABILITY
+from rayfs.model.definitions import Feature, Stream, check_name
+from rayfs.model.timeutil import to_micros
+from rayfs.shard.core import DURABILITY
+from rayfs.storage.catalog import Catalog
+from rayfs.storage.observations import ObservationStreams
 from rayfs.store import cluster, monitor
 from rayfs.store.ingest import Ingestor, is_batches
+from rayfs.store.reads import Request, fan_out
 from rayfs.store.session import Session
-from rayfs.timeutil import to_micros
 
 OUTPUTS = ("pandas", "arrow", "ray")
 
@@ -297,7 +297,7 @@ class FeatureStore:
     def register_sql(self, sql: str, window=None, description: str = "", **metadata) -> list[Feature]:
         """Register the features of ``SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream>
         [WHERE ...] GROUP BY <entity>``, optionally over a trailing ``window``; returns them."""
-        from rayfs.sql import features_from_sql
+        from rayfs.model.sql import features_from_sql
 
         self._check_open()
         feats = features_from_sql(sql, window=window, streams=self._catalog.streams, description=description)
@@ -316,11 +316,11 @@ class FeatureStore:
         return Feature.from_dict(d)
 
     def apply(self, config) -> dict:
-        """Register the streams and features of a config (a path or a :class:`rayfs.config.StoreConfig`).
+        """Register the streams and features of a config (a path or a :class:`rayfs.model.config.StoreConfig`).
 
         Returns ``{"streams": [...], "features": [...]}`` with what was registered (no-ops included).
         """
-        from rayfs.config import StoreConfig, load_config
+        from rayfs.model.config import StoreConfig, load_config
 
         cfg = config if isinstance(config, StoreConfig) else load_config(config)
         streams = [self.register_stream(s.name, s.entities, s.timestamp) for s in cfg.streams]
@@ -541,7 +541,7 @@ class FeatureStore:
         """
         self._check_open()
         if training_set is not None:
-            from rayfs.featurestats import frame_stats
+            from rayfs.engine.featurestats import frame_stats
 
             if features is None:
                 cols = [c for c in training_set.columns if c in self.features or "@" in c]

@@ -27,7 +27,7 @@ import time
 import ray
 
 from rayfs.errors import StoreClosedError, StoreOpenError
-from rayfs.shard import ShardActor, actor_name
+from rayfs.shard.actor import ShardActor, actor_name
 from rayfs.store.coordinator import Coordinator
 
 NAMESPACE = "rayfs"
@@ -51,7 +51,7 @@ def ensure_ray(address: str | None = None, namespace: str = NAMESPACE) -> bool:
 
 def check_unlocked(path: str, shards: int, timeout_s: float = 10.0) -> None:
     """Refuse at once a folder whose shards a live process holds (seen from this machine's filesystem)."""
-    from rayfs.locks import wait_lock
+    from rayfs.storage.locks import wait_lock
 
     for i in range(shards):
         lock = os.path.join(path, "shards", f"shard-{i:03d}", "LOCK")

@@ -16,9 +16,9 @@ import threading
 
 import ray
 
-from rayfs.catalog import Catalog
-from rayfs.definitions import Feature, Stream
 from rayfs.errors import DefinitionError, SchemaError
+from rayfs.model.definitions import Feature, Stream
+from rayfs.storage.catalog import Catalog
 
 
 class Coordinator:

@@ -1,7 +1,7 @@
 """The ingest path of a driver: validate a batch, make it durable in the WAL, route its rows to shards.
 
-A batch is normalised once on the driver (:mod:`rayfs.columns`), written whole to this process's
-write-ahead log (:mod:`rayfs.wal`), then cut by entity key and sent to **every** shard: shards owning
+A batch is normalised once on the driver (:mod:`rayfs.engine.columns`), written whole to this process's
+write-ahead log (:mod:`rayfs.storage.wal`), then cut by entity key and sent to **every** shard: shards owning
 none of its rows get an empty part that still carries the batch's newest event time (``"wm"``), so each
 shard knows every stream's newest acknowledged event time (the instant online values are served at) no
 matter which driver ingested it. A batch is acknowledged when every shard has logged and folded its part.
@@ -20,13 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from rayfs import columns as C
-from rayfs.definitions import Stream
+from rayfs.engine import columns as C
+from rayfs.engine.fold import MAX_BATCH_ROWS, TS
+from rayfs.engine.routing import shard_of, shard_of_strs
 from rayfs.errors import RayfsError, SchemaError, StoreOpenError
-from rayfs.fold import MAX_BATCH_ROWS, TS
-from rayfs.routing import shard_of, shard_of_strs
+from rayfs.model.definitions import Stream
+from rayfs.storage.wal import WriteAheadLog, recover_orphans, set_aside
 from rayfs.store.session import Session
-from rayfs.wal import WriteAheadLog, recover_orphans, set_aside
 
 
 def _get_all(refs: list) -> list:
@@ -75,7 +75,7 @@ _ARRAYS = (np.ndarray, pd.Series, pd.Index, pa.Array, pa.ChunkedArray, list, tup
 
 
 def is_batches(data) -> bool:
-    """Whether ``data`` is many batches: an iterator (a generator, :func:`rayfs.files.iter_batches`), or a
+    """Whether ``data`` is many batches: an iterator (a generator, :func:`rayfs.sources.files.iter_batches`), or a
     list/tuple of DataFrames, pyarrow Tables or dicts of arrays (a list of dicts of scalars is one batch of
     events, a DataFrame or a dict of arrays is one batch)."""
     if isinstance(data, (*_FRAMES, Mapping, str, bytes)):
@@ -136,7 +136,7 @@ class Ingestor:
         return self._wal
 
     def recover(self) -> int:
-        """Re-send the batches of WALs left by dead writers (see :func:`rayfs.wal.recover_orphans`)."""
+        """Re-send the batches of WALs left by dead writers (see :func:`rayfs.storage.wal.recover_orphans`)."""
         return recover_orphans(self.session.path, self.send_record,
                                skip=self._wal.dir if self._wal is not None else None)
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import ray
 
-from rayfs.definitions import Feature
-from rayfs.featurestats import FIELDS, merge_stats
+from rayfs.engine.featurestats import FIELDS, merge_stats
+from rayfs.model.definitions import Feature
 from rayfs.store.session import Session
 
 _SQL_AGGS = {"count": "COUNT", "sum": "SUM", "mean": "AVG", "min": "MIN", "max": "MAX", "stddev": "STDDEV",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from rayfs.catalog import Catalog
+from rayfs.storage.catalog import Catalog
 
 
 class Session:

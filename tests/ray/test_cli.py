@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rayfs.files import write_table
+from rayfs.sources.files import write_table
 from rayfs.testing import oracle_training_set
 
 CONFIG = """
@@ -110,7 +110,7 @@ def test_serve_ingest_files_train_describe_audit_stop(served):
               *target, cwd=cwd)
     assert r.returncode == 0, r.stderr
     got = pd.read_parquet(cwd / "train.parquet")
-    from rayfs.config import load_config
+    from rayfs.model.config import load_config
 
     cfg = load_config(cwd / "reddit.toml")
     want = oracle_training_set({"upvotes": pd.concat([a, b], ignore_index=True)}, cfg.stream_map,

@@ -216,8 +216,8 @@ def test_multi_chunk_arrow_strings_ingest(tmp_path):
 
 
 def _rejected(path) -> list[dict]:
-    from rayfs.log import SegmentedLog
-    from rayfs.wal import REJECTED_DIR
+    from rayfs.storage.log import SegmentedLog
+    from rayfs.storage.wal import REJECTED_DIR
 
     log = SegmentedLog(str(path / REJECTED_DIR), durability="none")
     try:
@@ -231,7 +231,7 @@ def test_a_batch_the_shards_refuse_is_set_aside_and_blocks_nothing(tmp_path, mon
     """A batch that passed this driver's checks but that the shards refuse (a stale catalog would do it):
     the caller gets the shard's error, the batch is kept whole in wal-rejected/, and the next ingest of this
     process goes through instead of re-sending the refused batch forever."""
-    from rayfs import columns as C
+    from rayfs.engine import columns as C
 
     batches = make_batches(9, 4)
     with open_store(tmp_path / "s") as store:

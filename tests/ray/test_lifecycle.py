@@ -26,10 +26,10 @@ import pytest
 import ray
 
 import rayfs
-from rayfs.columns import encode_batch, key_column, value_column
-from rayfs.featurestats import LG_K, frame_stats
-from rayfs.fold import TS, fold_into
-from rayfs.routing import shard_of
+from rayfs.engine.columns import encode_batch, key_column, value_column
+from rayfs.engine.featurestats import LG_K, frame_stats
+from rayfs.engine.fold import TS, fold_into
+from rayfs.engine.routing import shard_of
 from rayfs.testing import (
     assert_features_equal,
     kill_shard,
@@ -226,7 +226,7 @@ def test_list_features_and_describe(tmp_path):
         dn = store.describe("n")
         assert (dn["owner"], dn["description"], dn["tags"]) == ("ml", "events per user", ["core"])
         # The SQL form registers the very same definition again (a no-op, no new version).
-        from rayfs.sql import features_from_sql
+        from rayfs.model.sql import features_from_sql
 
         for ref in ("n", "sx@1", "sx", "top_s"):
             dd = store.describe(ref)
@@ -246,7 +246,7 @@ def test_list_features_and_describe(tmp_path):
 
 
 def test_describe_sql_quotes_keyword_identifiers():
-    from rayfs.sql import features_from_sql
+    from rayfs.model.sql import features_from_sql
     from rayfs.store.monitor import feature_sql
 
     streams = {"transfers": rayfs.Stream(name="transfers", entities=("from", "to"), timestamp="ts")}
@@ -633,7 +633,7 @@ def test_audit_detects_online_state_that_disagrees_with_the_log(tmp_path):
 
 def test_shardcore_audit_sees_perturbed_state(tmp_path):
     """Without Ray: fold events into a shard's state that are not in its log; audit shows online != replay."""
-    from rayfs.shardcore import ShardCore
+    from rayfs.shard.core import ShardCore
 
     stream = rayfs.Stream(name="ev", entities=("user",), timestamp="ts")
     feats = [F("n", "count"), F("sx", "sum", "x"), F("mx_1h", "max", "x", window="1h")]
@@ -678,9 +678,9 @@ def test_ingest_from_threads_and_failed_batches_apply_exactly_once(tmp_path, mon
     """One driver, many threads, WAL resets every few batches; then batches whose send fails (before
     or after reaching the shards): the next ingest completes them first, each lands once, reopen adds
     nothing."""
-    import rayfs.wal
+    import rayfs.storage.wal
 
-    monkeypatch.setattr(rayfs.wal, "MAX_BATCHES", 4)  # a reset every few batches, like a busy driver's
+    monkeypatch.setattr(rayfs.storage.wal, "MAX_BATCHES", 4)  # a reset every few batches, like a busy driver's
     path = tmp_path / "s"
     with open_store(path, shards=2) as store:
         store.register_stream("ev", entities=["user"], timestamp="ts")

@@ -26,8 +26,8 @@ import pytest
 import ray
 
 import rayfs
+from rayfs.engine.routing import shard_of
 from rayfs.errors import StoreOpenError
-from rayfs.routing import shard_of
 from rayfs.store import cluster
 from rayfs.testing import assert_features_equal, oracle_online, oracle_training_set
 

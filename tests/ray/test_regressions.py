@@ -73,7 +73,7 @@ def test_concurrent_metric_exports_add_each_delta_once(tmp_path):
     import threading
     import time
 
-    from rayfs.shard import ShardService
+    from rayfs.shard.actor import ShardService
 
     class SlowCounter:  # widens the window between reading the delta and recording it
         def __init__(self) -> None:
@@ -102,8 +102,8 @@ def test_owned_key_bits_give_the_slots_the_shard_would_compute(tmp_path):
     """Parts carry, per entity field, a bit per row "this key is the receiving shard's" (so a shard looks up
     only its own keys). Folding parts with the bits, or without them (records of older drivers, where the
     shard hashes new keys itself), must give the same keys, slots, values and recovery."""
-    from rayfs.catalog import Catalog
-    from rayfs.shardcore import ShardCore
+    from rayfs.shard.core import ShardCore
+    from rayfs.storage.catalog import Catalog
     from rayfs.store.ingest import Ingestor
     from tests.unit.test_shardcore import FEATS, STREAM, assert_same, batches, events, read_all, record
 

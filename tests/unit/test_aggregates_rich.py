@@ -22,12 +22,12 @@ from rayfs.aggregates import frequent as frequent_mod
 from rayfs.aggregates import make_aggregate
 from rayfs.aggregates.base import Aggregate
 from rayfs.aggregates.sketches import HLL_LG_K, HLL_RSE, KLL_K, KLL_RANK_ERROR
-from rayfs.columns import key_column
-from rayfs.definitions import Feature, Stream
+from rayfs.engine.columns import key_column
+from rayfs.engine.fold import StateTable, compile_feature
 from rayfs.errors import AggregateError, SqlError
-from rayfs.fold import StateTable, compile_feature
-from rayfs.snapshot import SnapshotStore
-from rayfs.sql import features_from_sql
+from rayfs.model.definitions import Feature, Stream
+from rayfs.model.sql import features_from_sql
+from rayfs.storage.snapshot import SnapshotStore
 from rayfs.testing import (
     approx_error,
     assert_approx_features,

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from rayfs.columns import decode, encode, key_column, key_kind, value_column
+from rayfs.engine.columns import decode, encode, key_column, key_kind, value_column
 
 VALUES = [["a", None, "b", "a"], ["", "é", None], [None, None], ["x"]]
 

@@ -1,4 +1,4 @@
-"""rayfs.config: TOML store configs, their validation and error locations (file:line: key)."""
+"""rayfs.model.config: TOML store configs, their validation and error locations (file:line: key)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rayfs.config import ConfigError, KeyLines, StoreConfig, StoreSettings, load_config, parse_config
-from rayfs.definitions import Feature, Stream
 from rayfs.errors import DefinitionError
-from rayfs.sql import features_from_sql
+from rayfs.model.config import ConfigError, KeyLines, StoreConfig, StoreSettings, load_config, parse_config
+from rayfs.model.definitions import Feature, Stream
+from rayfs.model.sql import features_from_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Feature statistics (rayfs.featurestats) without Ray: partials merge exactly like the whole input.
+"""Feature statistics (rayfs.engine.featurestats) without Ray: partials merge exactly like the whole input.
 
 Shards compute :func:`partial_stats` of their own entities' values and the driver merges them, so the
 merge of any split of the input must equal the statistics of the whole input (Hypothesis). Also pinned
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayfs.featurestats import FIELDS, LG_K, frame_stats, merge_stats, partial_stats
+from rayfs.engine.featurestats import FIELDS, LG_K, frame_stats, merge_stats, partial_stats
 
 HLL_RSE = 1.04 / math.sqrt(2**LG_K)  # ~1.6%
 

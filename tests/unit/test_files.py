@@ -1,4 +1,4 @@
-"""rayfs.files: batch-wise reading of Parquet / CSV / JSON lines files, and write_table."""
+"""rayfs.sources.files: batch-wise reading of Parquet / CSV / JSON lines files, and write_table."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayfs.errors import SchemaError
-from rayfs.files import (
+from rayfs.model.timeutil import to_micros
+from rayfs.sources.files import (
     BatchReader,
     FileFormatError,
     count_rows,
@@ -24,7 +25,6 @@ from rayfs.files import (
     total_bytes,
     write_table,
 )
-from rayfs.timeutil import to_micros
 
 EVENTS = pd.DataFrame({
     "user": ["u1", "u2", "u1", None, "u3"],

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from rayfs.groupcommit import GroupCommit
+from rayfs.storage.groupcommit import GroupCommit
 
 
 class Recorder:

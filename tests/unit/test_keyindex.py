@@ -9,8 +9,8 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayfs.columns import encode, key_column
-from rayfs.fold import SMALL_LOOKUP, KeyIndex
+from rayfs.engine.columns import encode, key_column
+from rayfs.engine.fold import SMALL_LOOKUP, KeyIndex
 
 KEYS = st.one_of(st.integers(-3, 3), st.sampled_from(["0", "1", "a", "b", ""]), st.none())
 

@@ -1,4 +1,4 @@
-"""Tests of rayfs.log.SegmentedLog on real files: round trips, rolling, torn tails, corruption."""
+"""Tests of rayfs.storage.log.SegmentedLog on real files: round trips, rolling, torn tails, corruption."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-import rayfs.log as log_mod
+import rayfs.storage.log as log_mod
 from rayfs.errors import LogCorruptionError, StoreClosedError
-from rayfs.log import SegmentedLog
+from rayfs.storage.log import SegmentedLog
 
 
 def _record(i: int, rng: random.Random | None = None) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rayfs.definitions import Stream
+from rayfs.model.definitions import Stream
 from rayfs.testing import oracle_online, oracle_training_set
 from rayfs.workload import observations_for, random_events, reddit_upvotes
 
@@ -34,7 +34,7 @@ def feat(name, agg, column=None, *, window=None, where=None, stream="ev", entity
     """The real Feature when its modules exist, else a stand-in with the same attributes."""
     kw = dict(name=name, stream=stream, entity=entity, agg=agg, column=column, window=window, where=where)
     try:
-        from rayfs.definitions import Feature
+        from rayfs.model.definitions import Feature
 
         return Feature(**kw)
     except ImportError:

@@ -1,4 +1,4 @@
-"""The replay kernel's building blocks (rayfs.pit): stable sorting, time ranks, lazy column views."""
+"""The replay kernel's building blocks (rayfs.engine.pit): stable sorting, time ranks, lazy column views."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayfs.columns import concat, take
-from rayfs.pit import ColumnView, stable_argsort, time_ranks
+from rayfs.engine.columns import concat, take
+from rayfs.engine.pit import ColumnView, stable_argsort, time_ranks
 
 int64s = st.integers(min_value=-(2**62), max_value=2**62)
 

@@ -1,4 +1,4 @@
-"""Tests of rayfs.predicate: parsing, canonical SQL, vectorised three-valued evaluation, errors."""
+"""Tests of rayfs.model.predicate: parsing, canonical SQL, vectorised three-valued evaluation, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from rayfs.errors import SchemaError, SqlError
-from rayfs.predicate import Predicate
+from rayfs.model.predicate import Predicate
 
 NAN = np.nan
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rayfs.columns import encode_batch, key_column, value_column
-from rayfs.definitions import Feature, Stream
-from rayfs.shardcore import ShardCore
+from rayfs.engine.columns import encode_batch, key_column, value_column
+from rayfs.model.definitions import Feature, Stream
+from rayfs.shard.core import ShardCore
 
 S = Stream(name="ev", entities=("user",), timestamp="ts")
 S2 = Stream(name="ev", entities=("user", "post"), timestamp="ts")

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rayfs.columns import encode_batch, key_column, value_column
-from rayfs.definitions import Feature, Stream
-from rayfs.shardcore import ShardCore
+from rayfs.engine.columns import encode_batch, key_column, value_column
+from rayfs.model.definitions import Feature, Stream
+from rayfs.shard.core import ShardCore
 from rayfs.testing import assert_features_equal, oracle_online, oracle_training_set
 
 STREAM = Stream(name="ev", entities=("user", "item"), timestamp="ts")

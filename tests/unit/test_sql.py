@@ -1,4 +1,4 @@
-"""Tests of rayfs.sql.features_from_sql: SELECT statements -> Feature definitions."""
+"""Tests of rayfs.model.sql.features_from_sql: SELECT statements -> Feature definitions."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from rayfs.definitions import Feature, Stream
 from rayfs.errors import SqlError, UnknownStreamError
-from rayfs.predicate import Predicate
-from rayfs.sql import features_from_sql
+from rayfs.model.definitions import Feature, Stream
+from rayfs.model.predicate import Predicate
+from rayfs.model.sql import features_from_sql
 
 STREAMS = {"clicks": Stream(name="clicks", entities=("user_id", "item_id"), timestamp="ts"),
            "orders": Stream(name="orders", entities=("user_id",), timestamp="ts")}

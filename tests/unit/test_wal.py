@@ -1,4 +1,4 @@
-"""The drivers' write-ahead logs (rayfs.wal) without Ray: a fake ``send`` stands in for the shards.
+"""The drivers' write-ahead logs (rayfs.storage.wal) without Ray: a fake ``send`` stands in for the shards.
 
 Pinned: a live writer's WAL is never touched by recovery (its OWNER flock is held); a dead writer's WAL
 (lock released, files left behind) is re-sent in order and deleted; a record refused with a RayfsError is
@@ -14,10 +14,10 @@ import warnings
 
 import pytest
 
-from rayfs import wal as W
 from rayfs.errors import SchemaError
-from rayfs.locks import try_lock
-from rayfs.log import SegmentedLog
+from rayfs.storage import wal as W
+from rayfs.storage.locks import try_lock
+from rayfs.storage.log import SegmentedLog
 
 
 def rec(i: int, stream: str = "ev") -> dict:

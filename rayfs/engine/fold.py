@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from rayfs.aggregates import Aggregate, make_aggregate
-from rayfs.columns import Batch, decode, null_mask
-from rayfs.definitions import Feature
+from rayfs.engine.columns import Batch, decode, null_mask
 from rayfs.errors import SchemaError
+from rayfs.model.definitions import Feature
 
 try:  # pandas' C hash table of int64 (vectorised look-ups); KeyIndex falls back to its dict without it
     from pandas._libs.hashtable import Int64HashTable
@@ -179,7 +179,7 @@ class CompiledFeature:
     feature: Feature
     agg: Aggregate
     kind: str
-    predicate: object | None  # rayfs.predicate.Predicate
+    predicate: object | None  # rayfs.model.predicate.Predicate
 
     @property
     def window_us(self) -> int | None:
@@ -188,7 +188,7 @@ class CompiledFeature:
 
 def compile_feature(feature: Feature, kind: str | None) -> CompiledFeature:
     """Bind ``feature`` to an aggregate for value kind ``kind`` (``None``: no non-null value seen yet)."""
-    from rayfs.predicate import Predicate
+    from rayfs.model.predicate import Predicate
 
     if feature.column is None:
         kind = "none"
@@ -218,7 +218,7 @@ def wire_codes(wire: dict) -> np.ndarray:
 def wire_nulls(wire_cols: dict) -> dict[str, np.ndarray]:
     """Null masks of the dictionary-encoded columns of an encoded batch (``codes < 0``), by column name.
 
-    >>> from rayfs.columns import encode
+    >>> from rayfs.engine.columns import encode
     >>> wire_nulls({"s": encode(np.array(["a", None], dtype=object)), "x": encode(np.array([1.0]))})
     {'s': array([False,  True])}
     """

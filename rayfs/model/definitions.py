@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from rayfs.errors import AggregateError, DefinitionError
-from rayfs.timeutil import format_window, parse_window
+from rayfs.model.timeutil import format_window, parse_window
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -134,7 +134,7 @@ class Feature:
         if self.where is not None:
             if not isinstance(self.where, str) or not self.where.strip():
                 raise DefinitionError(f"feature {self.name!r}: where must be a non-empty SQL predicate")
-            from rayfs.predicate import Predicate
+            from rayfs.model.predicate import Predicate
 
             object.__setattr__(self, "where", Predicate.parse(self.where, feature=self.name).sql)
 

@@ -1,6 +1,6 @@
 """Cold start: registering a feature on a shard backfills it from the events already logged.
 
-A mixin of :class:`rayfs.shardcore.ShardCore` (no Ray here). A windowed feature whose window is longer than
+A mixin of :class:`rayfs.shard.core.ShardCore` (no Ray here). A windowed feature whose window is longer than
 any before rebuilds the stream's window buffer from the batches that can still be in a window. A lifetime
 feature is folded from every batch logged before its registration (``boundary``) in chunks of about a
 million events, the shard lock released between chunks: ingest goes on meanwhile and folds its new batches
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from rayfs.columns import Batch, take
-from rayfs.definitions import Feature
-from rayfs.fold import SEQ, SEQ_ROW_BITS, TS, fold_into, record_times
+from rayfs.engine.columns import Batch, take
+from rayfs.engine.fold import SEQ, SEQ_ROW_BITS, TS, fold_into, record_times
+from rayfs.model.definitions import Feature
 
 CHUNK_ROWS = 1 << 20
 KEEP_FINISHED = 1000

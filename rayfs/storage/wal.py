@@ -1,6 +1,6 @@
 """Drivers' write-ahead logs: a batch reaches the shards only after it is durable whole here.
 
-Every process that ingests (a driver, a Ray Data worker) owns one WAL, a :class:`~rayfs.log.SegmentedLog`
+Every process that ingests (a driver, a Ray Data worker) owns one WAL, a :class:`~rayfs.storage.log.SegmentedLog`
 in ``<store>/wal/<writer id>/``, and holds an exclusive ``flock`` on its ``OWNER`` file for as long as it
 lives. Invariants:
 
@@ -26,8 +26,8 @@ import warnings
 from collections.abc import Callable
 
 from rayfs.errors import SchemaError
-from rayfs.locks import try_lock, wait_lock
-from rayfs.log import SegmentedLog
+from rayfs.storage.locks import try_lock, wait_lock
+from rayfs.storage.log import SegmentedLog
 
 WAL_DIR = "wal"
 REJECTED_DIR = "wal-rejected"

@@ -1,6 +1,6 @@
 """What a shard tells about itself: counters, feature statistics, key samples and the consistency audit.
 
-A mixin of :class:`rayfs.shardcore.ShardCore` (no Ray here). The audit recomputes online values the slow,
+A mixin of :class:`rayfs.shard.core.ShardCore` (no Ray here). The audit recomputes online values the slow,
 independent way: it re-reads the shard's log from disk (not the in-memory event cache), rebuilds a fresh
 point-in-time index and replays an observation at ``watermark + 1µs`` for each sampled key, which by the
 point-in-time rule sees exactly the events the online value covers.
@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from rayfs.featurestats import partial_stats
-from rayfs.fold import WindowEvents
-from rayfs.pit import EventIndex
+from rayfs.engine.featurestats import partial_stats
+from rayfs.engine.fold import WindowEvents
+from rayfs.engine.pit import EventIndex
 
 
 class ShardInspection:
@@ -47,7 +47,7 @@ class ShardInspection:
         return we.fold(slots, (t + 1 - f.window_us) if t is not None else 0)
 
     def feature_stats(self, keys: list[str]) -> dict[str, dict]:
-        """Mergeable statistics (:func:`rayfs.featurestats.partial_stats`) of the online values."""
+        """Mergeable statistics (:func:`rayfs.engine.featurestats.partial_stats`) of the online values."""
         with self.lock:
             self._await_backfills(keys)
             return {k: partial_stats(self._online_all(k)) for k in keys if k in self.features}

@@ -1,4 +1,4 @@
-"""The shard as a Ray actor: :class:`~rayfs.shardcore.ShardCore` on Ray, plus its Prometheus metrics.
+"""The shard as a Ray actor: :class:`~rayfs.shard.core.ShardCore` on Ray, plus its Prometheus metrics.
 
 Shards ask for no CPU (``num_cpus=0``) so that any number of them can be placed on a small machine (an
 actor asking for a CPU waits forever once the CPUs are taken). A shard that dies is restarted by Ray and
@@ -21,7 +21,7 @@ import time
 import ray
 from ray.util import metrics
 
-from rayfs.shardcore import ShardCore
+from rayfs.shard.core import ShardCore
 
 GAUGE_REFRESH_S = 10.0
 _COUNTERS = {"events_ingested": "events appended to the shard's log",

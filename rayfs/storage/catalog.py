@@ -13,8 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from rayfs import routing
-from rayfs.definitions import Feature, Stream
+from rayfs.engine import routing
 from rayfs.errors import (
     AggregateError,
     DefinitionError,
@@ -23,6 +22,7 @@ from rayfs.errors import (
     UnknownFeatureError,
     UnknownStreamError,
 )
+from rayfs.model.definitions import Feature, Stream
 
 FILE = "catalog.json"
 
@@ -149,7 +149,7 @@ class Catalog:
 
     def required_columns(self, stream: str) -> dict[str, str]:
         """Columns every batch of ``stream`` must carry → the feature that needs it."""
-        from rayfs.predicate import Predicate
+        from rayfs.model.predicate import Predicate
 
         need: dict[str, str] = {}
         for f in self.features.values():
@@ -176,7 +176,7 @@ class Catalog:
 
     def check_columns_known(self, f: Feature) -> None:
         """Once a stream has data, a feature may only read columns it has."""
-        from rayfs.predicate import Predicate
+        from rayfs.model.predicate import Predicate
 
         kinds = self.schema.get(f.stream, {})
         if not kinds:
@@ -196,7 +196,7 @@ class Catalog:
         Raises ``error`` if given (ingest: SchemaError), else AggregateError / SqlError (registration).
         """
         from rayfs.aggregates import REGISTRY
-        from rayfs.predicate import Predicate
+        from rayfs.model.predicate import Predicate
 
         s = self.stream(f.stream)
         if f.column is not None:

@@ -2,8 +2,8 @@
 
 A config describes a store (where its data lives, how many shards, how durable) and the definitions to
 register on it. :func:`load_config` reads a file and :func:`parse_config` a string; both return a frozen
-:class:`StoreConfig` whose streams and features are the ordinary :class:`~rayfs.definitions.Stream` and
-:class:`~rayfs.definitions.Feature` objects (validated exactly as the Python API validates them). Nothing
+:class:`StoreConfig` whose streams and features are the ordinary :class:`~rayfs.model.definitions.Stream` and
+:class:`~rayfs.model.definitions.Feature` objects (validated exactly as the Python API validates them). Nothing
 here starts Ray or touches the store's folder: :meth:`StoreSettings.open_kwargs` and
 :meth:`StoreConfig.apply` hand the config to :meth:`FeatureStore.open <rayfs.store.FeatureStore.open>`.
 
@@ -46,10 +46,10 @@ Schema (every table rejects keys it does not list; every value's type is checked
 * ``[[streams]]``: ``name``, ``entities`` (array of strings), ``timestamp`` -- all required.
 * ``[[features]]``: ``name``, ``stream``, ``entity``, ``agg`` (required strings); ``column``, ``window``
   (``"30s"``, ``"15m"``, ``"3h"``, ``"7d"``), ``where``, ``description``, ``owner`` (strings); ``k``
-  (integer); ``q`` (number); ``tags`` (array of strings). These are :class:`~rayfs.definitions.Feature`'s
+  (integer); ``q`` (number); ``tags`` (array of strings). These are :class:`~rayfs.model.definitions.Feature`'s
   arguments.
 * ``[[sql]]``: ``query`` (required: ``SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream> [WHERE ...]
-  GROUP BY <entity>``, see :mod:`rayfs.sql`); ``window``, ``description``, ``owner``, ``tags`` (given to
+  GROUP BY <entity>``, see :mod:`rayfs.model.sql`); ``window``, ``description``, ``owner``, ``tags`` (given to
   every feature of the statement).
 
 Rules beyond the types: a feature's (or SQL statement's) stream must be a stream of the same config and
@@ -95,8 +95,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rayfs.definitions import Feature, Stream, check_name
 from rayfs.errors import DefinitionError, RayfsError, SqlError, WindowError
+from rayfs.model.definitions import Feature, Stream, check_name
 
 try:
     import tomllib
@@ -449,7 +449,7 @@ def parse_config(text: str, source: str = "<string>", *, base_dir: str | os.Path
     >>> parse_config('[store]\\npath = "x"\\nshards = "4"\\n')
     Traceback (most recent call last):
     ...
-    rayfs.config.ConfigError: <string>:3: store.shards: expected an integer, got a string ('4')
+    rayfs.model.config.ConfigError: <string>:3: store.shards: expected an integer, got a string ('4')
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_config takes TOML text (str), not {type(text).__name__}")
@@ -632,7 +632,7 @@ class _Parser:
             raise self.error(p + (_blame(exc, doc),), str(exc)) from None
 
     def sql(self, doc: dict, p: Path, streams: Mapping[str, Stream]) -> list[Feature]:
-        from rayfs.sql import features_from_sql
+        from rayfs.model.sql import features_from_sql
 
         self.table(doc, p, _SQL_KEYS, ("query",))
         query = self.string(doc, p, "query")

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayfs.errors import SchemaError
-from rayfs.timeutil import to_micros
+from rayfs.model.timeutil import to_micros
 
 Batch = dict[str, np.ndarray]
 
@@ -321,5 +321,5 @@ def _to_object(col: np.ndarray) -> np.ndarray:
 
 
 def timestamps(series: pd.Series, *, what: str) -> np.ndarray:
-    """The timestamp column as int64 µs (see :func:`rayfs.timeutil.to_micros`)."""
+    """The timestamp column as int64 µs (see :func:`rayfs.model.timeutil.to_micros`)."""
     return to_micros(series, what=what)

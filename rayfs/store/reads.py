@@ -1,8 +1,8 @@
 """The parallel replay driver: fan observations out to the shards that own their keys, gather, restore order.
 
-Each shard answers its observations with :meth:`rayfs.shardcore.ShardCore.replay`: its logged events,
+Each shard answers its observations with :meth:`rayfs.shard.core.ShardCore.replay`: its logged events,
 ordered by (entity, event time, ingest order), evaluated point in time for every observation at once
-(:mod:`rayfs.pit`). Shards work in parallel; the driver only routes and scatters the answers back into
+(:mod:`rayfs.engine.pit`). Shards work in parallel; the driver only routes and scatters the answers back into
 the input order; a null key gets the empty value without a shard call. Online reads (``method="get"``)
 take the same route.
 """
@@ -16,14 +16,14 @@ from typing import NamedTuple
 import numpy as np
 import ray
 
-from rayfs.routing import shard_of
+from rayfs.engine.routing import shard_of
 
 
 class Request(NamedTuple):
     """One entity field's share of a read: its keys, per-key arrays, and the outputs to fill."""
 
     entity: str
-    keys: np.ndarray  # normalised entity keys (see rayfs.columns.key_column)
+    keys: np.ndarray  # normalised entity keys (see rayfs.engine.columns.key_column)
     extra: Sequence[np.ndarray]  # per-key arrays passed along, sliced like keys (replay: [times])
     defaults: dict[str, np.ndarray]  # feature key -> output pre-filled with its empty value; filled in place
 
@@ -50,7 +50,7 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
         for s in np.unique(owner[owner >= 0]).tolist():
             pos = np.flatnonzero(owner == s)
             args = [req.entity, req.keys[pos], *[e[pos] for e in req.extra], names, *tail]
-            if method == "get":  # small: one buffer each way (see rayfs.shard.ShardService.get_packed)
+            if method == "get":  # small: one buffer each way (see rayfs.shard.actor.ShardService.get_packed)
                 calls.append(handles[s].get_packed.remote(pickle.dumps(tuple(args), protocol=pickle.HIGHEST_PROTOCOL)))
             else:
                 calls.append(getattr(handles[s], method).remote(*args))

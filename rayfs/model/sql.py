@@ -32,7 +32,7 @@ SQL                                         rayfs aggregate (column)
 ``k`` is an integer literal (1..10000), ``q`` a number literal in [0, 1].
 
 A feature's name is its alias, else ``<stream>_<agg>_<column>`` (``<stream>_count`` for ``COUNT(*)``).
-The ``WHERE`` clause (see :mod:`rayfs.predicate`) is shared by every feature of the statement. Columns
+The ``WHERE`` clause (see :mod:`rayfs.model.predicate`) is shared by every feature of the statement. Columns
 may be qualified by the stream's name or its alias (``FROM clicks c ... c.score``); the qualifier is
 dropped. Identifiers keep their case; aggregate names are case-insensitive.
 """
@@ -44,9 +44,9 @@ from collections.abc import Mapping
 
 from sqlglot import exp
 
-from rayfs.definitions import Feature, Stream, check_name
 from rayfs.errors import AggregateError, DefinitionError, SqlError, UnknownStreamError
-from rayfs.predicate import Predicate, parse_trees
+from rayfs.model.definitions import Feature, Stream, check_name
+from rayfs.model.predicate import Predicate, parse_trees
 
 __all__ = ["features_from_sql", "SUPPORTED"]
 
@@ -91,7 +91,7 @@ def _q(node: exp.Expression) -> str:
 
 def features_from_sql(sql: str, *, window: str | _dt.timedelta | None = None,
                       streams: Mapping[str, Stream] | None = None, description: str = "") -> list[Feature]:
-    """Turn one ``SELECT`` statement into :class:`~rayfs.definitions.Feature` objects.
+    """Turn one ``SELECT`` statement into :class:`~rayfs.model.definitions.Feature` objects.
 
     Args:
         sql: the statement (see the module docstring for the accepted form).

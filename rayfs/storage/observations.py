@@ -1,6 +1,6 @@
 """Observation streams: durable, append-only tables of (entity keys, time, labels) to build training sets on.
 
-Each stream is a :class:`~rayfs.log.SegmentedLog` under ``<store>/observations/<name>/``, one record per
+Each stream is a :class:`~rayfs.storage.log.SegmentedLog` under ``<store>/observations/<name>/``, one record per
 append (columns encoded like event batches). A column keeps one type across appends: timestamps stay
 timestamps; numbers and strings may mix (they can be entity keys).
 """
@@ -12,11 +12,11 @@ import os
 import numpy as np
 import pandas as pd
 
-from rayfs import columns as C
-from rayfs.definitions import check_name
+from rayfs.engine import columns as C
 from rayfs.errors import SchemaError, UnknownStreamError
-from rayfs.log import SegmentedLog
-from rayfs.timeutil import to_micros
+from rayfs.model.definitions import check_name
+from rayfs.model.timeutil import to_micros
+from rayfs.storage.log import SegmentedLog
 
 
 def _kind(col: np.ndarray) -> str | None:

@@ -1,6 +1,6 @@
 """One shard's state machine: log, fold, snapshot, online reads and replay (no Ray here).
 
-A shard owns the entity keys whose stable hash falls in its range (:mod:`rayfs.routing`). For each
+A shard owns the entity keys whose stable hash falls in its range (:mod:`rayfs.engine.routing`). For each
 ingested batch it (1) decodes and validates the rows routed to it, (2) appends the batch to its
 segmented log (durable before the call returns), (3) folds it into the lifetime states and the window
 buffers, and (4) now and then snapshots all state with the log offset it covers into LMDB.
@@ -35,12 +35,8 @@ from typing import Any
 import numpy as np
 
 from rayfs.aggregates import REGISTRY
-from rayfs.backfill import ShardBackfill
-from rayfs.catalog import Catalog
-from rayfs.columns import Batch, concat, decode, decode_batch, encode, encode_batch, kind_of, take
-from rayfs.definitions import Feature, Stream
-from rayfs.errors import StoreOpenError, UnknownFeatureError
-from rayfs.fold import (
+from rayfs.engine.columns import Batch, concat, decode, decode_batch, encode, encode_batch, kind_of, take
+from rayfs.engine.fold import (
     SEQ,
     SEQ_ROW_BITS,
     TS,
@@ -55,13 +51,17 @@ from rayfs.fold import (
     wire_codes,
     wire_nulls,
 )
-from rayfs.groupcommit import GroupCommit
-from rayfs.locks import wait_lock
-from rayfs.log import SegmentedLog
-from rayfs.pit import EventIndex
-from rayfs.routing import shard_of
-from rayfs.shardinspect import ShardInspection
-from rayfs.snapshot import SnapshotStore
+from rayfs.engine.pit import EventIndex
+from rayfs.engine.routing import shard_of
+from rayfs.errors import StoreOpenError, UnknownFeatureError
+from rayfs.model.definitions import Feature, Stream
+from rayfs.shard.backfill import ShardBackfill
+from rayfs.shard.inspect import ShardInspection
+from rayfs.storage.catalog import Catalog
+from rayfs.storage.groupcommit import GroupCommit
+from rayfs.storage.locks import wait_lock
+from rayfs.storage.log import SegmentedLog
+from rayfs.storage.snapshot import SnapshotStore
 
 DURABILITY = ("sync", "group", "none")
 REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
@@ -85,7 +85,7 @@ def _locked(method):
 
 
 class ShardCore(ShardInspection, ShardBackfill):
-    """The state of one shard. Wrapped as a Ray actor by :mod:`rayfs.shard`."""
+    """The state of one shard. Wrapped as a Ray actor by :mod:`rayfs.shard.actor`."""
 
     def __init__(self, root: str, shard_id: int, n_shards: int, streams: list[dict], features: list[dict],
                  *, durability: str = "sync", segment_bytes: int = 64 << 20,
@@ -389,7 +389,7 @@ class ShardCore(ShardInspection, ShardBackfill):
     def _plan(self, stream: str, cols: Batch, names: list[str], nulls: dict | None = None) -> tuple:
         """Everything folding ``cols`` will do, computed without changing any state (so it may raise
         before the batch is logged): new column kinds, compiled features, and each fold's rows.
-        ``nulls``: known null masks of columns of ``cols`` (see :func:`rayfs.fold.feature_rows`)."""
+        ``nulls``: known null masks of columns of ``cols`` (see :func:`rayfs.engine.fold.feature_rows`)."""
         nulls = {} if nulls is None else nulls
         schema = dict(self.schema.get(stream, {}))
         for name, col in cols.items():

@@ -4,7 +4,7 @@ Rule (Chronon's, held everywhere in rayfs): an observation of entity key ``k`` a
 events of ``k`` with ``ts < t``; with a window ``w`` it sees ``t - w <= ts < t``. An event at exactly ``t``
 is not seen; an event at exactly ``t - w`` is.
 
-Events are selected by :func:`rayfs.fold.feature_rows` (the same selection as the online fold) and
+Events are selected by :func:`rayfs.engine.fold.feature_rows` (the same selection as the online fold) and
 sorted by ``(slot, ts, seq)``; every observation becomes a half-open index range ``[lo, hi)`` into the
 sorted events of its key, and the aggregate's ``range_query`` answers all ranges at once.
 
@@ -22,14 +22,14 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from rayfs.columns import Batch, concat
-from rayfs.fold import SEQ, TS, CompiledFeature, feature_rows, slot_column
+from rayfs.engine.columns import Batch, concat
+from rayfs.engine.fold import SEQ, TS, CompiledFeature, feature_rows, slot_column
 
 
 class ColumnView(Mapping):
     """Read-only columns of a list of batches, concatenated and optionally permuted, each on first use.
 
-    Concatenation follows :func:`rayfs.columns.concat` (a column a batch lacks is null there).
+    Concatenation follows :func:`rayfs.engine.columns.concat` (a column a batch lacks is null there).
 
     >>> v = ColumnView([{"a": np.array([1, 2])}, {"a": np.array([3]), "b": np.array(["x"], dtype=object)}],
     ...                order=np.array([2, 0]))
