@@ -3,7 +3,12 @@
 Commands that use a store pick it with one of ``--name NAME`` (a running named store, found with
 :func:`rayfs.connect`; ``--address`` defaults to ``auto``), ``--config FILE`` (the store a config file
 declares: attached by name if it runs, else opened from its path, definitions applied) or ``--path DIR``
-(an embedded store opened for the command).
+(an embedded store opened for the command). ``--path`` must name the folder of an existing store: no
+command creates one there (``rayfs apply`` or ``rayfs serve`` with a config do).
+
+Every error rayfs raises on purpose (a :class:`~rayfs.errors.RayfsError`), and every operating-system error
+(a missing file, an unreachable Ray cluster), is printed as one line on stderr, followed by its notes, and
+the command exits with status 2; a bad argument is reported by the argument parser, also with status 2.
 """
 
 from __future__ import annotations
@@ -18,7 +23,25 @@ import time
 import warnings
 from pathlib import Path
 
-from rayfs.errors import RayfsError, UnknownStreamError
+from rayfs.errors import RayfsError, StoreNotFoundError, UnknownStreamError
+
+__all__ = ["COMMANDS", "main"]
+
+
+def _count(least: int):
+    """An argparse type: an integer >= ``least`` (so ``--events -5`` is a usage error, not a traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}, not {value}")
+        return value
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
 
 
 def _target_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -34,10 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayfs", description="rayfs: an event-sourced feature store on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the Reddit upvotes demo on an embedded store")
-    demo.add_argument("--events", type=int, default=300_000)
-    demo.add_argument("--observations", type=int, default=50_000)
-    demo.add_argument("--shards", type=int, default=4)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--events", type=_count(1), default=300_000)
+    demo.add_argument("--observations", type=_count(1), default=50_000)
+    demo.add_argument("--shards", type=_count(1), default=4)
+    demo.add_argument("--seed", type=_count(0), default=7)
     demo.add_argument("--path", default=None, help="keep the store in this folder (default: a temporary one)")
     sub.add_parser("bench", help="run the benchmark harness (python -m bench) from a source checkout",
                    add_help=False)
@@ -63,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("stream")
     ingest.add_argument("files", nargs="+")
     ingest.add_argument("--format", choices=["parquet", "csv", "tsv", "jsonl"], default=None)
-    ingest.add_argument("--batch-rows", type=int, default=100_000)
+    ingest.add_argument("--batch-rows", type=_count(1), default=100_000)
     _target_args(ingest)
     train = sub.add_parser("train", help="build a point-in-time training set from an observations file")
     train.add_argument("observations", help="a Parquet/CSV/JSON-lines file of (entity keys, timestamp, labels)")
@@ -72,22 +95,26 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", required=True, help="output file: .parquet, .csv or .jsonl")
     _target_args(train)
     audit = sub.add_parser("audit", help="compare online values with a fresh replay of the log")
-    audit.add_argument("-n", type=int, default=1000)
+    audit.add_argument("-n", type=_count(1), default=1000, help="keys to check per feature")
     _target_args(audit)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``rayfs`` command ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore")
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
         return COMMANDS[args.command](args) or 0
-    except RayfsError as exc:
+    except (RayfsError, OSError) as exc:
+        # OSError: the environment, not rayfs (an unwritable output file, no Ray cluster at --address)
+        what = str(exc) if isinstance(exc, RayfsError) else f"{type(exc).__name__}: {exc}"
         notes = "".join(f"\n  {n}" for n in getattr(exc, "__notes__", ()))
-        print(f"rayfs {args.command}: {exc}{notes}", file=sys.stderr)
+        print(f"rayfs {command}: {what}{notes}", file=sys.stderr)
         return 2
 
 
@@ -122,7 +149,17 @@ def _open(args):
         store = FeatureStore.open(**cfg.store.open_kwargs(), address=args.address)
         _apply(cfg, store)
         return store
+    _require_store(args.path)
     return FeatureStore.open(args.path, address=args.address, namespace=args.namespace)
+
+
+def _require_store(path: str) -> None:
+    """Refuse a ``--path`` that holds no store (opening it would create an empty store there)."""
+    from rayfs.storage.catalog import FILE, Catalog
+
+    if Catalog.load(path) is None:
+        raise StoreNotFoundError(f"--path {path}: no rayfs store there (no {FILE}); give the folder of an "
+                                 "existing store, or create one with `rayfs apply CONFIG`")
 
 
 def _apply(cfg, store) -> None:
@@ -266,7 +303,7 @@ def _ingest(args) -> int:
         if stream is None:
             raise UnknownStreamError(f"unknown stream {args.stream!r}; registered: {sorted(store.streams)}")
         reader = iter_batches(args.files, format=args.format, batch_rows=args.batch_rows,
-                              timestamps=_string_columns(args.files, args.format, stream.timestamp))
+                              timestamps=[stream.timestamp])
         bar = _Bar(f"ingest {args.stream}", unit="B")
         t0 = time.perf_counter()
 
@@ -293,20 +330,6 @@ def _ingest(args) -> int:
     return 0
 
 
-def _string_columns(files, fmt, column: str) -> list[str]:
-    """``[column]`` if the first file holds it as strings (ISO timestamps to parse), else ``[]``."""
-    from rayfs.sources.files import iter_batches
-
-    with iter_batches(files, format=fmt, batch_rows=1000) as reader:
-        first = next(iter(reader), None)
-    if first is None or column not in first.column_names:
-        return []
-    import pyarrow as pa
-
-    t = first.schema.field(column).type
-    return [column] if pa.types.is_string(t) or pa.types.is_large_string(t) else []
-
-
 def _train(args) -> int:
     import pandas as pd
 
@@ -314,8 +337,7 @@ def _train(args) -> int:
 
     store = _open(args)
     try:
-        parts = list(iter_batches(args.observations, timestamps=_string_columns(args.observations, None,
-                                                                                args.timestamp)))
+        parts = list(iter_batches(args.observations, timestamps=[args.timestamp]))
         obs = pd.concat([p.to_pandas() for p in parts], ignore_index=True) if parts else pd.DataFrame()
         feats = args.features.split(",") if args.features else None
         t0 = time.perf_counter()

@@ -15,8 +15,11 @@ import time
 import numpy as np
 import pandas as pd
 
+from rayfs.errors import OptionError
 from rayfs.model.definitions import Feature
 from rayfs.workload import observations_for, reddit_upvotes
+
+__all__ = ["SQL_FEATURES", "check_count", "run"]
 
 SQL_FEATURES = [
     ("SELECT user, COUNT(DISTINCT post) AS user_distinct_posts, AVG(score) AS user_mean_score "
@@ -30,7 +33,23 @@ SQL_FEATURES = [
 
 def run(events: int = 300_000, observations: int = 50_000, shards: int = 4, seed: int = 7,
         path: str | None = None, batch: int = 50_000, out=print) -> dict:
-    """Run the demo; returns the figures it printed (for tests and scripts)."""
+    """Run the demo; returns the figures it printed (for tests and scripts).
+
+    Args:
+        events: upvotes to generate and ingest (>= 1).
+        observations: rows of the point-in-time training set (>= 1).
+        shards: shard actors of the store (>= 1).
+        seed: seed of the generated data (>= 0).
+        path: keep the store in this folder; by default a temporary one, deleted afterwards.
+        batch: events per ingest call (>= 1).
+        out: where the report's lines go.
+
+    Raises:
+        OptionError: a count out of its range, named as the ``rayfs demo`` option it comes from.
+    """
+    for option, value, least in (("events", events, 1), ("observations", observations, 1), ("shards", shards, 1),
+                                 ("seed", seed, 0), ("batch", batch, 1)):
+        check_count(option, value, least)
     from rayfs.store import FeatureStore
 
     own_dir = path is None
@@ -95,3 +114,18 @@ def run(events: int = 300_000, observations: int = 50_000, shards: int = 4, seed
     finally:
         if own_dir:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def check_count(option: str, value, least: int) -> int:
+    """``value`` if it is an integer >= ``least``, else an :class:`~rayfs.errors.OptionError` naming ``option``.
+
+    >>> check_count("events", 5, 1)
+    5
+    >>> check_count("events", -5, 1)
+    Traceback (most recent call last):
+    ...
+    rayfs.errors.OptionError: --events must be an integer >= 1, not -5
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise OptionError(f"--{option} must be an integer >= {least}, not {value!r}")
+    return int(value)

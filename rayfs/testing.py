@@ -45,10 +45,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rayfs.errors import AggregateError, DefinitionError, SchemaError, UnknownStreamError
+from rayfs.errors import AggregateError, DefinitionError, OptionError, SchemaError, UnknownStreamError
 from rayfs.model.timeutil import parse_window, to_micros
 
-__all__ = ["oracle_training_set", "oracle_online", "assert_approx_features"]
+__all__ = ["approx_error", "assert_approx_features", "assert_features_equal", "garble", "kill_shard", "log_segments",
+           "oracle_online", "oracle_training_set", "pid_alive", "record_ends", "shard_actor_names", "shard_dir",
+           "shard_pids", "truncate_tail", "wait_store_released", "worker_stderr"]
 
 # ---------------------------------------------------------------------------------------------------
 # Oracle (self-contained: depends only on rayfs.model.timeutil, rayfs.errors, pandas, numpy, duckdb)
@@ -397,7 +399,7 @@ def approx_error(agg: str, got, values: Sequence, q: float | None = None, *, sla
         if below - e <= q * n <= upto + e:
             return None
         return f"{got} has rank [{below}, {upto}] of {n}, target {q * n:.1f} ± {e:.1f}"
-    raise ValueError(f"aggregate {agg!r} is not approximate")
+    raise AggregateError(f"aggregate {agg!r} is not approximate")
 
 
 def assert_approx_features(actual: pd.DataFrame, in_scope: pd.DataFrame, features: Sequence, *,
@@ -540,7 +542,7 @@ def truncate_tail(file: str, offset: int) -> int:
 
     size = os.path.getsize(file)
     if not 0 <= offset <= size:
-        raise ValueError(f"{file}: offset {offset} outside [0, {size}]")
+        raise OptionError(f"truncate_tail({file!r}): offset {offset} outside [0, {size}]")
     os.truncate(file, offset)
     return size - offset
 
@@ -552,7 +554,7 @@ def garble(file: str, offset: int, n: int = 1, *, seed: int = 0) -> bytes:
         f.seek(offset)
         old = f.read(n)
         if len(old) != n:
-            raise ValueError(f"{file}: cannot garble {n} bytes at {offset}: file has {offset + len(old)}")
+            raise OptionError(f"garble({file!r}): cannot garble {n} bytes at {offset}: file has {offset + len(old)}")
         new = bytes(b ^ int(x) for b, x in zip(old, rng.integers(1, 256, n), strict=True))
         f.seek(offset)
         f.write(new)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["reddit_upvotes", "observations_for", "random_events"]
+from rayfs.errors import OptionError
+
+__all__ = ["observations_for", "random_events", "reddit_upvotes"]
 
 _DAY = 86400.0
 _SUBREDDIT_WORDS = ("python", "datascience", "machinelearning", "askscience", "worldnews", "gaming", "music",
@@ -99,7 +101,7 @@ def observations_for(events: pd.DataFrame, n: int, *, seed: int = 0, entity: str
     if len(rows) == 0:
         rows = np.arange(len(events))
     if len(rows) == 0:
-        raise ValueError("observations_for needs at least one event")
+        raise OptionError("observations_for: events is empty; it needs at least one event")
     pick = rows[rng.integers(0, len(rows), n)]
 
     keys = key_col.to_numpy(dtype=object)[pick].copy()
@@ -143,7 +145,7 @@ def random_events(seed: int, n: int, *, key_kind: str = "str") -> pd.DataFrame:
     (['user', 'item', 'ts', 'x', 's'], 'Int64')
     """
     if key_kind not in ("str", "int", "mixed"):
-        raise ValueError(f"key_kind must be 'str', 'int' or 'mixed', not {key_kind!r}")
+        raise OptionError(f"random_events: key_kind must be 'str', 'int' or 'mixed', not {key_kind!r}")
     rng = np.random.default_rng(seed)
     n = int(n)
     day0 = 19676 * _DAY  # 2023-11-15T00:00Z, a day boundary

@@ -1,7 +1,8 @@
 """Pure, vectorised aggregates over vectors of states (numpy, pandas, datasketches; no ray, lmdb or msgpack).
 
 :data:`REGISTRY` maps each aggregate's name to its class; :func:`make_aggregate` builds one for a value
-kind (``"num"``, ``"str"`` or ``"none"``).
+kind (``"num"``, ``"str"`` or ``"none"``). This package is internal and may change: features name
+their aggregate by string (``Feature(agg="mean")``).
 
 Example:
     >>> agg = make_aggregate("mean", "num")

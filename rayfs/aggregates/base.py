@@ -19,6 +19,9 @@ import pandas as pd
 
 from rayfs.errors import AggregateError
 
+__all__ = ["Aggregate", "KINDS", "State", "as_slots", "factorize_sorted", "objects", "optional_values",
+           "run_lengths", "segments"]
+
 State = dict[str, np.ndarray]
 """A vector of aggregate states: named arrays of one common length."""
 

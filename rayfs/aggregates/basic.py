@@ -18,6 +18,8 @@ import numpy as np
 
 from rayfs.aggregates.base import Aggregate, State, factorize_sorted, optional_values, run_lengths, segments
 
+__all__ = ["Count", "Max", "Mean", "Min", "Stddev", "Sum", "Variance"]
+
 
 def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Knuth's TwoSum: ``s = fl(a + b)`` and ``e`` with ``s + e == a + b`` exactly (round to nearest)."""

@@ -15,6 +15,8 @@ import pandas as pd
 
 from rayfs.aggregates.base import Aggregate, State
 
+__all__ = ["CountDistinct", "EXPAND_LIMIT", "distinct_in_ranges", "previous_occurrence"]
+
 EXPAND_LIMIT = 1 << 22
 """Range queries whose total length is at most this are answered by expanding every range."""
 

@@ -21,6 +21,8 @@ import pandas as pd
 from rayfs.aggregates.base import State, objects
 from rayfs.aggregates.distinct import CountDistinct
 
+__all__ = ["EXPAND_LIMIT", "TopK", "tie_key"]
+
 EXPAND_LIMIT = 1 << 22
 """Range queries are answered in chunks whose total range length is at most this (one long range alone)."""
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from rayfs.aggregates.base import Aggregate, State, optional_values, run_lengths, segments
 
+__all__ = ["First", "Last"]
+
 _I64 = np.iinfo(np.int64)
 
 

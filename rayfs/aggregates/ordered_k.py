@@ -19,6 +19,8 @@ import numpy as np
 
 from rayfs.aggregates.base import Aggregate, State, _decode, _encode, objects
 
+__all__ = ["FirstK", "LastK"]
+
 
 class _OrderedK(Aggregate):
     """Shared implementation of ``last_k`` and ``first_k``. State: ``items`` (see the module docstring)."""

@@ -40,6 +40,9 @@ from datasketches import HLL_4, hll_sketch, hll_union, kll_doubles_sketch
 from rayfs.aggregates.base import Aggregate, State, objects, segments
 from rayfs.errors import AggregateError
 
+__all__ = ["ApproxCountDistinct", "ApproxQuantile", "HLL_LG_K", "HLL_RSE", "KLL_K", "KLL_RANK_ERROR", "hll_estimate",
+           "hll_items"]
+
 HLL_LG_K = 12
 """log2 of the number of HLL registers: relative standard error 1.04 / sqrt(2**12) ≈ 1.6%."""
 HLL_RSE = 1.04 / np.sqrt(2.0**HLL_LG_K)

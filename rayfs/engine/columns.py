@@ -24,6 +24,10 @@ import pyarrow.compute as pc
 from rayfs.errors import SchemaError
 from rayfs.model.timeutil import to_micros
 
+__all__ = ["Batch", "Coded", "concat", "conform", "decode", "decode_batch", "encode", "encode_batch", "key_column",
+           "key_kind", "key_nulls", "kind_of", "null_mask", "take", "take_wire", "timestamps", "to_frame",
+           "value_column"]
+
 Batch = dict[str, np.ndarray]
 
 

@@ -19,6 +19,8 @@ import datasketches
 import numpy as np
 import pandas as pd
 
+__all__ = ["FIELDS", "LG_K", "frame_stats", "merge_stats", "partial_stats"]
+
 LG_K = 12
 FIELDS = ("count", "nulls", "null_rate", "mean", "min", "max", "distinct")
 

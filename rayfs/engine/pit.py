@@ -25,6 +25,8 @@ import numpy as np
 from rayfs.engine.columns import Batch, concat
 from rayfs.engine.fold import SEQ, TS, CompiledFeature, feature_rows, slot_column
 
+__all__ = ["ColumnView", "EventIndex", "stable_argsort", "time_ranks"]
+
 
 class ColumnView(Mapping):
     """Read-only columns of a list of batches, concatenated and optionally permuted, each on first use.

@@ -95,7 +95,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rayfs.errors import DefinitionError, RayfsError, SqlError, WindowError
+from rayfs.errors import ConfigError, DefinitionError, RayfsError, SqlError, WindowError
 from rayfs.model.definitions import Feature, Stream, check_name
 
 try:
@@ -103,8 +103,8 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["ConfigError", "KeyLines", "StoreConfig", "StoreSettings", "dump_config", "load_config",
-           "parse_config"]
+__all__ = ["DEFAULT_NAMESPACE", "DURABILITY", "KeyLines", "StoreConfig", "StoreSettings", "dump_config",
+           "format_path", "load_config", "parse_config"]
 
 DURABILITY = ("sync", "group", "none")
 """The store's durability modes (as :meth:`FeatureStore.open <rayfs.store.FeatureStore.open>` takes them)."""
@@ -119,25 +119,6 @@ _SQL_KEYS = ("query", "window", "description", "owner", "tags")
 
 Path = tuple[str | int, ...]
 """A key path into the parsed document: ``("features", 2, "agg")``."""
-
-
-class ConfigError(DefinitionError):
-    """A store config is invalid; the message starts with ``<file>:<line>: <key path>:``.
-
-    Attributes:
-        source: the config's file name (or ``"<string>"``).
-        line: the 1-based line the problem is on, ``None`` if unknown.
-        key: the key path, e.g. ``"features[2].agg"`` (``""`` for the document or a TOML syntax error).
-        reason: the message without the location prefix.
-    """
-
-    def __init__(self, source: str, line: int | None, key: str, reason: str) -> None:
-        self.source, self.line, self.key, self.reason = source, line, key, reason
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
-
-    def __reduce__(self):
-        return type(self), (self.source, self.line, self.key, self.reason)
 
 
 def format_path(path: Path) -> str:
@@ -449,10 +430,10 @@ def parse_config(text: str, source: str = "<string>", *, base_dir: str | os.Path
     >>> parse_config('[store]\\npath = "x"\\nshards = "4"\\n')
     Traceback (most recent call last):
     ...
-    rayfs.model.config.ConfigError: <string>:3: store.shards: expected an integer, got a string ('4')
+    rayfs.errors.ConfigError: <string>:3: store.shards: expected an integer, got a string ('4')
     """
     if not isinstance(text, str):
-        raise TypeError(f"parse_config takes TOML text (str), not {type(text).__name__}")
+        raise ConfigError(source, None, "", f"parse_config takes TOML text (str), not {type(text).__name__}")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -689,7 +670,7 @@ def _toml_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def _toml_value(v: Any) -> str:
+def _toml_value(v: Any, key: str) -> str:
     if isinstance(v, str):
         return _toml_str(v)
     if isinstance(v, bool):
@@ -697,8 +678,8 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
+        return "[" + ", ".join(_toml_value(x, key) for x in v) + "]"
+    raise DefinitionError(f"{key}: cannot write {v!r} ({type(v).__name__}) as TOML")
 
 
 def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = None) -> str:
@@ -739,11 +720,12 @@ def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = 
         out.append(f"shards = {st.shards}")
     out += [f"durability = {_toml_str(st.durability)}", f"namespace = {_toml_str(st.namespace)}"]
     for s in config.streams:
-        out += ["", "[[streams]]"] + [f"{k} = {_toml_value(v)}" for k, v in s.to_dict().items()]
+        out += ["", "[[streams]]"] + [f"{k} = {_toml_value(v, f'stream {s.name!r}: {k}')}"
+                                         for k, v in s.to_dict().items()]
     for f in config.features:
         out += ["", "[[features]]"]
         for k in _FEATURE_KEYS:
             v = getattr(f, k)
             if v is not None and v != "" and v != ():
-                out.append(f"{k} = {_toml_value(v)}")
+                out.append(f"{k} = {_toml_value(v, f'feature {f.name!r}: {k}')}")
     return "\n".join(out) + "\n"

@@ -17,6 +17,8 @@ import numpy as np
 from rayfs.errors import AggregateError, DefinitionError
 from rayfs.model.timeutil import format_window, parse_window
 
+__all__ = ["Feature", "Stream", "check_name"]
+
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 

@@ -15,6 +15,8 @@ import pandas as pd
 
 from rayfs.errors import TimestampError, WindowError
 
+__all__ = ["US_PER_S", "format_window", "parse_window", "scalar_to_micros", "to_micros"]
+
 US_PER_S = 1_000_000
 _UNITS = {"us": 1, "ms": 1_000, "s": US_PER_S, "m": 60 * US_PER_S, "h": 3600 * US_PER_S,
           "d": 86400 * US_PER_S, "w": 7 * 86400 * US_PER_S}

@@ -54,6 +54,7 @@ from rayfs.engine.fold import (
 from rayfs.engine.pit import EventIndex
 from rayfs.engine.routing import shard_of
 from rayfs.errors import StoreOpenError, UnknownFeatureError
+from rayfs.model.config import DURABILITY
 from rayfs.model.definitions import Feature, Stream
 from rayfs.shard.backfill import ShardBackfill
 from rayfs.shard.inspect import ShardInspection
@@ -63,7 +64,6 @@ from rayfs.storage.locks import wait_lock
 from rayfs.storage.log import SegmentedLog
 from rayfs.storage.snapshot import SnapshotStore
 
-DURABILITY = ("sync", "group", "none")
 REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
 COMPACT_PARTS = 64  # cached batches of a stream beyond which a replay concatenates them into one
 

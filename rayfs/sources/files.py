@@ -33,10 +33,15 @@ Types are inferred by pyarrow, with these consequences:
   then float); a column that mixes numbers and strings within one batch is an error naming the line.
   A key that no line of a batch has is absent from that batch (rayfs reads absent columns as null), or,
   if it is one of ``columns``, a null column.
-* Timestamps are left as read: ISO 8601 strings become timestamps when pyarrow recognises them (CSV: all
-  ISO forms; JSON: without fractional seconds), numbers stay numbers (epoch seconds to rayfs). rayfs's
-  ingest does not parse strings, so name the columns of any other string timestamps in ``timestamps=``:
-  they are parsed as ISO 8601 (``Z`` and offsets converted to UTC; naive means UTC).
+* Timestamps: rayfs's ingest does not parse strings, so name the timestamp columns in ``timestamps=``
+  (``rayfs ingest`` and ``rayfs train`` name the stream's or observations' timestamp column). Every
+  ISO 8601 string in them is parsed, wherever it appears and whatever its form (``Z``, offsets, naive
+  meaning UTC, dates, fractional seconds, mixed in one file), into ``timestamp[us, UTC]``; numbers, and
+  text holding only numbers, stay numbers (epoch seconds to rayfs); typed timestamps become
+  ``timestamp[us, UTC]`` too. In CSV/TSV files these columns are read as text and converted batch by
+  batch, so no type inferred from the start of the file binds them. A value that is neither a time nor
+  a number is a :class:`FileFormatError` naming the column and row. Columns not named are left as
+  pyarrow reads them (ISO strings become timestamps when pyarrow recognises them).
 
 Batches never span files; every batch holds ``batch_rows`` rows except the last one of each file.
 Every problem (missing file, unknown extension, unparsable row, unknown column) is a
@@ -61,9 +66,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from rayfs.errors import SchemaError
+from rayfs.errors import FileFormatError, OptionError
 
-__all__ = ["FORMATS", "BatchReader", "FileFormatError", "count_rows", "format_of", "iter_batches",
+__all__ = ["FORMATS", "BatchReader", "count_rows", "format_of", "iter_batches",
            "resolve_paths", "total_bytes", "write_table"]
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl")
@@ -75,29 +80,6 @@ _ALIASES = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet", "txt": "csv"}
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _BLOCK = 1 << 20  # pyarrow's CSV reader reads ~32 blocks ahead: ~32 MiB buffered at most
 _SAMPLE = 8 << 20
-
-
-class FileFormatError(SchemaError):
-    """An event file is missing, of an unknown format, or unreadable; names the file (and line or row).
-
-    Attributes:
-        path: the file.
-        line: the 1-based line of the problem, if known (CSV: the header is line 1).
-        row: the 0-based data row of the problem, if known and no line is.
-        reason: the message without the location prefix.
-    """
-
-    def __init__(self, path: str, reason: str, *, line: int | None = None, row: int | None = None) -> None:
-        self.path, self.reason, self.line, self.row = path, reason, line, row
-        where = f"{path}:{line}" if line is not None else f"{path}: row {row}" if row is not None else path
-        super().__init__(f"{where}: {reason}")
-
-    def __reduce__(self):
-        return _rebuild_error, (type(self), self.path, self.reason, self.line, self.row)
-
-
-def _rebuild_error(cls: type, path: str, reason: str, line: int | None, row: int | None) -> FileFormatError:
-    return cls(path, reason, line=line, row=row)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,7 +213,8 @@ def iter_batches(paths: str | os.PathLike | Iterable[str | os.PathLike], format:
             error; JSON lines has no header, so there a missing column reads as null).
         column_types: pyarrow types (``pa.float64()`` or names like ``"float64"``, ``"string"``) for some
             columns, instead of inferred ones (see the module docstring for why CSV may need them).
-        timestamps: string columns to parse as ISO 8601 timestamps (UTC).
+        timestamps: timestamp columns: their ISO 8601 strings are parsed (UTC) wherever they appear, their
+            numbers kept (see the module docstring).
         to_pandas: yield pandas DataFrames instead of pyarrow Tables.
         block_bytes: the bytes read at a time from CSV and JSON lines files (memory: pyarrow's CSV reader
             buffers up to about 32 blocks ahead).
@@ -272,13 +255,13 @@ class BatchReader(Iterator):
                  timestamps: Sequence[str] = (), to_pandas: bool = False, block_bytes: int = _BLOCK,
                  sample_bytes: int = _SAMPLE) -> None:
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-            raise ValueError(f"batch_rows must be a positive integer, not {batch_rows!r}")
+            raise OptionError(f"batch_rows must be a positive integer, not {batch_rows!r}")
         if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1024:
-            raise ValueError(f"block_bytes must be an integer >= 1024, not {block_bytes!r}")
+            raise OptionError(f"block_bytes must be an integer >= 1024, not {block_bytes!r}")
         if columns is not None:
             columns = [columns] if isinstance(columns, str) else list(columns)
             if not columns or not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
-                raise ValueError(f"columns must be distinct column names, not {columns!r}")
+                raise OptionError(f"columns must be distinct column names, not {columns!r}")
         self.paths = resolve_paths(paths)
         self.formats = [format_of(p, format) for p in self.paths]
         self.sizes = [os.path.getsize(p) for p in self.paths]
@@ -322,16 +305,21 @@ class BatchReader(Iterator):
                 tables = self._jsonl(path, done)
             else:
                 tables = self._csv(path, fmt, done)
+            file_rows = 0
             for table in tables:
-                table = self._finish(table, path)
+                table = self._finish(table, path, file_rows)
+                file_rows += table.num_rows
                 self.rows_read += table.num_rows
                 yield table.to_pandas() if self._to_pandas else table
             done += size
             self.bytes_read = done
         self.path = None
 
-    def _finish(self, table: pa.Table, path: str) -> pa.Table:
-        """Apply ``column_types`` (where not applied while parsing) and ``timestamps``."""
+    def _finish(self, table: pa.Table, path: str, first_row: int) -> pa.Table:
+        """Apply ``column_types`` (where not applied while parsing) and ``timestamps``.
+
+        ``first_row`` is the 0-based row of the file the table starts at (for error messages).
+        """
         for name, typ in self._types.items():
             i = table.schema.get_field_index(name)
             if i >= 0 and table.schema.field(i).type != typ:
@@ -346,12 +334,9 @@ class BatchReader(Iterator):
                                             f"{', '.join(table.column_names)})")
             col = table.column(i)
             if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-                try:
-                    parsed = pd.to_datetime(col.to_pandas(), utc=True, format="ISO8601")
-                except (ValueError, TypeError) as exc:
-                    raise FileFormatError(path, f"timestamp column {name!r}: {exc}") from None
-                arr = pa.Array.from_pandas(parsed).cast(pa.timestamp("us", tz="UTC"), safe=False)
-                table = table.set_column(i, name, arr)
+                table = table.set_column(i, name, _text_times(col, path, name, first_row))
+            elif pa.types.is_timestamp(col.type):  # one type for every batch: naive means UTC
+                table = table.set_column(i, name, col.cast(pa.timestamp("us", tz="UTC"), safe=False))
         return table
 
     def _rebatch(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
@@ -397,7 +382,11 @@ class BatchReader(Iterator):
 
     def _csv(self, path: str, fmt: str, done: int) -> Iterator[pa.Table]:
         raw: list = []  # the open file, while reading
-        batches = _csv_batches(path, fmt, self._columns, self._types, self._block, raw, sample=self._sample)
+        # Timestamp columns are read as text and converted batch by batch (_finish): a type pyarrow infers
+        # from the start of the file would refuse a later value of another ISO form (naive after "Z",
+        # nanoseconds after seconds).
+        types = {**{c: pa.string() for c in self._timestamps}, **self._types}
+        batches = _csv_batches(path, fmt, self._columns, types, self._block, raw, sample=self._sample)
         for table in self._rebatch(batches):
             self.bytes_read = done + (raw[0].tell() if raw else 0)
             yield table
@@ -433,13 +422,42 @@ class BatchReader(Iterator):
         return table
 
 
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _text_times(col: pa.ChunkedArray, path: str, name: str, first_row: int) -> pa.Array:
+    """A timestamp column read as text: numbers (epoch seconds) become numbers, anything else ISO 8601.
+
+    ISO 8601 strings of any form may mix (``Z``, offsets, naive meaning UTC, dates, fractional seconds);
+    they become ``timestamp[us, UTC]``. A value that is neither is a :class:`FileFormatError` naming the
+    column and the row (``first_row`` is the file-wide row of the column's first value).
+    """
+    text = col.to_pandas()
+    present = text.dropna()
+    if len(present) and present.str.fullmatch(_NUMBER).all():
+        return pa.array(pd.to_numeric(text), from_pandas=True)
+    try:
+        parsed = pd.to_datetime(text, utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        for row, value in present.items():
+            try:
+                pd.to_datetime(value, utc=True, format="ISO8601")
+            except (ValueError, TypeError, OverflowError) as exc:
+                why = str(exc).splitlines()[0] if "ISO8601 format" not in str(exc) else ""
+                raise FileFormatError(path, f"timestamp column {name!r}: {value!r} is neither an ISO 8601 time "
+                                            f"nor a number of epoch seconds" + (f" ({why})" if why else ""),
+                                      row=first_row + int(row)) from None
+        raise FileFormatError(path, f"timestamp column {name!r}: values outside the range of timestamps") from None
+    return pa.Array.from_pandas(parsed).cast(pa.timestamp("us", tz="UTC"), safe=False)
+
+
 def _dtype(typ: str | pa.DataType, column: str) -> pa.DataType:
     if isinstance(typ, pa.DataType):
         return typ
     try:
         return pa.type_for_alias(typ)
     except (ValueError, TypeError, KeyError):
-        raise ValueError(f"column_types[{column!r}]: unknown type {typ!r} (e.g. 'int64', 'float64', 'string', "
+        raise OptionError(f"column_types[{column!r}]: unknown type {typ!r} (e.g. 'int64', 'float64', 'string', "
                          "'bool', 'timestamp[us]')") from None
 
 
@@ -639,7 +657,8 @@ def write_table(data: pd.DataFrame | pa.Table | pa.RecordBatch, path: str | os.P
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     if not isinstance(data, pd.DataFrame | pa.Table):
-        raise TypeError(f"write_table takes a pandas DataFrame or pyarrow Table, not {type(data).__name__}")
+        raise OptionError(f"write_table({path!r}): data must be a pandas DataFrame or pyarrow Table, "
+                          f"not {type(data).__name__}")
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")

@@ -24,6 +24,8 @@ from rayfs.errors import (
 )
 from rayfs.model.definitions import Feature, Stream
 
+__all__ = ["Catalog", "FILE"]
+
 FILE = "catalog.json"
 
 

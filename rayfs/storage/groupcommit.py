@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+__all__ = ["GroupCommit"]
+
 
 class GroupCommit:
     """Batch fsyncs of ``sync`` across concurrent appenders.

@@ -9,6 +9,8 @@ import fcntl
 import time
 from typing import IO
 
+__all__ = ["try_lock", "wait_lock"]
+
 
 def try_lock(path: str) -> IO | None:
     """An open handle holding an exclusive lock on ``path`` (created if needed), or ``None`` if taken."""

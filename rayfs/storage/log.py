@@ -47,7 +47,7 @@ from typing import Any
 
 import msgpack
 
-from rayfs.errors import LogCorruptionError, StoreClosedError
+from rayfs.errors import LogCorruptionError, OptionError, SchemaError, StoreClosedError
 
 __all__ = ["SegmentedLog", "segment_name", "DURABILITY_MODES"]
 
@@ -193,9 +193,9 @@ class SegmentedLog:
     def __init__(self, directory: str | os.PathLike, *, segment_bytes: int = 64 << 20,
                  durability: str = "sync") -> None:
         if durability not in DURABILITY_MODES:
-            raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {durability!r}")
-        if not isinstance(segment_bytes, int) or segment_bytes <= 0:
-            raise ValueError(f"segment_bytes must be a positive int, not {segment_bytes!r}")
+            raise OptionError(f"log {directory}: durability must be one of {DURABILITY_MODES}, not {durability!r}")
+        if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) or segment_bytes <= 0:
+            raise OptionError(f"log {directory}: segment_bytes must be a positive int, not {segment_bytes!r}")
         self._dir = os.path.abspath(os.fspath(directory))
         self._segment_bytes = segment_bytes
         self._durability = durability
@@ -341,8 +341,8 @@ class SegmentedLog:
         for record in records:
             payload = msgpack.packb(record, use_bin_type=True)
             if len(payload) > _MAX_PAYLOAD:
-                raise ValueError(f"a log record must encode to at most {_MAX_PAYLOAD} bytes, "
-                                 f"not {len(payload)}")
+                raise SchemaError(f"log {self._dir}: a record must encode to at most {_MAX_PAYLOAD} bytes, "
+                                  f"not {len(payload)}; ingest it in smaller batches")
             frames.append(_HEADER.pack(len(payload), zlib.crc32(payload)))
             frames.append(payload)
             sizes.append(_HEADER_SIZE + len(payload))

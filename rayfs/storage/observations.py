@@ -18,6 +18,8 @@ from rayfs.model.definitions import check_name
 from rayfs.model.timeutil import to_micros
 from rayfs.storage.log import SegmentedLog
 
+__all__ = ["ObservationStreams"]
+
 
 def _kind(col: np.ndarray) -> str | None:
     """Timestamps and other values cannot share an observation column (numbers and strings can: keys)."""

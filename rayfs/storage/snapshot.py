@@ -20,6 +20,8 @@ from typing import Any
 import lmdb
 import msgpack
 
+__all__ = ["FORMAT", "SnapshotStore"]
+
 FORMAT = 1
 _MAP_SIZE = 1 << 40  # address space only; the file grows with use
 

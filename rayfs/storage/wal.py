@@ -29,6 +29,8 @@ from rayfs.errors import SchemaError
 from rayfs.storage.locks import try_lock, wait_lock
 from rayfs.storage.log import SegmentedLog
 
+__all__ = ["MAX_BATCHES", "MAX_BYTES", "REJECTED_DIR", "WAL_DIR", "WriteAheadLog", "recover_orphans", "set_aside"]
+
 WAL_DIR = "wal"
 REJECTED_DIR = "wal-rejected"
 MAX_BATCHES = 10_000  # far below the ids a shard remembers, so a WAL replay never double-applies

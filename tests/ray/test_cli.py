@@ -161,3 +161,99 @@ def test_ingest_of_a_bad_file_midway_names_the_file_and_keeps_what_came_before(t
     r = rayfs("features", "describe", "user_score", "--config", "reddit.toml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["stats"]["count"] == good["user"].nunique()
+
+
+def one_error_line(r: subprocess.CompletedProcess, command: str) -> str:
+    """The error a failed command printed: exit status 2, one line on stderr (last), no traceback."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith(f"rayfs {command}: ")]
+    assert errors == lines[-1:], r.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--events", "-5"], "argument --events: must be an integer >= 1, not -5"),
+    (["demo", "--events", "lots"], "argument --events: expected an integer, got 'lots'"),
+    (["demo", "--observations", "0"], "argument --observations: must be an integer >= 1, not 0"),
+    (["demo", "--shards", "0"], "argument --shards: must be an integer >= 1, not 0"),
+    (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0, not -1"),
+    (["ingest", "upvotes", "a.parquet", "--batch-rows", "0", "--path", "store"],
+     "argument --batch-rows: must be an integer >= 1, not 0"),
+    (["audit", "-n", "-3", "--path", "store"], "argument -n: must be an integer >= 1, not -3"),
+])
+def test_meaningless_numbers_are_usage_errors_not_tracebacks(tmp_path, args, message):
+    r = rayfs(*args, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith(message), r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was started or created
+
+
+@pytest.mark.parametrize("args", [
+    ["features", "list"], ["features", "describe", "user_score"], ["status"], ["audit"], ["stop"],
+    ["train", "obs.parquet", "-o", "out.parquet"], ["ingest", "upvotes", "obs.parquet"],
+], ids=lambda a: " ".join(a[:2]))
+def test_a_path_that_holds_no_store_is_refused_and_nothing_is_created(tmp_path, args):
+    write_table(pd.DataFrame({"user": ["u1"], "ts": [1.0]}), str(tmp_path / "obs.parquet"))
+    (tmp_path / "empty").mkdir()
+    command = " ".join(a for a in args[:2] if a in ("features", "list", "describe")) or args[0]
+    for target, created in (("typo", False), ("empty", True)):
+        r = rayfs(*args, "--path", target, cwd=tmp_path, timeout=60)
+        line = one_error_line(r, command)
+        assert f"--path {target}: no rayfs store there" in line, line
+        assert (tmp_path / target).exists() is created
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def iso_events(seed: int, n: int) -> tuple[pd.DataFrame, list[str]]:
+    """Events (ts exact, microseconds) and their timestamps as text: whole seconds with Z for the first
+    1,200 rows, then fractions, offsets and naive (UTC) forms mixed."""
+    df = events(seed, n)
+    rng = np.random.default_rng(seed)
+    df["ts"] = df["ts"] + pd.to_timedelta(np.where(np.arange(n) < 1200, 0, rng.integers(0, 10**6, n)), unit="us")
+    texts = []
+    for i, t in enumerate(df["ts"]):
+        if i < 1200:
+            texts.append(t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        elif i % 3 == 0:
+            texts.append(t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        elif i % 3 == 1:
+            texts.append(t.tz_convert("Asia/Kolkata").isoformat())
+        else:
+            texts.append(t.tz_localize(None).isoformat())
+    return df, texts
+
+
+def test_json_lines_with_every_iso_form_after_line_1000_ingest_and_train(tmp_path):
+    (tmp_path / "reddit.toml").write_text(CONFIG.replace('name = "clitest"\n', ""))  # an embedded store
+    df, texts = iso_events(41, 1600)
+    with open(tmp_path / "e.jsonl", "w") as fh:
+        for (user, post, score), ts in zip(df[["user", "post", "score"]].itertuples(index=False), texts, strict=True):
+            fh.write(json.dumps({"user": user, "post": post, "score": score, "ts": ts}) + "\n")
+    obs_df, obs_texts = iso_events(42, 1300)
+    obs = obs_df[["user"]].assign(ts=obs_df["ts"], label=np.arange(len(obs_df)) % 2)
+    with open(tmp_path / "obs.jsonl", "w") as fh:
+        for user, ts, label in zip(obs["user"], obs_texts, obs["label"], strict=True):
+            fh.write(json.dumps({"user": user, "ts": ts, "label": int(label)}) + "\n")
+
+    r = rayfs("ingest", "upvotes", "e.jsonl", "--batch-rows", "1000", "--config", "reddit.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ingested 1,600 events" in r.stdout
+    r = rayfs("train", "obs.jsonl", "--features", "user_upvotes_7d,user_score", "-o", "train.parquet",
+              "--config", "reddit.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_parquet(tmp_path / "train.parquet")
+    from rayfs import load_config
+
+    cfg = load_config(tmp_path / "reddit.toml")
+    want = oracle_training_set({"upvotes": df}, cfg.stream_map,
+                               [cfg.feature_map["user_upvotes_7d"], cfg.feature_map["user_score"]], obs,
+                               timestamp="ts")
+    assert got["user_upvotes_7d"].tolist() == want["user_upvotes_7d"].tolist()
+    np.testing.assert_allclose(got["user_score"], want["user_score"], rtol=1e-9)
+
+    # a missing input file, after the store was opened: one line naming the file
+    r = rayfs("ingest", "upvotes", "missing.jsonl", "--config", "reddit.toml", cwd=tmp_path)
+    assert "missing.jsonl: no such file" in one_error_line(r, "ingest")

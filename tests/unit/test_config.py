@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rayfs.errors import DefinitionError
-from rayfs.model.config import ConfigError, KeyLines, StoreConfig, StoreSettings, load_config, parse_config
+from rayfs.errors import ConfigError, DefinitionError
+from rayfs.model.config import KeyLines, StoreConfig, StoreSettings, load_config, parse_config
 from rayfs.model.definitions import Feature, Stream
 from rayfs.model.sql import features_from_sql
 

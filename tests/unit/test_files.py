@@ -13,11 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rayfs.errors import SchemaError
+from rayfs.errors import FileFormatError, OptionError, SchemaError
 from rayfs.model.timeutil import to_micros
 from rayfs.sources.files import (
     BatchReader,
-    FileFormatError,
     count_rows,
     format_of,
     iter_batches,
@@ -208,11 +207,11 @@ def test_count_rows_and_total_bytes(tmp_path: Path) -> None:
 
 def test_bad_arguments(tmp_path: Path) -> None:
     write_table(EVENTS, tmp_path / "e.csv")
-    with pytest.raises(ValueError, match="batch_rows"):
+    with pytest.raises(OptionError, match="batch_rows"):
         iter_batches(tmp_path / "e.csv", batch_rows=0)
-    with pytest.raises(ValueError, match="columns"):
+    with pytest.raises(OptionError, match="columns"):
         iter_batches(tmp_path / "e.csv", columns=["a", "a"])
-    with pytest.raises(ValueError, match="unknown type 'float65'"):
+    with pytest.raises(OptionError, match="unknown type 'float65'"):
         iter_batches(tmp_path / "e.csv", column_types={"score": "float65"})
 
 
@@ -306,8 +305,75 @@ def test_timestamps_option_parses_iso_strings(tmp_path: Path) -> None:
     with pytest.raises(FileFormatError, match=r"t\.jsonl: timestamp column 'when' not found"):
         list(iter_batches(path, timestamps=["when"]))
     (tmp_path / "bad.csv").write_text("ts\nyesterday\n")
-    with pytest.raises(FileFormatError, match=r"bad\.csv: timestamp column 'ts': "):
+    with pytest.raises(FileFormatError, match=r"bad\.csv: row 0: timestamp column 'ts': 'yesterday' is neither an "
+                                              r"ISO 8601 time nor a number of epoch seconds$"):
         list(iter_batches(tmp_path / "bad.csv", timestamps=["ts"]))
+
+
+def _iso_forms(n: int, seed: int) -> tuple[list[str], list[int]]:
+    """``n`` ISO 8601 strings of mixed forms (Z, offsets, naive, fractions, dates) and their epoch micros."""
+    rng = np.random.default_rng(seed)
+    base = 1704067200  # 2024-01-01T00:00:00Z
+    texts, micros = [], []
+    for i in range(n):
+        sec = base + int(rng.integers(0, 86_400 * 30))
+        frac = int(rng.integers(0, 1_000_000))
+        t = pd.Timestamp(sec * 1_000_000 + frac, unit="us", tz="UTC")
+        form = i % 6
+        if form == 0:
+            texts.append(t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        elif form == 1:
+            texts.append(t.tz_convert("Asia/Kolkata").isoformat())  # +05:30
+        elif form == 2:
+            texts.append(t.tz_localize(None).isoformat(sep=" "))  # naive: UTC
+        elif form == 3:
+            t = t.floor("s")
+            texts.append(t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        elif form == 4:
+            t = t.floor("ms")
+            texts.append(t.tz_convert("America/New_York").isoformat(timespec="milliseconds"))
+        else:
+            t = t.floor("D")
+            texts.append(t.strftime("%Y-%m-%d"))
+        micros.append(t.value // 1000)
+    return texts, micros
+
+
+def test_every_iso_form_is_parsed_wherever_it_appears_in_json_lines(tmp_path: Path) -> None:
+    """Whole seconds with Z for the first 1,500 lines (pyarrow infers a timestamp type), then every form."""
+    lead = [f"2024-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z" for i in range(1500)]
+    mixed, micros = _iso_forms(600, seed=11)
+    path = tmp_path / "e.jsonl"
+    path.write_text("".join(json.dumps({"k": "a", "ts": t}) + "\n" for t in lead + mixed + ["2024-01-01T00:00:05.5Z"]))
+    batches = list(iter_batches(path, batch_rows=1000, timestamps=["ts"]))
+    assert [b.column("ts").type for b in batches] == [pa.timestamp("us", tz="UTC")] * 3  # one type for all
+    got = to_micros(pd.concat([b.to_pandas() for b in batches], ignore_index=True)["ts"]).tolist()
+    want = [1704067200_000000 + (i // 60 % 60 * 60 + i % 60) * 1_000_000 for i in range(1500)]
+    assert got == want + micros + [1704067205_500000]
+
+
+def test_every_iso_form_is_parsed_wherever_it_appears_in_csv(tmp_path: Path) -> None:
+    """The type sampled from the start of a CSV file (tz-aware whole seconds) binds no later line."""
+    lead = [f"2024-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z" for i in range(400)]
+    mixed, micros = _iso_forms(600, seed=12)
+    path = tmp_path / "e.csv"
+    path.write_text("k,ts\n" + "".join(f"a,{t}\n" for t in lead + mixed + ["2024-01-01T00:00:00.123456789Z"]))
+    reader = iter_batches(path, batch_rows=300, timestamps=["ts"], block_bytes=1024, sample_bytes=4096)
+    got = to_micros(pd.concat([b.to_pandas() for b in reader], ignore_index=True)["ts"]).tolist()
+    want = [1704067200_000000 + (i // 60 % 60 * 60 + i % 60) * 1_000_000 for i in range(400)]
+    assert got == want + micros + [1704067200_123456]
+
+
+def test_timestamp_columns_of_numbers_stay_numbers(tmp_path: Path) -> None:
+    (tmp_path / "n.csv").write_text("ts,x\n1704067200,1\n1704067201,2\n,3\n")
+    (tmp_path / "f.csv").write_text("ts,x\n1704067200.25,1\n1.5e9,2\n")
+    (tmp_path / "mix.csv").write_text("ts,x\n1704067200,1\n2024-01-01T00:00:00Z,2\n")
+    (batch,) = iter_batches(tmp_path / "n.csv", timestamps=["ts"])
+    assert batch.column("ts").to_pylist() == [1704067200, 1704067201, None]
+    (batch,) = iter_batches(tmp_path / "f.csv", timestamps=["ts"])
+    assert batch.column("ts").to_pylist() == [1704067200.25, 1.5e9]
+    with pytest.raises(FileFormatError, match=r"mix\.csv: row 0: timestamp column 'ts': '1704067200' is neither"):
+        list(iter_batches(tmp_path / "mix.csv", timestamps=["ts"]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -423,7 +489,7 @@ def test_write_mixed_key_column(tmp_path: Path) -> None:
 def test_write_table_errors(tmp_path: Path) -> None:
     with pytest.raises(FileFormatError, match=r"out\.xlsx: cannot tell the format"):
         write_table(EVENTS, tmp_path / "out.xlsx")
-    with pytest.raises(TypeError, match="DataFrame or pyarrow Table"):
+    with pytest.raises(OptionError, match="DataFrame or pyarrow Table"):
         write_table([{"a": 1}], tmp_path / "out.csv")
 
 

@@ -17,7 +17,7 @@ import msgpack
 import pytest
 
 import rayfs.storage.log as log_mod
-from rayfs.errors import LogCorruptionError, StoreClosedError
+from rayfs.errors import LogCorruptionError, OptionError, StoreClosedError
 from rayfs.storage.log import SegmentedLog
 
 
@@ -445,9 +445,9 @@ def test_close_is_idempotent_and_append_after_close_raises(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="durability"):
+    with pytest.raises(OptionError, match="durability"):
         SegmentedLog(tmp_path / "a", durability="fast")
-    with pytest.raises(ValueError, match="segment_bytes"):
+    with pytest.raises(OptionError, match="segment_bytes"):
         SegmentedLog(tmp_path / "b", segment_bytes=0)
     with SegmentedLog(tmp_path / "c") as log:
         log.append("a")
