@@ -7,7 +7,7 @@ A worker empties its WAL after every acknowledged batch, so a finished ingest le
 Should a worker die mid-batch, its unacknowledged WAL is re-sent by the next process that opens the store.
 
 Exactly once: a batch's id is the call's id (fresh per call) plus a hash of the batch's normalised content
-(:func:`rayfs.store.ingest.content_digest`). Ray Data re-runs the task of a worker that died on the same
+(:func:`rayfs.engine.parts.content_digest`). Ray Data re-runs the task of a worker that died on the same
 input rows, so the retry re-sends the same ids and the shards drop what they already applied. The price:
 two batches of one call with identical content (every row equal, in the same order, e.g. ``ds.union(ds)``)
 count once. A whole call cannot be made idempotent by an id (Ray Data forms batches in the order upstream
@@ -22,6 +22,8 @@ import pandas as pd
 
 from rayfs.store.ingest import Ingestor
 from rayfs.store.session import Session
+
+__all__ = ["BATCH_ROWS", "ingest_dataset"]
 
 BATCH_ROWS = 100_000
 
