@@ -25,7 +25,7 @@ from rayfs.errors import DefinitionError, StoreClosedError
 from rayfs.model.definitions import Feature, Stream
 from rayfs.storage.catalog import Catalog
 from rayfs.storage.observations import ObservationStreams
-from rayfs.store import cluster, definitions, lifecycle, monitor
+from rayfs.store import cluster, dataio, definitions, lifecycle, monitor
 from rayfs.store.ingest import Ingestor
 from rayfs.store.reads import Reader
 
@@ -217,15 +217,8 @@ class FeatureStore:
                 nothing of it or after it is written (likewise if the iterator itself raises).
         """
         self._check_open()
-        if type(data).__module__.startswith("ray.data"):
-            from rayfs.store.dataio import ingest_dataset
-
-            self._catalog.stream(stream)
-            if batch_id is not None:
-                raise DefinitionError(f"ingest into {stream!r}: batch_id is not supported for a ray.data.Dataset "
-                                      "(Ray Data cuts batches differently on every run); a retried Ray Data task "
-                                      "is applied once without it")
-            return ingest_dataset(self._session, stream, data)
+        if dataio.is_dataset(data):
+            return dataio.ingest_dataset(self._session, stream, data, batch_id=batch_id)
         if is_batches(data):
             return self._ingestor.ingest_many(stream, data, batch_id)
         return self._ingestor.ingest(stream, data, batch_id)

@@ -20,10 +20,11 @@ import uuid
 
 import pandas as pd
 
+from rayfs.errors import DefinitionError
 from rayfs.store.ingest import Ingestor
 from rayfs.store.session import Session
 
-__all__ = ["BATCH_ROWS", "ingest_dataset"]
+__all__ = ["BATCH_ROWS", "ingest_dataset", "is_dataset"]
 
 BATCH_ROWS = 100_000
 
@@ -50,10 +51,25 @@ class _Writer:
             pass
 
 
-def ingest_dataset(session: Session, stream: str, ds, *, batch_rows: int = BATCH_ROWS,
-                   concurrency: int | None = None) -> dict:
+def is_dataset(data) -> bool:
+    """Whether ``data`` is a Ray Data dataset (told without importing Ray Data)."""
+    return type(data).__module__.startswith("ray.data")
+
+
+def ingest_dataset(session: Session, stream: str, ds, *, batch_id: str | None = None,
+                   batch_rows: int = BATCH_ROWS, concurrency: int | None = None) -> dict:
     """Ingest every row of ``ds`` into ``stream``; returns ``{"rows": n, "batches": k}`` (``rows`` counts
-    what the workers handed over, a retried task's duplicates dropped by the shards included)."""
+    what the workers handed over, a retried task's duplicates dropped by the shards included).
+
+    Raises:
+        UnknownStreamError: ``stream`` is not registered.
+        DefinitionError: a ``batch_id`` is given (see the module docstring).
+    """
+    session.catalog.stream(stream)
+    if batch_id is not None:
+        raise DefinitionError(f"ingest into {stream!r}: batch_id is not supported for a ray.data.Dataset "
+                              "(Ray Data cuts batches differently on every run); a retried Ray Data task "
+                              "is applied once without it")
     call_id = uuid.uuid4().hex
     workers = concurrency or max(1, min(len(session.handles), 4))
     import ray.data

@@ -22,9 +22,8 @@ from typing import NamedTuple
 import ray
 
 from rayfs.errors import DefinitionError, StoreOpenError
-from rayfs.model.config import StoreSettings
+from rayfs.model.config import DURABILITY, StoreSettings
 from rayfs.model.definitions import check_name
-from rayfs.shard.core import DURABILITY
 from rayfs.storage.catalog import Catalog
 from rayfs.store import cluster
 from rayfs.store.ingest import Ingestor

@@ -214,11 +214,11 @@ class Reader:
         are resolved again and the read repeated. The last attempt is ``final``: it answers whatever the
         shards say (or raises their error).
         """
-        for i in range(_ATTEMPTS):
-            fs, out = attempt(i == _ATTEMPTS - 1)
+        for _ in range(_ATTEMPTS - 1):
+            fs, out = attempt(False)
             if out is not None:
                 return fs, out
-        raise AssertionError("a final read attempt always answers")  # unreachable
+        return attempt(True)  # type: ignore[return-value]  # a final attempt always answers
 
     def _replay(self, obs: pd.DataFrame, fs: Resolved, t: np.ndarray, final: bool) -> dict | None:
         """Point-in-time values of ``fs`` for every observation row (one group per entity field)."""
