@@ -88,6 +88,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -294,7 +295,12 @@ def _scan(line: str, i: int, string: str | None, depth: int) -> tuple[str | None
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """The ``[store]`` table.
+    """A store's settings: the ``[store]`` table of a config, and what a running store's actors and every
+    connected process (drivers, Ray Data workers) know of it.
+
+    A config leaves ``shards`` unset to mean "4 for a new store, the existing count on reopen"; the settings
+    of a running store (``FeatureStore.open`` decides them, the coordinator keeps them) always hold the
+    store's actual shard count.
 
     Attributes:
         path: the store's data folder, absolute.
@@ -303,6 +309,8 @@ class StoreSettings:
         shards: the shard count; ``None`` means 4 for a new store and the existing count on reopen.
         durability: ``"sync"``, ``"group"`` or ``"none"``.
         namespace: the Ray namespace of the store's actors.
+        segment_bytes: the log segment size at which a shard starts a new segment file.
+        snapshot_every: a shard snapshots its state every this many batches (and on close).
     """
 
     path: str
@@ -310,6 +318,17 @@ class StoreSettings:
     shards: int | None = None
     durability: str = "sync"
     namespace: str = DEFAULT_NAMESPACE
+    segment_bytes: int = 64 << 20
+    snapshot_every: int = 200
+
+    @property
+    def store_id(self) -> str:
+        """The id in the store's actor names: its name, or for an embedded store a digest of its path.
+
+        >>> StoreSettings(path="/tmp/s", name="clicks").store_id
+        'clicks'
+        """
+        return self.name if self.name else hashlib.sha1(self.path.encode()).hexdigest()[:12]
 
     def open_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``FeatureStore.open``: ``path``, ``shards``, ``name``, ``namespace``,

@@ -1,11 +1,15 @@
 """The driver side of rayfs: :class:`FeatureStore` and :func:`connect` (the modules here touch Ray).
 
-* :mod:`rayfs.store.api`: the public ``FeatureStore`` API.
-* :mod:`rayfs.store.cluster`: starting/joining Ray, naming, creating and finding a store's actors.
+* :mod:`rayfs.store.api`: the public ``FeatureStore`` facade, one short delegating method per operation.
+* :mod:`rayfs.store.lifecycle`: opening, attaching, connecting, closing and stopping a store; readiness.
+* :mod:`rayfs.store.cluster`: starting/joining Ray, naming, creating, finding and reviving a store's actors.
 * :mod:`rayfs.store.coordinator`: the actor that owns the catalog.
-* :mod:`rayfs.store.session`: one process's connection (handles + cached catalog).
-* :mod:`rayfs.store.ingest`: the ingest path (normalise, WAL, route).
-* :mod:`rayfs.store.dataio`: Ray Data in and out.
+* :mod:`rayfs.store.session`: one process's connection (settings, handles, cached catalog).
+* :mod:`rayfs.store.definitions`: registering and dropping streams and features through the coordinator.
+* :mod:`rayfs.store.ingest`: the ingest path (WAL, pipelining, shard calls, retries) over the pure
+  :mod:`rayfs.engine.parts`.
+* :mod:`rayfs.store.dataio`: Ray Data in.
+* :mod:`rayfs.store.reads`: online reads and training sets (resolving, fan-out to shards, assembly).
 * :mod:`rayfs.store.monitor`: stats, feature statistics, describe, audit.
 """
 

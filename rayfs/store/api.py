@@ -1,5 +1,11 @@
 """FeatureStore: the public entry point, a driver's handle on a store's coordinator and shard actors.
 
+The class reads as the product's table of contents: lifecycle, definitions, ingest, reads, observations,
+monitoring. Each method checks the store is open and delegates: lifecycle to :mod:`rayfs.store.lifecycle`,
+definitions to :mod:`rayfs.store.definitions`, ingest to :mod:`rayfs.store.ingest` (and
+:mod:`rayfs.store.dataio` for Ray Data), reads to :mod:`rayfs.store.reads`, observation streams to
+:mod:`rayfs.storage.observations`, monitoring to :mod:`rayfs.store.monitor`.
+
 Embedded by default: :meth:`FeatureStore.open` starts a private local Ray (``address="local"``) unless
 Ray is already initialised in this process, ``address`` is given or ``RAY_ADDRESS`` names a cluster, and
 shuts down only a Ray it started itself. A store opened with a ``name`` is a set of detached actors that
@@ -8,63 +14,44 @@ outlives its driver; :func:`connect` reaches it by name from any other driver.
 
 from __future__ import annotations
 
-import copy
 import os
-import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 import ray
 
-from rayfs.aggregates import REGISTRY
-from rayfs.engine import columns as C
-from rayfs.engine.fold import compile_feature
-from rayfs.errors import DefinitionError, SchemaError, StoreClosedError, StoreOpenError, UnknownFeatureError
-from rayfs.model.definitions import Feature, Stream, check_name
-from rayfs.model.timeutil import to_micros
-from rayfs.shard.core import DURABILITY
+from rayfs.engine.parts import is_batches
+from rayfs.errors import DefinitionError, StoreClosedError
+from rayfs.model.definitions import Feature, Stream
 from rayfs.storage.catalog import Catalog
 from rayfs.storage.observations import ObservationStreams
-from rayfs.store import cluster, monitor
-from rayfs.store.ingest import Ingestor, is_batches
-from rayfs.store.reads import Request, fan_out
-from rayfs.store.session import Session
+from rayfs.store import cluster, dataio, definitions, lifecycle, monitor
+from rayfs.store.ingest import Ingestor
+from rayfs.store.reads import Reader
 
-OUTPUTS = ("pandas", "arrow", "ray")
-
-
-def _column(values: np.ndarray, index: pd.Index) -> pd.Series:
-    # Keep object columns object: pandas 3 would turn strings into its str dtype, None into NaN.
-    return pd.Series(values, index=index, dtype=object if values.dtype == object else None)
-
-
-def _repeat(one: np.ndarray, n: int) -> np.ndarray:
-    """``n`` copies of a one-element array; list values (``last_k``, ...) are copied, never shared."""
-    if one.dtype == object and isinstance(one[0], list):
-        out = np.empty(n, dtype=object)
-        out[:] = [list(one[0]) for _ in range(n)]
-        return out
-    return np.repeat(one, n)
+__all__ = ["FeatureStore", "connect"]
 
 
 class FeatureStore:
     """An event-sourced feature store whose shards are Ray actors.
 
     Use :meth:`open` (or :func:`rayfs.connect` for a named store); see the README for a tour.
+
+    Attributes:
+        path: the store's data folder.
+        name: the store's name, ``None`` for an embedded store.
     """
 
-    def __init__(self, session: Session, *, started_ray: bool, owns_actors: bool) -> None:
-        self._session = session
-        self.path: str = session.path
-        self.name: str | None = session.settings["name"]
-        self._started_ray = started_ray
-        self._owns = owns_actors
+    def __init__(self, conn: lifecycle.Connection) -> None:
+        self._conn = conn
+        self._session = conn.session
+        self.path: str = conn.session.path
+        self.name: str | None = conn.session.settings.name
+        self._owns = conn.owns_actors
         self._closed = False
-        self._empties: dict[tuple, np.ndarray] = {}
-        self._ingestor = Ingestor(session)
-        self._obs = ObservationStreams(self.path, session.settings["durability"])
+        self._ingestor = Ingestor(conn.session)
+        self._obs = ObservationStreams(self.path, conn.session.settings.durability)
+        self._reader = Reader(conn.session, self._obs)
 
     # ------------------------------------------------------------------------------------- lifecycle
     @classmethod
@@ -90,90 +77,14 @@ class FeatureStore:
             segment_bytes: log segment size at which a new segment file is started.
             snapshot_every: a shard snapshots its state every this many batches (and on close).
         """
-        path = os.path.abspath(os.fspath(path))
-        if durability not in DURABILITY:
-            raise DefinitionError(f"durability must be one of {DURABILITY}, not {durability!r}")
-        if name is not None:
-            check_name(name, "store")
-        started = cluster.ensure_ray(address, namespace)
-        try:
-            return cls._open(path, shards, name, namespace, started, durability=durability,
-                             segment_bytes=segment_bytes, snapshot_every=snapshot_every)
-        except BaseException:
-            if started:
-                ray.shutdown()
-            raise
-
-    @classmethod
-    def _open(cls, path: str, shards: int | None, name: str | None, namespace: str, started: bool,
-              **options) -> FeatureStore:
-        sid = cluster.store_id(path, name)
-        coord = cluster.lookup(cluster.coordinator_name(sid), namespace)
-        if coord is not None:
-            if name is None:
-                raise StoreOpenError(f"store {path} is already open in this Ray cluster; close it first")
-            return cls._attach(coord, shards, started, path=path)
-        catalog = Catalog.load(path)
-        if catalog is None:
-            n = 4 if shards is None else shards
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise DefinitionError(f"shards must be a positive integer, not {shards!r}")
-            catalog = Catalog(path, n)
-            catalog.save()
-        elif shards is not None and shards != catalog.shards:
-            raise DefinitionError(f"store {path} has {catalog.shards} shards; cannot reopen with {shards}")
-        settings = cluster.settings_for(path, name, namespace, catalog.shards, **options)
-        if name is None and any(cluster.lookup(n, namespace) for n in settings["shard_names"]):
-            raise StoreOpenError(f"store {path} is already open in this Ray cluster; close it first")
-        cluster.check_unlocked(path, catalog.shards)  # another store (another name) runs on this folder
-        created: list = []
-        try:
-            # The coordinator and the shards start in parallel (each actor process takes ~1 s to import).
-            coord = cluster.create_coordinator(path, settings)
-            created.append(coord)
-            handles = cluster.create_shards(path, settings, [s.to_dict() for s in catalog.streams.values()],
-                                            [f.to_dict() for f in catalog.features.values()])
-            created += handles
-            settings = ray.get(coord.settings.remote())  # (a named store's may come from a concurrent opener)
-            for info in ray.get([h.info.remote() for h in handles]):  # every shard has recovered
-                if info["log_truncated_bytes"]:
-                    warnings.warn(f"store {path}: shard {info['shard']} dropped a torn log tail of "
-                                  f"{info['log_truncated_bytes']} bytes (a batch that was never acknowledged)",
-                                  RuntimeWarning, stacklevel=4)
-            store = cls(Session(coord, settings, handles), started_ray=started, owns_actors=name is None)
-            store._ingestor.recover()
-            return store
-        except BaseException:  # a failed open leaves no actor behind
-            cluster.release(created, [cluster.coordinator_name(sid), *settings["shard_names"]], namespace)
-            raise
-
-    @classmethod
-    def _attach(cls, coord, shards: int | None, started: bool, path: str | None = None) -> FeatureStore:
-        settings = ray.get(coord.settings.remote())
-        if path is not None and settings["path"] != path:
-            raise StoreOpenError(f"store {settings['name']!r} already runs on {settings['path']}, not {path}")
-        if shards is not None and shards != settings["shards"]:
-            raise DefinitionError(f"store {settings['name']!r} has {settings['shards']} shards, not {shards}")
-        store = cls(Session(coord, settings, cluster.shard_handles(settings)), started_ray=started,
-                    owns_actors=False)
-        if os.path.isdir(store.path):
-            store._ingestor.recover()
-        return store
+        return cls(lifecycle.open_store(path, shards, name=name, address=address, namespace=namespace,
+                                        durability=durability, segment_bytes=segment_bytes,
+                                        snapshot_every=snapshot_every))
 
     @classmethod
     def connect(cls, name: str, *, address: str | None = "auto", namespace: str = cluster.NAMESPACE) -> FeatureStore:
         """Attach to the running store called ``name`` (see :func:`rayfs.connect`)."""
-        started = cluster.ensure_ray(address, namespace)
-        try:
-            coord = cluster.lookup(cluster.coordinator_name(name), namespace)
-            if coord is None:
-                raise StoreOpenError(f"no store named {name!r} in Ray namespace {namespace!r}; start one with "
-                                     f"FeatureStore.open(path, name={name!r}) or `rayfs serve`")
-            return cls._attach(coord, None, started)
-        except BaseException:
-            if started:
-                ray.shutdown()
-            raise
+        return cls(lifecycle.connect(name, address=address, namespace=namespace))
 
     def close(self) -> None:
         """Detach from the store; stop its actors (after a snapshot) if this driver owns them.
@@ -184,14 +95,7 @@ class FeatureStore:
         if self._closed:
             return
         self._closed = True
-        try:
-            if (self._owns or self._started_ray) and self.alive():  # (someone may have stopped it already)
-                self._stop_actors()
-        finally:
-            self._ingestor.close()
-            self._obs.close()
-            if self._started_ray:
-                ray.shutdown()
+        lifecycle.close(self._conn, stop=self._owns, local=(self._ingestor.close, self._obs.close))
 
     def stop(self) -> None:
         """Snapshot every shard and stop all of the store's actors (for every driver), then close."""
@@ -199,16 +103,13 @@ class FeatureStore:
         self._owns = True
         self.close()
 
-    def _stop_actors(self) -> None:
-        s = self._session
-        ns = s.settings["namespace"]
-        try:
-            ray.get([h.close.remote() for h in s.handles])
-        finally:
-            # The coordinator goes first: a driver that then finds a shard gone sees a stopped store,
-            # not a lost node (it would re-create the shard).
-            cluster.release([s.coordinator], [cluster.coordinator_name(s.settings["store_id"])], ns)
-            cluster.release(s.handles, s.settings["shard_names"], ns)
+    def alive(self) -> bool:
+        """Whether the store's coordinator still runs (False once someone has stopped the store)."""
+        return lifecycle.alive(self._session.settings)
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Block until every shard answers (e.g. after a node loss, while shards restart elsewhere)."""
+        lifecycle.wait_until_ready(self._session, timeout)
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -231,13 +132,13 @@ class FeatureStore:
     # ------------------------------------------------------------------------------------- definitions
     @property
     def streams(self) -> dict[str, Stream]:
+        """Every registered stream, by name."""
         return dict(self._catalog.streams)
 
     @property
     def features(self) -> dict[str, Feature]:
         """The latest version of every feature, by name (older live versions: :meth:`list_features`)."""
-        names = dict.fromkeys(f.name for f in self._catalog.features.values())  # in registration order
-        return {n: self._catalog.latest(n) for n in names}
+        return dict(self._reader.resolve(None, None))
 
     def register_stream(self, name: str, entities: Sequence[str] | str, timestamp: str) -> Stream:
         """Declare a stream of events keyed by ``entities`` with event time in column ``timestamp``.
@@ -245,10 +146,7 @@ class FeatureStore:
         Registering an identical stream again is a no-op; a different one with the same name is an error.
         """
         self._check_open()
-        s = Stream(name=name, entities=tuple([entities] if isinstance(entities, str) else entities),
-                   timestamp=timestamp)
-        self._session.refresh(ray.get(self._session.coordinator.register_stream.remote(s.to_dict())))
-        return self._catalog.streams[name]
+        return definitions.register_stream(self._session, name, entities, timestamp)
 
     def register_feature(self, feature: Feature, *, progress: Callable[[int, int], None] | None = None) -> Feature:
         """Register ``feature``; events already logged are folded into it before this returns (backfill).
@@ -266,63 +164,32 @@ class FeatureStore:
             The registered feature (with its ``version`` and ``created`` time).
         """
         self._check_open()
-        if not isinstance(feature, Feature):
-            raise DefinitionError(f"register_feature takes a rayfs.Feature, not {type(feature).__name__}")
-        self._session.fresh(lambda cat: cat.check_feature(feature))  # early, clear errors
-        ref = self._session.coordinator.register_feature.remote(feature.to_dict())
-        if progress is not None:
-            self._watch_backfill(ref, feature.name, set(self._catalog.features), progress)
-        d, _change, catalog, events = ray.get(ref)
-        self._session.refresh(catalog)
-        if progress is not None:
-            progress(events, events)
-        return Feature.from_dict(d)
-
-    def _watch_backfill(self, ref, name: str, known: set[str], progress: Callable[[int, int], None]) -> None:
-        """Poll the shards until ``ref`` is ready; report (done, total) of the new version of ``name``
-        summed over every shard, once all of them have started (a shard's total is fixed at its start)."""
-        last = None
-        while not ray.wait([ref], timeout=0.2)[0]:
-            states = ray.get([h.backfill_progress.remote() for h in self._handles])
-            keys = {k for st in states for k in st if k.partition("@")[0] == name and k not in known}
-            if not keys:
-                continue
-            key = max(keys, key=lambda k: int(k.partition("@")[2] or 1))
-            if all(key in st for st in states):
-                now = (sum(st[key][0] for st in states), sum(st[key][1] for st in states))
-                if now != last:
-                    progress(*now)
-                    last = now
+        return definitions.register_feature(self._session, feature, progress)
 
     def register_sql(self, sql: str, window=None, description: str = "", **metadata) -> list[Feature]:
         """Register the features of ``SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream>
-        [WHERE ...] GROUP BY <entity>``, optionally over a trailing ``window``; returns them."""
-        from rayfs.model.sql import features_from_sql
+        [WHERE ...] GROUP BY <entity>``, optionally over a trailing ``window``; returns them.
 
+        Args:
+            sql: the statement.
+            window: a window for every feature of the statement (e.g. ``"7d"``).
+            description: the features' description.
+            **metadata: other fields set on every feature (e.g. ``owner``, ``tags``).
+        """
         self._check_open()
-        feats = features_from_sql(sql, window=window, streams=self._catalog.streams, description=description)
-        feats = [f if not metadata else Feature.from_dict({**f.to_dict(), **metadata}) for f in feats]
-        for f in feats:  # validate all before registering any
-            self._catalog.check_feature(f)
-        return [self.register_feature(f) for f in feats]
+        return definitions.register_sql(self._session, sql, window, description, metadata)
 
     def drop_feature(self, name: str, version: int | None = None) -> Feature:
         """Drop one version of a feature (the latest if ``version`` is None); its state is freed."""
         self._check_open()
-        ref = name if version is None else f"{name}@{version}"
-        self._session.fresh(lambda cat: cat.feature(ref))
-        d, catalog = ray.get(self._session.coordinator.drop_feature.remote(ref))
-        self._session.refresh(catalog)
-        return Feature.from_dict(d)
+        return definitions.drop_feature(self._session, name, version)
 
     def apply(self, config) -> dict:
         """Register the streams and features of a config (a path or a :class:`rayfs.model.config.StoreConfig`).
 
         Returns ``{"streams": [...], "features": [...]}`` with what was registered (no-ops included).
         """
-        from rayfs.model.config import StoreConfig, load_config
-
-        cfg = config if isinstance(config, StoreConfig) else load_config(config)
+        cfg = definitions.as_config(config)
         streams = [self.register_stream(s.name, s.entities, s.timestamp) for s in cfg.streams]
         return {"streams": streams, "features": [self.register_feature(f) for f in cfg.features]}
 
@@ -350,15 +217,8 @@ class FeatureStore:
                 nothing of it or after it is written (likewise if the iterator itself raises).
         """
         self._check_open()
-        if type(data).__module__.startswith("ray.data"):
-            from rayfs.store.dataio import ingest_dataset
-
-            self._catalog.stream(stream)
-            if batch_id is not None:
-                raise DefinitionError(f"ingest into {stream!r}: batch_id is not supported for a ray.data.Dataset "
-                                      "(Ray Data cuts batches differently on every run); a retried Ray Data task "
-                                      "is applied once without it")
-            return ingest_dataset(self._session, stream, data)
+        if dataio.is_dataset(data):
+            return dataio.ingest_dataset(self._session, stream, data, batch_id=batch_id)
         if is_batches(data):
             return self._ingestor.ingest_many(stream, data, batch_id)
         return self._ingestor.ingest(stream, data, batch_id)
@@ -374,56 +234,6 @@ class FeatureStore:
         ray.get([h.snapshot.remote() for h in self._handles])
 
     # ------------------------------------------------------------------------------------- reads
-    def _resolve(self, features: Iterable[str] | str | None, entity: str | None) -> list[tuple[str, Feature]]:
-        """(requested name, feature version) pairs; a name unknown to the cached catalog refreshes it once."""
-        if features is None:
-            return [(n, f) for n, f in self.features.items() if entity is None or f.entity == entity]
-        refs = [features] if isinstance(features, str) else list(features)
-        try:
-            return [(r, self._catalog.feature(r)) for r in refs]
-        except UnknownFeatureError:
-            self._session.refresh()
-            return [(r, self._catalog.feature(r)) for r in refs]
-
-    def _empty(self, f: Feature, n: int) -> np.ndarray:
-        """``n`` copies of the feature's empty value (0 for counts, NaN or None otherwise)."""
-        kind = self._catalog.schema.get(f.stream, {}).get(f.column) if f.column else None
-        if f.column in self._catalog.streams[f.stream].entities:  # as the shards do (ShardCore._compiled_for)
-            kind = "str" if "str" in REGISTRY[f.agg].kinds else "num"
-        one = self._empties.get((f, kind))
-        if one is None:
-            cf = compile_feature(f, kind)
-            one = self._empties[(f, kind)] = cf.agg.finalize(cf.agg.zero(1))
-        return _repeat(one, n)
-
-    def _fan_out(self, method: str, groups: list[tuple[list[tuple[str, Feature]], str, np.ndarray, list]], n: int,
-                 final: bool) -> dict[str, np.ndarray] | None:
-        """Ask the shards for every group ``(features, entity, keys, extra)`` at once; requested name ->
-        values. ``None`` (unless ``final``) if they know a newer catalog: resolve and ask again."""
-        requests = []
-        for fs, entity, keys, extra in groups:
-            vals: dict[str, np.ndarray] = {}
-            for _, f in fs:
-                if f.key not in vals:
-                    vals[f.key] = self._empty(f, n)
-            requests.append(Request(entity, keys, extra, vals))
-        if n and any(r.defaults for r in requests):
-            try:
-                cv = self._session.call(lambda hs: fan_out(hs, method, [r for r in requests if r.defaults]))
-            except UnknownFeatureError:  # a version this driver's catalog still has was dropped elsewhere
-                self._session.refresh()
-                if final:
-                    raise
-                return None
-            if self._session.seen(cv) and not final:  # definitions or column kinds changed: ask again
-                return None
-        out, used = {}, set()
-        for (fs, *_), req in zip(groups, requests, strict=True):
-            for r, f in fs:  # two names of one version (``sx`` and ``sx@3``) get separate arrays
-                out[r] = copy.deepcopy(req.defaults[f.key]) if f.key in used else req.defaults[f.key]
-                used.add(f.key)
-        return out
-
     def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None = None) -> pd.DataFrame:
         """Online feature values for ``keys`` of ``entity``, one row per key in the order given.
 
@@ -432,20 +242,7 @@ class FeatureStore:
         ``name@version``; each becomes a column named as given.
         """
         self._check_open()
-        k = C.key_column(pd.Series(list(keys), dtype=object), what=f"keys of entity {entity!r}")
-        for attempt in range(3):
-            fs = self._resolve(features, entity)
-            for r, f in fs:
-                if f.entity != entity:
-                    raise DefinitionError(f"feature {r!r} groups by {f.entity!r}, not {entity!r}")
-            out = self._fan_out("get", [(fs, entity, k, [])], len(k), final=attempt == 2)
-            if out is not None:
-                break
-        index = pd.RangeIndex(len(k))
-        cols = {entity: pd.Series(list(keys), dtype=object, index=index)}
-        # Numeric columns go in as arrays (a Series per column costs more than the shard call's work).
-        cols.update((r, _column(out[r], index) if out[r].dtype == object else out[r]) for r, _ in fs)
-        return pd.DataFrame(cols, copy=False)
+        return self._reader.get_features(entity, keys, features)
 
     def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None = None,
                      timestamp: str = "ts", *, output: str = "pandas"):
@@ -465,45 +262,7 @@ class FeatureStore:
             The observation columns plus one column per feature: same rows, same order.
         """
         self._check_open()
-        if output not in OUTPUTS:
-            raise DefinitionError(f"output must be one of {OUTPUTS}, not {output!r}")
-        obs = self.observations(observations) if isinstance(observations, str) else observations
-        obs = C.to_frame(obs, what="observations")
-        if timestamp not in obs.columns:
-            raise SchemaError(f"observations lack the timestamp column {timestamp!r}")
-        t = to_micros(obs[timestamp], what=f"observations column {timestamp!r}")
-        for attempt in range(3):
-            fs = self._resolve(features, None)
-            if features is None:
-                fs = [(r, f) for r, f in fs if f.entity in obs.columns]
-            results = self._replay_all(obs, fs, t, final=attempt == 2)
-            if results is not None:
-                break
-        out = obs.copy()
-        for r, _ in fs:
-            out[r] = _column(results[r], out.index)
-        if output == "arrow":
-            import pyarrow as pa
-
-            try:
-                return pa.Table.from_pandas(out, preserve_index=False)
-            except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
-                raise SchemaError(f"training set: a column cannot become Arrow (e.g. entity keys mixing integers "
-                                  f"and strings): {exc}; use output='pandas'") from None
-        if output == "ray":
-            return ray.data.from_pandas(out.reset_index(drop=True))
-        return out
-
-    def _replay_all(self, obs: pd.DataFrame, fs: list[tuple[str, Feature]], t: np.ndarray,
-                    final: bool) -> dict | None:
-        by_entity: dict[str, list[tuple[str, Feature]]] = {}
-        for r, f in fs:
-            if f.entity not in obs.columns:
-                raise SchemaError(f"observations lack column {f.entity!r} needed by feature {r!r}")
-            by_entity.setdefault(f.entity, []).append((r, f))
-        groups = [(group, entity, C.key_column(obs[entity], what=f"observations column {entity!r}"), [t])
-                  for entity, group in by_entity.items()]
-        return self._fan_out("replay", groups, len(obs), final)
+        return self._reader.training_set(observations, features, timestamp, output)
 
     # ------------------------------------------------------------------------------------- observations
     def append_observation(self, name: str, rows) -> int:
@@ -523,7 +282,7 @@ class FeatureStore:
     # ------------------------------------------------------------------------------------- monitoring
     def info(self) -> list[dict]:
         """Per-shard figures: log offset and bytes, events since the last snapshot, newest event times."""
-        return ray.get([h.info.remote() for h in self._handles])
+        return monitor.info(self._session)
 
     def stats(self) -> pd.DataFrame:
         """One row per shard: events/bytes/batches ingested, duplicates, errors, log segments and bytes,
@@ -541,16 +300,8 @@ class FeatureStore:
         """
         self._check_open()
         if training_set is not None:
-            from rayfs.engine.featurestats import frame_stats
-
-            if features is None:
-                cols = [c for c in training_set.columns if c in self.features or "@" in c]
-            else:
-                cols = [features] if isinstance(features, str) else list(features)
-            return frame_stats(training_set, cols)
-        fs = self._resolve(features, None)
-        st = monitor.online_stats(self._session, [f for _, f in fs])
-        return monitor.stats_frame({r: st[f.key] for r, f in fs})
+            return monitor.frame_feature_stats(training_set, features, self.features)
+        return monitor.feature_stats(self._session, self._reader.resolve(features, None))
 
     def list_features(self) -> pd.DataFrame:
         """Every live feature version with its definition and metadata, one row each."""
@@ -575,26 +326,7 @@ class FeatureStore:
             One row per feature: ``feature, entity, checked, mismatches, examples``.
         """
         self._check_open()
-        return monitor.audit(self._session, self._resolve(features, None), n, seed)
-
-    def alive(self) -> bool:
-        """Whether the store's coordinator still runs (False once someone has stopped the store)."""
-        from rayfs.store.cluster import coordinator_name, lookup
-
-        s = self._session.settings
-        return lookup(coordinator_name(s["store_id"]), s["namespace"]) is not None
-
-    def wait_until_ready(self, timeout: float = 60.0) -> None:
-        """Block until every shard answers (e.g. after a node loss, while shards restart elsewhere)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                ray.get([h.info.remote() for h in self._handles], timeout=max(0.1, deadline - time.monotonic()))
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        return monitor.audit(self._session, self._reader.resolve(features, None), n, seed)
 
 
 def connect(name: str, *, address: str | None = "auto", namespace: str = cluster.NAMESPACE) -> FeatureStore:

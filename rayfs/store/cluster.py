@@ -20,17 +20,21 @@ returns, and nothing acknowledged is lost as long as the disk survives).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
 import ray
 
 from rayfs.errors import StoreClosedError, StoreOpenError
-from rayfs.shard.actor import ShardActor, actor_name
-from rayfs.store.coordinator import Coordinator
+from rayfs.model.config import DEFAULT_NAMESPACE, StoreSettings
+from rayfs.shard.actor import ShardActor
+from rayfs.store.coordinator import Coordinator, shard_names
 
-NAMESPACE = "rayfs"
+__all__ = ["NAMESPACE", "CoordinatorActor", "check_unlocked", "coordinator_name", "create_coordinator",
+           "create_shards", "ensure_ray", "lookup", "release", "revive", "shard_handles", "shard_names",
+           "store_id"]
+
+NAMESPACE = DEFAULT_NAMESPACE
 CoordinatorActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=16)(Coordinator)
 
 
@@ -64,10 +68,12 @@ def check_unlocked(path: str, shards: int, timeout_s: float = 10.0) -> None:
 
 
 def store_id(path: str, name: str | None) -> str:
-    return name if name else hashlib.sha1(path.encode()).hexdigest()[:12]
+    """The id in the actor names of the store at ``path`` called ``name`` (see :attr:`StoreSettings.store_id`)."""
+    return StoreSettings(path=path, name=name).store_id
 
 
 def coordinator_name(sid: str) -> str:
+    """The Ray actor name of the coordinator of store ``sid``."""
     return f"rayfs:{sid}:coordinator"
 
 
@@ -89,33 +95,34 @@ def _alive(name: str, namespace: str) -> bool:
         return True
 
 
-def create_coordinator(path: str, settings: dict):
+def create_coordinator(path: str, settings: StoreSettings):
     """Create (or, for a named store that appeared meanwhile, get) the coordinator actor."""
     return CoordinatorActor.options(
-        name=coordinator_name(settings["store_id"]), namespace=settings["namespace"],
-        lifetime="detached" if settings["name"] else None, get_if_exists=bool(settings["name"]),
+        name=coordinator_name(settings.store_id), namespace=settings.namespace,
+        lifetime="detached" if settings.name else None, get_if_exists=bool(settings.name),
     ).remote(path, settings)
 
 
-def create_shards(path: str, settings: dict, streams: list[dict], features: list[dict]) -> list:
+def create_shards(path: str, settings: StoreSettings, streams: list[dict], features: list[dict]) -> list:
     """Create (or get, for a named store) every shard actor, one per node round robin."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
     return [_create_shard(path, settings, i, streams, features,
                           NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False))
-            for i in range(settings["shards"])]
+            for i in range(settings.shards)]
 
 
-def _create_shard(path: str, settings: dict, i: int, streams: list[dict], features: list[dict], strategy):
+def _create_shard(path: str, settings: StoreSettings, i: int, streams: list[dict], features: list[dict], strategy):
+    # A shard receives its settings as plain arguments (the shard side knows no StoreSettings).
     return ShardActor.options(
-        name=settings["shard_names"][i], namespace=settings["namespace"],
-        lifetime="detached" if settings["name"] else None, get_if_exists=True, scheduling_strategy=strategy,
-    ).remote(path, i, settings["shards"], streams, features, durability=settings["durability"],
-             segment_bytes=settings["segment_bytes"], snapshot_every=settings["snapshot_every"])
+        name=shard_names(settings)[i], namespace=settings.namespace,
+        lifetime="detached" if settings.name else None, get_if_exists=True, scheduling_strategy=strategy,
+    ).remote(path, i, settings.shards, streams, features, durability=settings.durability,
+             segment_bytes=settings.segment_bytes, snapshot_every=settings.snapshot_every)
 
 
-def revive(settings: dict, handles: list, timeout: float = 30.0) -> list:
+def revive(settings: StoreSettings, handles: list, timeout: float = 30.0) -> list:
     """Re-create the shards Ray cannot restart (their node is gone) on live nodes; the current handles.
 
     A shard that is merely restarting (its process died, its node lives) is waited for, not replaced.
@@ -123,9 +130,10 @@ def revive(settings: dict, handles: list, timeout: float = 30.0) -> list:
     """
     from ray.exceptions import ActorDiedError, ActorUnschedulableError, GetTimeoutError
 
-    ns = settings["namespace"]
-    if lookup(coordinator_name(settings["store_id"]), ns) is None:
-        raise StoreClosedError(f"store {settings['name'] or settings['path']!r} was stopped")
+    ns = settings.namespace
+    if lookup(coordinator_name(settings.store_id), ns) is None:
+        raise StoreClosedError(f"store {settings.name or settings.path!r} was stopped")
+    names = shard_names(settings)
     out = list(handles)
     for i, h in enumerate(handles):
         try:
@@ -135,28 +143,22 @@ def revive(settings: dict, handles: list, timeout: float = 30.0) -> list:
             continue
         except (ActorUnschedulableError, ActorDiedError):
             pass
-        current = lookup(settings["shard_names"][i], ns)
+        current = lookup(names[i], ns)
         if current is not None and current._actor_id != h._actor_id:
             out[i] = current  # another driver re-created it already
             continue
-        release([h], [settings["shard_names"][i]], ns)
-        out[i] = _create_shard(settings["path"], settings, i, [], [], "SPREAD")  # definitions: catalog.json
+        release([h], [names[i]], ns)
+        out[i] = _create_shard(settings.path, settings, i, [], [], "SPREAD")  # definitions: catalog.json
     return out
 
 
-def shard_handles(settings: dict) -> list:
-    ns = settings["namespace"]
-    handles = [lookup(n, ns) for n in settings["shard_names"]]
+def shard_handles(settings: StoreSettings) -> list:
+    """The running store's shard actors, found by name."""
+    handles = [lookup(n, settings.namespace) for n in shard_names(settings)]
     if any(h is None for h in handles):
-        raise StoreOpenError(f"store {settings['store_id']!r}: shard actors are missing; the store is stopping "
+        raise StoreOpenError(f"store {settings.store_id!r}: shard actors are missing; the store is stopping "
                              "or was stopped")
     return handles
-
-
-def settings_for(path: str, name: str | None, namespace: str, shards: int, **options) -> dict:
-    sid = store_id(path, name)
-    return dict(store_id=sid, name=name, namespace=namespace, shards=shards, path=path,
-                shard_names=[actor_name(sid, i) for i in range(shards)], **options)
 
 
 def release(handles: list, names: list[str], namespace: str) -> None:

@@ -11,14 +11,24 @@ The coordinator holds no data: if it dies, Ray restarts it and it reloads the ca
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import threading
 
 import ray
 
 from rayfs.errors import DefinitionError, SchemaError
+from rayfs.model.config import StoreSettings
 from rayfs.model.definitions import Feature, Stream
+from rayfs.shard.actor import actor_name
 from rayfs.storage.catalog import Catalog
+
+__all__ = ["Coordinator", "shard_names"]
+
+
+def shard_names(settings: StoreSettings) -> list[str]:
+    """The Ray actor names of the store's shards, index = shard id."""
+    return [actor_name(settings.store_id, i) for i in range(settings.shards)]
 
 
 class Coordinator:
@@ -26,23 +36,24 @@ class Coordinator:
 
     Args:
         path: the store's folder (holds ``catalog.json``).
-        settings: ``{"store_id", "name", "namespace", "shards", "durability", "segment_bytes",
-            "snapshot_every", "shard_names"}`` as decided by the driver that created the store.
+        settings: the store's settings as decided by the driver that created the store (with its shard
+            count).
     """
 
-    def __init__(self, path: str, settings: dict) -> None:
+    def __init__(self, path: str, settings: StoreSettings) -> None:
         self.path = path
-        self._settings = dict(settings, path=path)
+        self._settings = dataclasses.replace(settings, path=path)
         self._lock = threading.Lock()
         catalog = Catalog.load(path)
         if catalog is None:  # the creating driver saves it first; this is only a safety net
-            catalog = Catalog(path, settings["shards"])
+            catalog = Catalog(path, settings.shards)
             catalog.save()
         self.catalog = catalog
         self._handles: list | None = None
 
-    def settings(self) -> dict:
-        return dict(self._settings)
+    def settings(self) -> StoreSettings:
+        """The store's settings (the same for every driver that opens or connects to it)."""
+        return self._settings
 
     def ping(self) -> bool:
         return True
@@ -50,8 +61,8 @@ class Coordinator:
     def handles(self) -> list:
         """The shard actors, looked up by name (they may live on any node)."""
         if self._handles is None:
-            ns = self._settings["namespace"]
-            self._handles = [ray.get_actor(n, namespace=ns) for n in self._settings["shard_names"]]
+            ns = self._settings.namespace
+            self._handles = [ray.get_actor(n, namespace=ns) for n in shard_names(self._settings)]
         return self._handles
 
     def get_catalog(self) -> dict:

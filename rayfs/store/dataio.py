@@ -7,7 +7,7 @@ A worker empties its WAL after every acknowledged batch, so a finished ingest le
 Should a worker die mid-batch, its unacknowledged WAL is re-sent by the next process that opens the store.
 
 Exactly once: a batch's id is the call's id (fresh per call) plus a hash of the batch's normalised content
-(:func:`rayfs.store.ingest.content_digest`). Ray Data re-runs the task of a worker that died on the same
+(:func:`rayfs.engine.parts.content_digest`). Ray Data re-runs the task of a worker that died on the same
 input rows, so the retry re-sends the same ids and the shards drop what they already applied. The price:
 two batches of one call with identical content (every row equal, in the same order, e.g. ``ds.union(ds)``)
 count once. A whole call cannot be made idempotent by an id (Ray Data forms batches in the order upstream
@@ -20,8 +20,11 @@ import uuid
 
 import pandas as pd
 
+from rayfs.errors import DefinitionError
 from rayfs.store.ingest import Ingestor
 from rayfs.store.session import Session
+
+__all__ = ["BATCH_ROWS", "ingest_dataset", "is_dataset"]
 
 BATCH_ROWS = 100_000
 
@@ -48,10 +51,25 @@ class _Writer:
             pass
 
 
-def ingest_dataset(session: Session, stream: str, ds, *, batch_rows: int = BATCH_ROWS,
-                   concurrency: int | None = None) -> dict:
+def is_dataset(data) -> bool:
+    """Whether ``data`` is a Ray Data dataset (told without importing Ray Data)."""
+    return type(data).__module__.startswith("ray.data")
+
+
+def ingest_dataset(session: Session, stream: str, ds, *, batch_id: str | None = None,
+                   batch_rows: int = BATCH_ROWS, concurrency: int | None = None) -> dict:
     """Ingest every row of ``ds`` into ``stream``; returns ``{"rows": n, "batches": k}`` (``rows`` counts
-    what the workers handed over, a retried task's duplicates dropped by the shards included)."""
+    what the workers handed over, a retried task's duplicates dropped by the shards included).
+
+    Raises:
+        UnknownStreamError: ``stream`` is not registered.
+        DefinitionError: a ``batch_id`` is given (see the module docstring).
+    """
+    session.catalog.stream(stream)
+    if batch_id is not None:
+        raise DefinitionError(f"ingest into {stream!r}: batch_id is not supported for a ray.data.Dataset "
+                              "(Ray Data cuts batches differently on every run); a retried Ray Data task "
+                              "is applied once without it")
     call_id = uuid.uuid4().hex
     workers = concurrency or max(1, min(len(session.handles), 4))
     import ray.data

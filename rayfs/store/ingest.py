@@ -1,32 +1,32 @@
 """The ingest path of a driver: validate a batch, make it durable in the WAL, route its rows to shards.
 
-A batch is normalised once on the driver (:mod:`rayfs.engine.columns`), written whole to this process's
-write-ahead log (:mod:`rayfs.storage.wal`), then cut by entity key and sent to **every** shard: shards owning
-none of its rows get an empty part that still carries the batch's newest event time (``"wm"``), so each
-shard knows every stream's newest acknowledged event time (the instant online values are served at) no
-matter which driver ingested it. A batch is acknowledged when every shard has logged and folded its part.
+A batch is normalised once on the driver (:func:`rayfs.engine.parts.normalise`; column kinds seen for the
+first time are recorded by the coordinator first), written whole to this process's write-ahead log
+(:mod:`rayfs.storage.wal`), then cut by entity key into one part per shard
+(:func:`rayfs.engine.parts.make_parts`) and sent to **every** shard: shards owning none of its rows get an
+empty part that still carries the batch's newest event time (``"wm"``), so each shard knows every stream's
+newest acknowledged event time (the instant online values are served at) no matter which driver ingested
+it. A batch is acknowledged when every shard has logged and folded its part. This module holds what needs
+Ray and the WAL: logging, pipelining, shard calls, retries and recovery.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 
-import msgpack
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 import ray
 
 from rayfs.engine import columns as C
-from rayfs.engine.fold import MAX_BATCH_ROWS, TS
-from rayfs.engine.routing import shard_of, shard_of_strs
+from rayfs.engine import parts as P
+from rayfs.engine.fold import TS
 from rayfs.errors import RayfsError, SchemaError, StoreOpenError
 from rayfs.model.definitions import Stream
 from rayfs.storage.wal import WriteAheadLog, recover_orphans, set_aside
 from rayfs.store.session import Session
+
+__all__ = ["Ingestor"]
 
 
 def _get_all(refs: list) -> list:
@@ -42,48 +42,6 @@ def _get_all(refs: list) -> list:
     if first is not None:
         raise first
     return out
-
-
-def _owners(wire: dict, keys: np.ndarray | None, n_shards: int) -> np.ndarray:
-    """The shard of each key (-1 for null); dictionary-encoded keys are hashed once per distinct key."""
-    if wire["k"] not in ("s", "k"):
-        return shard_of(C.decode(wire) if keys is None else keys, n_shards)
-    uniques = np.empty(len(wire["u"]), dtype=object)
-    uniques[:] = wire["u"]
-    per_unique = np.empty(len(uniques) + 1, dtype=np.int64)
-    per_unique[:-1] = shard_of_strs(uniques, n_shards) if wire["k"] == "s" else shard_of(uniques, n_shards)
-    per_unique[-1] = -1  # code -1: a null key
-    return per_unique[np.frombuffer(wire["c"], dtype=np.int32)]
-
-
-def content_digest(cols: C.Batch) -> str:
-    """A hash of a normalised batch that does not depend on the catalog: an all-null column (which
-    normalising turns into NaNs or Nones depending on the column kinds known so far) hashes as a marker, so
-    the same rows hash alike before and after another writer recorded the column's kind."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, col in cols.items():
-        h.update(msgpack.packb(name))
-        if len(col) and C.null_mask(col).all():
-            h.update(msgpack.packb(["null", len(col)]))
-        else:
-            h.update(msgpack.packb(C.encode(col), use_bin_type=True))
-    return h.hexdigest()
-
-
-_FRAMES = (pd.DataFrame, pa.Table, pa.RecordBatch)
-_ARRAYS = (np.ndarray, pd.Series, pd.Index, pa.Array, pa.ChunkedArray, list, tuple)
-
-
-def is_batches(data) -> bool:
-    """Whether ``data`` is many batches: an iterator (a generator, :func:`rayfs.sources.files.iter_batches`), or a
-    list/tuple of DataFrames, pyarrow Tables or dicts of arrays (a list of dicts of scalars is one batch of
-    events, a DataFrame or a dict of arrays is one batch)."""
-    if isinstance(data, (*_FRAMES, Mapping, str, bytes)):
-        return False
-    if isinstance(data, (list, tuple)):
-        return bool(data) and all(isinstance(b, _FRAMES) or (isinstance(b, Mapping) and b and all(
-            isinstance(v, _ARRAYS) for v in b.values())) for b in data)
-    return isinstance(data, Iterator)
 
 
 def _at_position(exc: BaseException, k: int) -> BaseException:
@@ -128,9 +86,9 @@ class Ingestor:
     def wal(self) -> WriteAheadLog:
         if self._wal is None:
             try:
-                self._wal = WriteAheadLog(self.session.path, self.session.settings["durability"])
+                self._wal = WriteAheadLog(self.session.path, self.session.settings.durability)
             except OSError as exc:
-                raise StoreOpenError(f"store {self.session.settings['store_id']!r}: cannot write its WAL under "
+                raise StoreOpenError(f"store {self.session.settings.store_id!r}: cannot write its WAL under "
                                      f"{self.session.path} ({exc}); a process that ingests needs the store's "
                                      "folder (put it on a shared filesystem in a cluster)") from None
         return self._wal
@@ -156,7 +114,7 @@ class Ingestor:
         cols, kinds = self.normalise(s, data)
         n = len(cols[TS])
         if content_id is not None:
-            batch_id = f"{content_id}/{content_digest(cols)}"
+            batch_id = f"{content_id}/{P.content_digest(cols)}"
         bid = batch_id or uuid.uuid4().hex
         self._complete_failed()
         for record, part in self._records(s, cols, bid):
@@ -234,15 +192,12 @@ class Ingestor:
                 self._finish_flight(f, False)
         return {"rows": rows, "batches": k}
 
-    def _records(self, s: Stream, cols: C.Batch, bid: str) -> Iterator[tuple[dict, C.Batch]]:
-        """The WAL records of one normalised batch (one, or chunks of MAX_BATCH_ROWS), each logged (and
-        counted in flight) just before it is yielded; the caller must :meth:`_finish` each."""
-        n = len(cols[TS])
-        chunks = range(0, n, MAX_BATCH_ROWS)
-        for i, lo in enumerate(chunks):
-            part = C.take(cols, slice(lo, lo + MAX_BATCH_ROWS)) if len(chunks) > 1 else cols
-            record = {"stream": s.name, "batch_id": bid if len(chunks) == 1 else f"{bid}#{i}",
-                      "cols": C.encode_batch(part)}
+    def _records(self, s: Stream, cols: C.Batch, bid: str) -> Iterator[tuple[P.Record, C.Batch]]:
+        """The WAL records of one normalised batch (one, or chunks of MAX_BATCH_ROWS, see
+        :func:`rayfs.engine.parts.split`), each logged (and counted in flight) just before it is yielded;
+        the caller must :meth:`_finish` each."""
+        for chunk_id, part in P.split(cols, bid):
+            record: P.Record = {"stream": s.name, "batch_id": chunk_id, "cols": C.encode_batch(part)}
             with self._lock:
                 self.wal.append(record)
                 self._inflight += 1
@@ -351,55 +306,14 @@ class Ingestor:
                 self.wal.acked(key)
 
     def normalise(self, s: Stream, data) -> tuple[C.Batch, dict[str, str | None]]:
-        """Validate a batch against the stream and the catalog; the columns and their kinds.
+        """Validate a batch against the stream and the catalog (:func:`rayfs.engine.parts.normalise`); the
+        columns and their kinds.
 
         Kinds seen for the first time are recorded by the coordinator (which refuses one that conflicts
         with what another driver recorded meanwhile) before anything is written.
         """
-        cat = self.session.catalog
-        what = f"stream {s.name!r}"
-        df = C.to_frame(data, what=what)
-        if len(df) == 0:
-            raise SchemaError(f"{what}: empty batch")
-        if df.columns.duplicated().any():
-            raise SchemaError(f"{what}: duplicate column names {list(df.columns[df.columns.duplicated()])}")
-        for c in (s.timestamp, *s.entities):
-            if c not in df.columns:
-                raise SchemaError(f"{what}: batch lacks column {c!r}")
-        for c, fname in cat.required_columns(s.name).items():
-            if c not in df.columns:
-                raise SchemaError(f"{what}: batch lacks column {c!r} used by feature {fname!r}")
-        cols: C.Batch = {TS: C.timestamps(df[s.timestamp], what=f"{what} column {s.timestamp!r}")}
-        kinds: dict[str, str | None] = {}
-        schema = cat.schema.get(s.name, {})
-        for c in df.columns:
-            if c == s.timestamp:
-                continue
-            if not isinstance(c, str) or c.startswith("__"):
-                raise SchemaError(f"{what}: bad column name {c!r}")
-            where = f"{what} column {c!r}"
-            if c in s.entities:
-                # Keys may mix ints and strings across batches ("mixed"), unless a feature reads the
-                # column as a typed value (check_types below refuses "mixed" for those).
-                col = C.key_column(df[c], what=where, coded=True)
-                kind = C.key_kind(col)
-                old = schema.get(c)
-                if kind is not None and old is not None and old != kind:
-                    kind = "mixed"
-                cols[c] = col
-            else:
-                col = C.value_column(df[c], what=where, coded=True)
-                kind = C.kind_of(col)
-                if kind is not None and schema.get(c, kind) != kind:
-                    raise SchemaError(f"{where}: holds {kind} values but earlier batches held {schema[c]} values")
-                cols[c] = C.conform(col, schema.get(c, kind))
-            kinds[c] = kind
-        changed = {c: k for c, k in kinds.items() if k is not None and schema.get(c) != k}
-        if changed:  # first sight of a column's type: it must suit every feature that reads it
-            merged = {**schema, **changed}
-            for f in cat.features.values():
-                if f.stream == s.name:
-                    cat.check_types(f, merged, error=SchemaError)
+        cols, kinds, changed = P.normalise(s, self.session.catalog, data)
+        if changed:
             self.session.refresh(ray.get(self.session.coordinator.update_schema.remote(s.name, changed)))
         return cols, kinds
 
@@ -413,40 +327,10 @@ class Ingestor:
         """Refresh the cached catalog if a shard's ack names a newer version than this driver knows."""
         self.session.seen(max(a.get("cv", 0) for a in acks))
 
-    def _parts(self, record: dict, cols: C.Batch | None = None) -> list[dict]:
-        """One part of a logged batch per shard: the rows of its keys (maybe none) and the watermark."""
-        s = self.session.catalog.stream(record["stream"])
-        wire = record["cols"]
-        ts = C.decode(wire[TS]) if cols is None else cols[TS]
-        n_shards = self.session.settings["shards"]
-        owners = [_owners(wire[e], None if cols is None else cols[e], n_shards) for e in s.entities]
-        mine = None  # per shard, per entity field: is the row's key this shard's
-        if n_shards <= 16:  # a comparison per shard and entity beats scattering into a matrix
-            mine = [[o == j for o in owners] for j in range(n_shards)]
-            routed = [np.logical_or.reduce(m) for m in mine]
-        else:
-            routed = np.zeros((n_shards, len(ts)), dtype=bool)
-            for o in owners:
-                ok = o >= 0
-                routed[o[ok], np.flatnonzero(ok)] = True
-        keyless = ~np.logical_or.reduce([o >= 0 for o in owners])
-        if keyless.any():
-            routed[0] = routed[0] | keyless  # rows with only null keys are still logged (on shard 0)
-        wm = int(ts.max())
-        # Rows are cut from the encoded batch: strings keep the batch's dictionary, no re-encoding.
-        # "cv": the catalog version this driver knows (e.g. after recording new column kinds), so that
-        # other drivers learn from the shards' answers that their copy is stale.
-        # "own": per entity field, a packed bit per row of the part: the row's key belongs to this shard. The
-        # shard then looks up only its own keys (a key of another shard would be looked up, missed and hashed
-        # again in every batch it appears in).
-        parts = []
-        for j, mask in enumerate(routed):
-            whole = mask.all()
-            own = {}
-            for i, (e, o) in enumerate(zip(s.entities, owners, strict=True)):
-                bits = mine[j][i] if mine is not None else o == j
-                own[e] = np.packbits(bits if whole else bits[mask]).tobytes()
-            parts.append({"stream": s.name, "batch_id": record["batch_id"], "wm": wm,
-                          "cv": self.session.catalog.version,
-                          "cols": record["cols"] if whole else C.take_wire(record["cols"], mask), "own": own})
-        return parts
+    def _parts(self, record: P.Record, cols: C.Batch | None = None) -> list[P.Part]:
+        """One part of a logged batch per shard (:func:`rayfs.engine.parts.make_parts`), carrying the catalog
+        version this driver knows (e.g. after recording new column kinds), so that other drivers learn from
+        the shards' answers that their copy is stale."""
+        catalog = self.session.catalog
+        return P.make_parts(record, catalog.stream(record["stream"]).entities, self.session.settings.shards,
+                            catalog.version, cols)

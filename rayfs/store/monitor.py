@@ -16,6 +16,9 @@ from rayfs.engine.featurestats import FIELDS, merge_stats
 from rayfs.model.definitions import Feature
 from rayfs.store.session import Session
 
+__all__ = ["APPROXIMATE", "audit", "describe", "feature_sql", "feature_stats", "frame_feature_stats", "info",
+           "list_features", "online_stats", "shard_stats", "stats_frame"]
+
 _SQL_AGGS = {"count": "COUNT", "sum": "SUM", "mean": "AVG", "min": "MIN", "max": "MAX", "stddev": "STDDEV",
              "variance": "VARIANCE", "first": "FIRST", "last": "LAST", "last_k": "LAST_K", "first_k": "FIRST_K",
              "top_k": "TOP_K", "approx_count_distinct": "APPROX_COUNT_DISTINCT",
@@ -96,8 +99,35 @@ def shard_stats(session: Session) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def info(session: Session) -> list[dict]:
+    """Per-shard figures: log offset and bytes, events since the last snapshot, newest event times."""
+    return ray.get([h.info.remote() for h in session.handles])
+
+
 def stats_frame(stats: dict[str, dict]) -> pd.DataFrame:
+    """One row per feature of ``stats`` (feature name -> merged statistics)."""
     return pd.DataFrame([{"feature": k, **v} for k, v in stats.items()], columns=["feature", *FIELDS])
+
+
+def feature_stats(session: Session, features: list[tuple[str, Feature]]) -> pd.DataFrame:
+    """Statistics of the online values of ``features`` (requested name, version), one row each."""
+    st = online_stats(session, [f for _, f in features])
+    return stats_frame({r: st[f.key] for r, f in features})
+
+
+def frame_feature_stats(frame: pd.DataFrame, features, known: dict[str, Feature]) -> pd.DataFrame:
+    """Statistics of the feature columns of a training set ``frame``.
+
+    ``features``: column names, one name, or ``None`` for every column named after a feature of ``known``
+    (or naming a version, ``name@v``).
+    """
+    from rayfs.engine.featurestats import frame_stats
+
+    if features is None:
+        cols = [c for c in frame.columns if c in known or "@" in c]
+    else:
+        cols = [features] if isinstance(features, str) else list(features)
+    return frame_stats(frame, cols)
 
 
 APPROXIMATE = frozenset({"approx_quantile"})  # randomised: equal only within the sketch's error

@@ -1,22 +1,51 @@
-"""The parallel replay driver: fan observations out to the shards that own their keys, gather, restore order.
+"""The read path: online values (:meth:`Reader.get_features`) and point-in-time training sets
+(:meth:`Reader.training_set`), from feature names to the returned frame.
 
-Each shard answers its observations with :meth:`rayfs.shard.core.ShardCore.replay`: its logged events,
-ordered by (entity, event time, ingest order), evaluated point in time for every observation at once
-(:mod:`rayfs.engine.pit`). Shards work in parallel; the driver only routes and scatters the answers back into
-the input order; a null key gets the empty value without a shard call. Online reads (``method="get"``)
-take the same route.
+A read resolves the requested names against the driver's cached catalog, pre-fills every output with the
+feature's empty value (0 for counts, NaN or None otherwise), and fans the keys out to the shards that own
+them (:func:`fan_out`). Each shard answers its observations with :meth:`rayfs.shard.core.ShardCore.replay`:
+its logged events, ordered by (entity, event time, ingest order), evaluated point in time for every
+observation at once (:mod:`rayfs.engine.pit`); online reads (``method="get"``) take the same route. Shards
+work in parallel; the driver only routes and scatters the answers back into the input order; a null key
+gets the empty value without a shard call.
+
+Stale catalogs: every shard answer carries the catalog version the shard knows. If it is newer than the
+driver's (a feature or column kind was added by another driver), or a shard no longer knows a feature
+version the driver asked for (dropped elsewhere), the driver refreshes its catalog and reads again
+(:meth:`Reader._fresh`), at most twice; the last answer is used as it is.
 """
 
 from __future__ import annotations
 
+import copy
 import pickle
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
+import pandas as pd
 import ray
 
+from rayfs.aggregates import REGISTRY
+from rayfs.engine import columns as C
+from rayfs.engine.fold import compile_feature
 from rayfs.engine.routing import shard_of
+from rayfs.errors import DefinitionError, SchemaError, UnknownFeatureError
+from rayfs.model.definitions import Feature
+from rayfs.model.timeutil import to_micros
+from rayfs.storage.observations import ObservationStreams
+from rayfs.store.session import Session
+
+__all__ = ["OUTPUTS", "Reader", "Request", "fan_out"]
+
+OUTPUTS = ("pandas", "arrow", "ray")
+"""The output formats of a training set."""
+
+_T = TypeVar("_T")
+_ATTEMPTS = 3  # one read and at most two more after refreshing a stale catalog
+
+Resolved = list[tuple[str, Feature]]  # (requested name, feature version)
+Group = tuple[Resolved, str, np.ndarray, list]  # (features, entity field, keys, per-key extra arrays)
 
 
 class Request(NamedTuple):
@@ -79,3 +108,164 @@ def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> Non
         elif col.dtype != vals.dtype and col.dtype != object:
             vals = vals.astype(col.dtype)
         col[pos] = vals
+
+
+def _column(values: np.ndarray, index: pd.Index) -> pd.Series:
+    # Keep object columns object: pandas 3 would turn strings into its str dtype, None into NaN.
+    return pd.Series(values, index=index, dtype=object if values.dtype == object else None)
+
+
+def _repeat(one: np.ndarray, n: int) -> np.ndarray:
+    """``n`` copies of a one-element array; list values (``last_k``, ...) are copied, never shared."""
+    if one.dtype == object and isinstance(one[0], list):
+        out = np.empty(n, dtype=object)
+        out[:] = [list(one[0]) for _ in range(n)]
+        return out
+    return np.repeat(one, n)
+
+
+class Reader:
+    """The read path of one session: resolving names, empty values, fan-out and result assembly.
+
+    Args:
+        session: the driver's connection to the store.
+        observations: the store's observation streams (a training set may name one).
+    """
+
+    def __init__(self, session: Session, observations: ObservationStreams) -> None:
+        self.session = session
+        self.observations = observations
+        self._empties: dict[tuple, np.ndarray] = {}
+
+    def resolve(self, features: Iterable[str] | str | None, entity: str | None) -> Resolved:
+        """(requested name, feature version) pairs; a name unknown to the cached catalog refreshes it once.
+
+        ``features=None`` means the latest version of every feature (of ``entity`` if given).
+        """
+        catalog = self.session.catalog
+        if features is None:
+            names = dict.fromkeys(f.name for f in catalog.features.values())  # in registration order
+            latest = [(n, catalog.latest(n)) for n in names]
+            return [(n, f) for n, f in latest if entity is None or f.entity == entity]
+        refs = [features] if isinstance(features, str) else list(features)
+        try:
+            return [(r, catalog.feature(r)) for r in refs]
+        except UnknownFeatureError:
+            self.session.refresh()
+            return [(r, self.session.catalog.feature(r)) for r in refs]
+
+    def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None) -> pd.DataFrame:
+        """See :meth:`rayfs.FeatureStore.get_features`."""
+        k = C.key_column(pd.Series(list(keys), dtype=object), what=f"keys of entity {entity!r}")
+
+        def attempt(final: bool) -> tuple[Resolved, dict[str, np.ndarray] | None]:
+            fs = self.resolve(features, entity)
+            for r, f in fs:
+                if f.entity != entity:
+                    raise DefinitionError(f"feature {r!r} groups by {f.entity!r}, not {entity!r}")
+            return fs, self._ask("get", [(fs, entity, k, [])], len(k), final)
+
+        fs, out = self._fresh(attempt)
+        index = pd.RangeIndex(len(k))
+        cols = {entity: pd.Series(list(keys), dtype=object, index=index)}
+        # Numeric columns go in as arrays (a Series per column costs more than the shard call's work).
+        cols.update((r, _column(out[r], index) if out[r].dtype == object else out[r]) for r, _ in fs)
+        return pd.DataFrame(cols, copy=False)
+
+    def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None,
+                     timestamp: str, output: str):
+        """See :meth:`rayfs.FeatureStore.training_set`."""
+        if output not in OUTPUTS:
+            raise DefinitionError(f"output must be one of {OUTPUTS}, not {output!r}")
+        obs = self.observations.read(observations) if isinstance(observations, str) else observations
+        obs = C.to_frame(obs, what="observations")
+        if timestamp not in obs.columns:
+            raise SchemaError(f"observations lack the timestamp column {timestamp!r}")
+        t = to_micros(obs[timestamp], what=f"observations column {timestamp!r}")
+
+        def attempt(final: bool) -> tuple[Resolved, dict[str, np.ndarray] | None]:
+            fs = self.resolve(features, None)
+            if features is None:
+                fs = [(r, f) for r, f in fs if f.entity in obs.columns]
+            return fs, self._replay(obs, fs, t, final)
+
+        fs, results = self._fresh(attempt)
+        out = obs.copy()
+        for r, _ in fs:
+            out[r] = _column(results[r], out.index)
+        if output == "arrow":
+            import pyarrow as pa
+
+            try:
+                return pa.Table.from_pandas(out, preserve_index=False)
+            except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+                raise SchemaError(f"training set: a column cannot become Arrow (e.g. entity keys mixing integers "
+                                  f"and strings): {exc}; use output='pandas'") from None
+        if output == "ray":
+            return ray.data.from_pandas(out.reset_index(drop=True))
+        return out
+
+    @staticmethod
+    def _fresh(attempt: Callable[[bool], tuple[Resolved, _T | None]]) -> tuple[Resolved, _T]:
+        """Run ``attempt(final)`` until it answers, at most :data:`_ATTEMPTS` times.
+
+        ``attempt`` resolves the requested features and reads them; it answers ``None`` when the shards know
+        a newer catalog than the one it resolved against (which :meth:`_ask` has then refreshed), so names
+        are resolved again and the read repeated. The last attempt is ``final``: it answers whatever the
+        shards say (or raises their error).
+        """
+        for _ in range(_ATTEMPTS - 1):
+            fs, out = attempt(False)
+            if out is not None:
+                return fs, out
+        return attempt(True)  # type: ignore[return-value]  # a final attempt always answers
+
+    def _replay(self, obs: pd.DataFrame, fs: Resolved, t: np.ndarray, final: bool) -> dict | None:
+        """Point-in-time values of ``fs`` for every observation row (one group per entity field)."""
+        by_entity: dict[str, Resolved] = {}
+        for r, f in fs:
+            if f.entity not in obs.columns:
+                raise SchemaError(f"observations lack column {f.entity!r} needed by feature {r!r}")
+            by_entity.setdefault(f.entity, []).append((r, f))
+        groups = [(group, entity, C.key_column(obs[entity], what=f"observations column {entity!r}"), [t])
+                  for entity, group in by_entity.items()]
+        return self._ask("replay", groups, len(obs), final)
+
+    def _ask(self, method: str, groups: list[Group], n: int, final: bool) -> dict[str, np.ndarray] | None:
+        """Ask the shards for every group ``(features, entity, keys, extra)`` at once; requested name ->
+        values. ``None`` (unless ``final``) if they know a newer catalog: resolve and ask again."""
+        requests = []
+        for fs, entity, keys, extra in groups:
+            vals: dict[str, np.ndarray] = {}
+            for _, f in fs:
+                if f.key not in vals:
+                    vals[f.key] = self.empty(f, n)
+            requests.append(Request(entity, keys, extra, vals))
+        if n and any(r.defaults for r in requests):
+            try:
+                cv = self.session.call(lambda hs: fan_out(hs, method, [r for r in requests if r.defaults]))
+            except UnknownFeatureError:  # a version this driver's catalog still has was dropped elsewhere
+                self.session.refresh()
+                if final:
+                    raise
+                return None
+            if self.session.seen(cv) and not final:  # definitions or column kinds changed: ask again
+                return None
+        out, used = {}, set()
+        for (fs, *_), req in zip(groups, requests, strict=True):
+            for r, f in fs:  # two names of one version (``sx`` and ``sx@3``) get separate arrays
+                out[r] = copy.deepcopy(req.defaults[f.key]) if f.key in used else req.defaults[f.key]
+                used.add(f.key)
+        return out
+
+    def empty(self, f: Feature, n: int) -> np.ndarray:
+        """``n`` copies of the feature's empty value (0 for counts, NaN or None otherwise)."""
+        catalog = self.session.catalog
+        kind = catalog.schema.get(f.stream, {}).get(f.column) if f.column else None
+        if f.column in catalog.streams[f.stream].entities:  # as the shards do (ShardCore._compiled_for)
+            kind = "str" if "str" in REGISTRY[f.agg].kinds else "num"
+        one = self._empties.get((f, kind))
+        if one is None:
+            cf = compile_feature(f, kind)
+            one = self._empties[(f, kind)] = cf.agg.finalize(cf.agg.zero(1))
+        return _repeat(one, n)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ray
 
+from rayfs.model.config import StoreSettings
 from rayfs.storage.catalog import Catalog
+
+__all__ = ["Session"]
 
 
 class Session:
@@ -14,11 +17,11 @@ class Session:
     every answer, and :meth:`seen` refreshes the copy when it is behind.
     """
 
-    def __init__(self, coordinator, settings: dict, handles: list) -> None:
+    def __init__(self, coordinator, settings: StoreSettings, handles: list) -> None:
         self.coordinator = coordinator
         self.settings = settings
         self.handles = handles
-        self.path: str = settings["path"]
+        self.path: str = settings.path
         self.catalog = Catalog.from_dict(self.path, ray.get(coordinator.get_catalog.remote()))
 
     def refresh(self, catalog: dict | None = None) -> None:
@@ -63,8 +66,8 @@ class Session:
         return (_reconnect, (self.settings,))
 
 
-def _reconnect(settings: dict) -> Session:
+def _reconnect(settings: StoreSettings) -> Session:
     from rayfs.store import cluster
 
-    coord = cluster.lookup(cluster.coordinator_name(settings["store_id"]), settings["namespace"])
+    coord = cluster.lookup(cluster.coordinator_name(settings.store_id), settings.namespace)
     return Session(coord, settings, cluster.shard_handles(settings))

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 
 import rayfs
-from rayfs.store.ingest import is_batches
 from rayfs.testing import assert_features_equal, kill_shard, oracle_online, oracle_training_set, shard_pids
 from rayfs.workload import random_events
 
@@ -84,14 +83,6 @@ def check(store, batches: list[pd.DataFrame], all_ids: list[str], context: str) 
     assert_features_equal(store.training_set(obs, features=names, timestamp="ts"),
                           oracle_training_set({"ev": events}, streams, feats, obs, timestamp="ts"), names,
                           context=f"{context} training set")
-
-
-def test_is_batches():
-    df = pd.DataFrame({"a": [1]})
-    assert not is_batches(df) and not is_batches({"a": np.arange(3)}) and not is_batches([{"a": 1}, {"a": 2}])
-    assert not is_batches([]) and not is_batches(pa.table({"a": [1]}))
-    assert is_batches([df, df]) and is_batches((pa.table({"a": [1]}),)) and is_batches([{"a": np.arange(3)}])
-    assert is_batches(iter([df])) and is_batches(b for b in [df])
 
 
 @pytest.mark.parametrize("seed", [1, 2])
