@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from rayfs.engine.columns import Batch, take
-from rayfs.engine.fold import SEQ, SEQ_ROW_BITS, TS, fold_into, record_times
+from rayfs.engine.columns import TS, Batch, record_times, take
+from rayfs.engine.fold import SEQ, SEQ_ROW_BITS, fold_into
 from rayfs.model.definitions import Feature
 
 CHUNK_ROWS = 1 << 20

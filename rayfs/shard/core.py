@@ -34,23 +34,32 @@ from typing import Any
 
 import numpy as np
 
-from rayfs.aggregates import REGISTRY
-from rayfs.engine.columns import Batch, concat, decode, decode_batch, encode, encode_batch, kind_of, take
+from rayfs.engine.columns import (
+    TS,
+    Batch,
+    concat,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+    kind_of,
+    record_times,
+    take,
+    wire_codes,
+    wire_nulls,
+)
 from rayfs.engine.fold import (
     SEQ,
     SEQ_ROW_BITS,
-    TS,
     CompiledFeature,
-    KeyIndex,
     StateTable,
     WindowEvents,
     compile_feature,
     feature_rows,
-    record_times,
     slot_column,
-    wire_codes,
-    wire_nulls,
+    value_kind,
 )
+from rayfs.engine.keyindex import KeyIndex
 from rayfs.engine.pit import EventIndex
 from rayfs.engine.routing import shard_of
 from rayfs.errors import StoreOpenError, UnknownFeatureError
@@ -265,10 +274,7 @@ class ShardCore(ShardInspection, ShardBackfill):
     def _compiled_for(self, name: str, schema: dict[str, str]) -> CompiledFeature:
         """The compiled form of feature ``name`` given the column kinds ``schema`` (no state change)."""
         f = self.features[name]
-        kind = schema.get(f.column) if f.column else None
-        if f.column in self.streams[f.stream].entities:
-            # Keys (ints and/or strings) are aggregated as Python objects where the aggregate allows.
-            kind = "str" if "str" in REGISTRY[f.agg].kinds else "num"
+        kind = value_kind(f, self.streams[f.stream], schema)
         cf = self.compiled.get(name)
         if cf is not None and (f.column is None or kind is None or cf.kind == kind):
             return cf
