@@ -49,7 +49,8 @@ class Backfill:
             backfill).
         features: the shard's feature definitions by key (read only).
         compiled: the shard's compiled features by key (read only).
-        tables: the shard's lifetime state tables by key (read only here: their contents are folded into).
+        tables: the shard's lifetime state tables by key, looked up for every chunk (ingest replaces the
+            table of a feature it recompiles); the backfill folds into them, never adds or removes one.
         counts: events logged per stream (read only; the total a backfill reports progress against).
         windows: the shard's window buffers (rebuilt for a longer window).
         replays: the shard's decoded events (read instead of the log when loaded).

@@ -63,7 +63,7 @@ class ReplayCache:
             self._indexes = {k: v for k, v in self._indexes.items() if k[0] != stream}
 
     def parts(self, stream: str) -> list[Batch] | None:
-        """The cached batches of ``stream`` as of now (a new list), ``None`` when not loaded."""
+        """A copy of the list of cached batches of ``stream``, ``None`` when not loaded."""
         return list(self._cache.get(stream, [])) if self._cache is not None else None
 
     def events(self, stream: str, since: int | None = None) -> Iterator[Batch]:
