@@ -103,14 +103,12 @@ def cold_start(a) -> str:
             if phase == "reopen":
                 for f in FEATURES:
                     core.drop_feature(f.key)
-                core.buffer_window["upvotes"] = 0  # as if never registered: the closed store had no feature
-                core.buffers["upvotes"] = {}
-                core.buffer_parts.pop("upvotes", None)
+                core.windows.reset("upvotes")  # as if never registered: the closed store had no feature
                 core.close()
                 t0 = time.perf_counter()
                 core = ShardCore(tmp, 0, 1, [stream.to_dict()], [], durability="none", snapshot_every=10**9)
                 report.append(f"reopen: {time.perf_counter() - t0:.2f}s (event cache loaded: "
-                              f"{core.cache is not None})")
+                              f"{core.replays.loaded})")
             for i, f in enumerate(FEATURES):
                 pool = events[f.entity].drop_duplicates().to_numpy(dtype=object if f.entity == "user" else None)
                 sample = pool[np.random.default_rng(i).integers(0, len(pool), SAMPLE)]

@@ -327,3 +327,29 @@ def _to_object(col: np.ndarray) -> np.ndarray:
 def timestamps(series: pd.Series, *, what: str) -> np.ndarray:
     """The timestamp column as int64 µs (see :func:`rayfs.model.timeutil.to_micros`)."""
     return to_micros(series, what=what)
+
+
+# ------------------------------------------------------------------------------- logged batch records
+# A record as the driver sends it to a shard and the shard logs it: ``{"stream", "batch_id", "cols": wire
+# columns, ...}``; these read it without decoding more than they need.
+
+TS = "__ts"  # the event-time column of every batch (int64 µs)
+
+
+def record_times(record: dict) -> np.ndarray:
+    """The event times of a logged batch record (empty for a batch that only carries a watermark)."""
+    return decode(record["cols"][TS])
+
+
+def wire_codes(wire: dict) -> np.ndarray:
+    """The int32 codes of a dictionary-encoded wire column (kinds ``s``/``k``; -1 = null), not copied."""
+    return np.frombuffer(wire["c"], dtype=np.int32)
+
+
+def wire_nulls(wire_cols: dict) -> dict[str, np.ndarray]:
+    """Null masks of the dictionary-encoded columns of an encoded batch (``codes < 0``), by column name.
+
+    >>> wire_nulls({"s": encode(np.array(["a", None], dtype=object)), "x": encode(np.array([1.0]))})
+    {'s': array([False,  True])}
+    """
+    return {name: wire_codes(w) < 0 for name, w in wire_cols.items() if w["k"] in ("s", "k")}

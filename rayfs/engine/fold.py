@@ -1,175 +1,49 @@
-"""The single fold path: from a columnar batch to per-entity aggregate states.
+"""The fold path: from a columnar batch to per-entity aggregate states.
 
-Online folding (ingest), backfill, windowed online reads and point-in-time replay all select events
-through :func:`feature_rows` and aggregate them through the same :class:`~rayfs.aggregates.Aggregate`
-objects, so their semantics cannot drift:
+Every way rayfs computes a feature value selects the events that count through :func:`feature_rows`, so
+which events count cannot differ between them. How the selected events are aggregated takes two forms:
+
+* **Folds** (the aggregate's ``update``/``merge``): online ingest, backfill and recovery fold batches into
+  :class:`StateTable` (:func:`fold_into` and the shard's planned folds), and windowed online reads fold the
+  buffered events of each key at read time (:class:`WindowEvents`).
+* **Range queries** (the aggregate's ``range_query``): point-in-time replay, which answers training sets
+  and the audit, evaluates every observation as a range of sorted events (:mod:`rayfs.engine.pit`) with
+  prefix or segment kernels built from the same ``update``/``merge``. The contract tests
+  (``tests/unit/test_aggregates.py``: ``range_query`` equals a fold of the slice, for every aggregate in
+  the registry) and the end-to-end differential tests keep the two equal.
+
+The selection rule and the order of events:
 
 * an event counts for a feature iff its entity key is non-null and owned by this shard, the feature's
   ``where`` predicate is TRUE for it, and (when the feature has a column) its value is non-null;
 * events are ordered by ``(ts, seq)``; ``seq`` grows with ingest order on a shard, so among events with
   equal timestamps the later-ingested one is later;
 * folding is order-independent: any arrival order and batching yields identical state.
+
+The kind of value a feature aggregates (``"num"``, ``"str"`` or ``"none"``) is decided by
+:func:`value_kind`, on the shards and the driver alike.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from rayfs.aggregates import Aggregate, make_aggregate
-from rayfs.engine.columns import Batch, decode, null_mask
+from rayfs.engine.columns import TS, Batch, null_mask
 from rayfs.errors import SchemaError
-from rayfs.model.definitions import Feature
+from rayfs.model.definitions import Feature, Stream
 
-try:  # pandas' C hash table of int64 (vectorised look-ups); KeyIndex falls back to its dict without it
-    from pandas._libs.hashtable import Int64HashTable
-except ImportError:  # pragma: no cover - every supported pandas has it
-    Int64HashTable = None
-
-SMALL_LOOKUP = 64  # key look-ups up to this many keys go through the dict, not pandas
 SEQ_ROW_BITS = 24  # seq = log offset << 24 | row: batches are capped at 2**24 rows
 MAX_BATCH_ROWS = 1 << SEQ_ROW_BITS
-TS = "__ts"
 SEQ = "__seq"
 
 
 def slot_column(entity: str) -> str:
     """Name of the internal column holding the shard-local slot of ``entity`` (-1: not counted here)."""
     return f"__slot_{entity}"
-
-
-class KeyIndex:
-    """Dense integer slots for the entity keys of one (stream, entity field) on one shard.
-
-    Keys are Python ``int`` or ``str``; ``1`` and ``"1"`` are different keys.
-
-    >>> ki = KeyIndex()
-    >>> ki.lookup(np.array(["a", None, "b", "a"], dtype=object), add=True).tolist()
-    [0, -1, 1, 0]
-    >>> ki.lookup(np.array([7, 1]), add=False).tolist()
-    [-1, -1]
-    """
-
-    def __init__(self, keys: list | None = None) -> None:
-        self._keys: list = list(keys or [])
-        self._slot: dict = {k: i for i, k in enumerate(self._keys)}
-        self._ints = None  # Int64HashTable: int key -> slot, built on the first int64 lookup
-
-    def _int_table(self):
-        """The vectorised index of the integer keys (pandas' C hash table), built once, then kept in sync."""
-        if self._ints is None:
-            self._ints = Int64HashTable(max(16, len(self._keys)))
-            self._index_ints(self._keys, 0)
-        return self._ints
-
-    def _index_ints(self, keys: list, first_slot: int) -> None:
-        """Add the integer ones of ``keys`` (slots ``first_slot``, ``first_slot + 1``, ...) to the int table."""
-        if self._ints is None:
-            return
-        at = [i for i, k in enumerate(keys) if isinstance(k, int) and -(2**63) <= k < 2**63]
-        if at:
-            self._ints.map_keys_to_values(np.array([keys[i] for i in at], dtype=np.int64),
-                                          np.array(at, dtype=np.int64) + first_slot)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def keys(self) -> list:
-        return self._keys
-
-    def lookup(self, keys: np.ndarray, *, add: bool | Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Slots of ``keys``: -1 for null keys, and for unknown keys unless added.
-
-        Args:
-            keys: int64 or object array of keys.
-            add: ``True`` adds every unknown key; a function of an array of unknown keys returning a
-                boolean mask adds the keys it selects (e.g. those this shard owns); ``False`` adds none.
-        """
-        if len(keys) == 0:
-            return np.zeros(0, dtype=np.int64)
-        if add is False and len(keys) <= SMALL_LOOKUP:
-            # An online read of a few keys: dict look-ups beat factorizing (None, a null, is never a key).
-            return np.array([self._slot.get(k, -1) for k in keys.tolist()], dtype=np.int64)
-        if keys.dtype.kind in "iu" and Int64HashTable is not None:
-            # int64 keys: one C pass over the rows; only the unknown ones are factorized and added.
-            slots = self._int_table().lookup(keys.astype(np.int64, copy=False)).astype(np.int64, copy=False)
-            miss = np.flatnonzero(slots < 0)
-            if len(miss) and add is not False:
-                codes, uniques = pd.factorize(keys[miss])
-                uniques = np.asarray(uniques, dtype=np.int64)
-                slots[miss] = self._table(uniques.tolist(), add, False, ints=uniques)[codes]
-            return slots
-        codes, uniques = pd.factorize(pd.Series(keys, dtype=keys.dtype), use_na_sentinel=True)
-        table = self._table(uniques.tolist(), add, keys.dtype == object)
-        return table[codes]
-
-    def lookup_encoded(self, uniques: list, codes: np.ndarray, *,
-                       add: bool | Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """:meth:`lookup` of a dictionary-encoded key column (``uniques[codes]``, code -1 = null) without
-        decoding it: one dict look-up per distinct key present, then a gather by code.
-
-        Equal to ``lookup(decoded column)``, including the order in which new keys get their slots (first
-        appearance in the rows); ``uniques`` may hold keys no row uses (they are not added).
-
-        >>> ki = KeyIndex()
-        >>> ki.lookup_encoded(["x", "a", "b"], np.array([1, -1, 2, 1], dtype=np.int32), add=True).tolist()
-        [0, -1, 1, 0]
-        >>> ki.keys()
-        ['a', 'b']
-        """
-        if len(codes) == 0:
-            return np.zeros(0, dtype=np.int64)
-        local, used = pd.factorize(np.asarray(codes))  # the codes present, in order of first appearance
-        used = np.asarray(used, dtype=np.int64)
-        present = used >= 0
-        pool = np.empty(len(uniques), dtype=object)
-        pool[:] = uniques
-        table = np.full(len(used) + 1, -1, dtype=np.int64)  # the trailing -1: no row maps there
-        if present.all():
-            table[:-1] = self._table(pool[used].tolist(), add, True)[:-1]
-        else:
-            table[np.flatnonzero(present)] = self._table(pool[used[present]].tolist(), add, True)[:-1]
-        return table[local]
-
-    def _table(self, uniq: list, add: bool | Callable[[np.ndarray], np.ndarray], objects: bool,
-               ints: np.ndarray | None = None) -> np.ndarray:
-        """Slots of the distinct non-null keys ``uniq`` plus a trailing -1 (the slot of a null code),
-        adding unknown keys per ``add`` (see :meth:`lookup`) in the order of ``uniq``.
-
-        ``ints``: ``uniq`` as an int64 array, all of them known to be unknown (the int64 path of
-        :meth:`lookup`, which looked them up in the int table already).
-        """
-        table = np.empty(len(uniq) + 1, dtype=np.int64)
-        if ints is None:
-            table[:-1] = np.fromiter(map(self._slot.get, uniq, itertools.repeat(-1)), dtype=np.int64,
-                                     count=len(uniq))
-        else:
-            table[:-1] = -1
-        table[-1] = -1
-        unknown = np.flatnonzero(table[:-1] < 0)
-        if len(unknown) and add is not False:
-            if add is not True:
-                if ints is not None:
-                    arr = ints[unknown]
-                else:
-                    arr = np.empty(len(unknown), dtype=object)
-                    arr[:] = [uniq[i] for i in unknown.tolist()]
-                    arr = arr if objects else arr.astype(np.int64)
-                unknown = unknown[add(arr)]
-            first = len(self._keys)
-            added = [uniq[i] for i in unknown.tolist()]
-            table[unknown] = np.arange(first, first + len(added))
-            self._slot.update(zip(added, range(first, first + len(added)), strict=True))
-            self._keys.extend(added)
-            if ints is None:
-                self._index_ints(added, first)
-            elif len(unknown):
-                self._ints.map_keys_to_values(ints[unknown], table[unknown])
-        return table
 
 
 @dataclass
@@ -199,30 +73,31 @@ def compile_feature(feature: Feature, kind: str | None) -> CompiledFeature:
     return CompiledFeature(feature=feature, agg=agg, kind=kind, predicate=pred)
 
 
+def value_kind(feature: Feature, stream: Stream, schema: Mapping[str, str]) -> str | None:
+    """The kind of value ``feature`` aggregates, given the column kinds ``schema`` of its stream.
+
+    A feature over an entity column aggregates the keys themselves (ints and/or strings) as Python
+    objects: ``"str"`` when the aggregate accepts strings, else ``"num"``. Any other column has the kind
+    its stream's schema records, ``None`` while no non-null value was seen; a feature without a column has
+    none (``None``). :func:`compile_feature` turns ``None`` into the default kind.
+
+    >>> s = Stream(name="ev", entities=("user",), timestamp="ts")
+    >>> value_kind(Feature(name="u", stream="ev", entity="user", agg="count_distinct", column="user"), s, {})
+    'str'
+    >>> value_kind(Feature(name="x", stream="ev", entity="user", agg="sum", column="x"), s, {"x": "num"})
+    'num'
+    """
+    if feature.column is None:
+        return None
+    if feature.column in stream.entities:
+        return "str" if "str" in _kinds(feature.agg) else "num"
+    return schema.get(feature.column)
+
+
 def _kinds(agg: str) -> frozenset[str]:
     from rayfs.aggregates import REGISTRY
 
     return REGISTRY[agg].kinds
-
-
-def record_times(record: dict) -> np.ndarray:
-    """The event times of a logged batch record (empty for a batch that only carries a watermark)."""
-    return decode(record["cols"][TS])
-
-
-def wire_codes(wire: dict) -> np.ndarray:
-    """The int32 codes of a dictionary-encoded wire column (kinds ``s``/``k``; -1 = null), not copied."""
-    return np.frombuffer(wire["c"], dtype=np.int32)
-
-
-def wire_nulls(wire_cols: dict) -> dict[str, np.ndarray]:
-    """Null masks of the dictionary-encoded columns of an encoded batch (``codes < 0``), by column name.
-
-    >>> from rayfs.engine.columns import encode
-    >>> wire_nulls({"s": encode(np.array(["a", None], dtype=object)), "x": encode(np.array([1.0]))})
-    {'s': array([False,  True])}
-    """
-    return {name: wire_codes(w) < 0 for name, w in wire_cols.items() if w["k"] in ("s", "k")}
 
 
 def feature_rows(cf: CompiledFeature, cols: Batch, *,

@@ -23,6 +23,8 @@ from ray.util import metrics
 
 from rayfs.shard.core import ShardCore
 
+__all__ = ["GAUGE_REFRESH_S", "ShardActor", "ShardService", "actor_name"]
+
 GAUGE_REFRESH_S = 10.0
 _COUNTERS = {"events_ingested": "events appended to the shard's log",
              "bytes_ingested": "bytes appended to the shard's log",

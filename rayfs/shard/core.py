@@ -1,15 +1,30 @@
-"""One shard's state machine: log, fold, snapshot, online reads and replay (no Ray here).
+"""One shard's state machine: log, fold, snapshot, definitions, online reads and replay (no Ray here).
 
 A shard owns the entity keys whose stable hash falls in its range (:mod:`rayfs.engine.routing`). For each
 ingested batch it (1) decodes and validates the rows routed to it, (2) appends the batch to its
 segmented log (durable before the call returns), (3) folds it into the lifetime states and the window
 buffers, and (4) now and then snapshots all state with the log offset it covers into LMDB.
 
+:class:`ShardCore` is composed of parts that each own their state, all guarded by the core's one lock:
+
+* :class:`~rayfs.shard.windows.WindowBuffers`: the window buffers, the newest event time per stream and
+  the windowed online reads;
+* :class:`~rayfs.shard.replay_cache.ReplayCache`: the decoded events and sorted indexes of replay;
+* :class:`~rayfs.shard.backfill.Backfill`: folding newly registered features from the log, and its progress;
+* :class:`~rayfs.shard.inspect.Inspection`: stats, feature statistics, key samples and the audit.
+
+The core itself owns the log, the snapshot store, the definitions and their compiled forms, the key indexes,
+the lifetime state tables, the watermarks and the exactly-once batch ids. Online folding, backfill and
+recovery share one fold path (:func:`rayfs.engine.fold.feature_rows` and the aggregates' update/merge);
+replay answers with each aggregate's ``range_query`` (see :mod:`rayfs.engine.fold`).
+
 Invariants:
 
 * state = snapshot ⊕ fold(log[snapshot offset:]); the log alone always suffices to rebuild.
 * A batch id is applied at most once (ids of recent batches are remembered, see ``REMEMBER_IDS``).
 * Every event's ``seq`` is ``offset << 24 | row``: ingest order on this shard, the tie-break for equal ts.
+* A batch is planned (decoded, kinds checked, every fold prepared) before it is logged, and folded only
+  after: a batch that fails leaves neither the log nor the state changed.
 * The window buffer of a stream holds every event with ``ts >= local max ts - longest window``, which
   includes every event any windowed online read can see.
 * Every batch is sent to every shard, rows or not, with ``wm``: the newest event time of the whole batch.
@@ -34,38 +49,45 @@ from typing import Any
 
 import numpy as np
 
-from rayfs.aggregates import REGISTRY
-from rayfs.engine.columns import Batch, concat, decode, decode_batch, encode, encode_batch, kind_of, take
-from rayfs.engine.fold import (
-    SEQ,
-    SEQ_ROW_BITS,
+from rayfs.engine.columns import (
     TS,
-    CompiledFeature,
-    KeyIndex,
-    StateTable,
-    WindowEvents,
-    compile_feature,
-    feature_rows,
+    Batch,
+    decode,
+    decode_batch,
+    encode,
+    kind_of,
     record_times,
-    slot_column,
     wire_codes,
     wire_nulls,
 )
-from rayfs.engine.pit import EventIndex
+from rayfs.engine.fold import (
+    SEQ,
+    SEQ_ROW_BITS,
+    CompiledFeature,
+    StateTable,
+    compile_feature,
+    feature_rows,
+    slot_column,
+    value_kind,
+)
+from rayfs.engine.keyindex import KeyIndex
 from rayfs.engine.routing import shard_of
 from rayfs.errors import StoreOpenError, UnknownFeatureError
 from rayfs.model.config import DURABILITY
 from rayfs.model.definitions import Feature, Stream
-from rayfs.shard.backfill import ShardBackfill
-from rayfs.shard.inspect import ShardInspection
+from rayfs.shard.backfill import Backfill
+from rayfs.shard.inspect import Inspection
+from rayfs.shard.replay_cache import ReplayCache
+from rayfs.shard.windows import WindowBuffers
 from rayfs.storage.catalog import Catalog
 from rayfs.storage.groupcommit import GroupCommit
 from rayfs.storage.locks import wait_lock
 from rayfs.storage.log import SegmentedLog
 from rayfs.storage.snapshot import SnapshotStore
 
+__all__ = ["REMEMBER_IDS", "ShardCore"]
+
 REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
-COMPACT_PARTS = 64  # cached batches of a stream beyond which a replay concatenates them into one
 
 
 def _batch_key(record: dict) -> str:
@@ -84,8 +106,23 @@ def _locked(method):
     return wrapper
 
 
-class ShardCore(ShardInspection, ShardBackfill):
-    """The state of one shard. Wrapped as a Ray actor by :mod:`rayfs.shard.actor`."""
+class ShardCore:
+    """The state of one shard. Wrapped as a Ray actor by :mod:`rayfs.shard.actor`.
+
+    Args:
+        root: the store's directory; the shard keeps its files under ``shards/shard-<id>``.
+        shard_id: this shard's number, ``0 <= shard_id < n_shards``.
+        n_shards: the number of shards of the store (the key ranges are fixed by it).
+        streams: stream definitions (``Stream.to_dict``), used unless the catalog on disk has newer ones.
+        features: feature definitions (``Feature.to_dict``), likewise.
+        durability: ``"sync"`` (fsync per batch), ``"group"`` (fsyncs shared by concurrent batches) or
+            ``"none"``.
+        segment_bytes: size at which the log starts a new segment file.
+        snapshot_every: batches between snapshots.
+
+    Raises:
+        StoreOpenError: another live process holds the shard's directory.
+    """
 
     def __init__(self, root: str, shard_id: int, n_shards: int, streams: list[dict], features: list[dict],
                  *, durability: str = "sync", segment_bytes: int = 64 << 20,
@@ -111,13 +148,13 @@ class ShardCore(ShardInspection, ShardBackfill):
         self.snap = SnapshotStore.open_or_discard(os.path.join(self.dir, "snapshot.lmdb"))
         self.snapshot_every = snapshot_every
         self.streams = {d["name"]: Stream.from_dict(d) for d in streams}
+        # The parts below hold these dicts (never rebound, only changed in place).
         self.features = {f.key: f for f in map(Feature.from_dict, features)}
-        self.catalog_version = on_disk.version if on_disk is not None else 0
-        self.watermark: dict[str, int] = {}
+        self.compiled: dict[str, CompiledFeature] = {}
+        self.tables: dict[str, StateTable] = {}  # lifetime features' states
         self.counts: dict[str, int] = {}  # events logged per stream
-        self.backfills: dict[str, list[int]] = {}  # feature key -> [events done, events total] while running
-        self.backfilled_keys: OrderedDict[str, tuple[int, int]] = OrderedDict()  # the last finished ones
-        self.backfilled = threading.Condition(self.lock)
+        self.watermark: dict[str, int] = {}
+        self.catalog_version = on_disk.version if on_disk is not None else 0
         self.counters = dict.fromkeys(("events_ingested", "bytes_ingested", "batches_ingested", "duplicates",
                                        "errors", "replay_observations", "replay_events"), 0)
         self.counters["replay_seconds"] = 0.0
@@ -125,17 +162,14 @@ class ShardCore(ShardInspection, ShardBackfill):
         self.snapshot_time = time.time()
         self.keys: dict[tuple[str, str], KeyIndex] = {}
         self.schema: dict[str, dict[str, str]] = {s: {} for s in self.streams}
-        self.compiled: dict[str, CompiledFeature] = {}
-        self.tables: dict[str, StateTable] = {}
-        self.buffers: dict[str, Batch] = {}
-        self.buffer_parts: dict[str, list[Batch]] = {}  # chunks appended since the buffer was last merged
-        self.buffer_window: dict[str, int] = {}
-        self.local_max: dict[str, int] = {}
         self.applied: OrderedDict[str, int] = OrderedDict()
-        self.cache: dict[str, list[Batch]] | None = None  # every event, loaded on first replay
-        self.indexes: dict[tuple[str, str], EventIndex] = {}  # replay sort per (stream, entity field)
-        self.window_events: dict[str, WindowEvents] = {}  # per windowed feature, dropped when its buffer changes
         self.since_snapshot = 0
+        self.windows = WindowBuffers(self.features)
+        self.replays = ReplayCache(self.log, self._decode)
+        self.backfill = Backfill(self.lock, define=self._define, features=self.features, compiled=self.compiled,
+                                 tables=self.tables, counts=self.counts, windows=self.windows,
+                                 replays=self.replays, log=self.log, decode=self._decode)
+        self.inspection = Inspection(self)
         self._recover()
 
     # ------------------------------------------------------------------------------------- recovery
@@ -145,21 +179,19 @@ class ShardCore(ShardInspection, ShardBackfill):
         restored: set[str] = set()
         if snap is not None and snap["meta"]["offset"] <= self.log.next_offset:
             start = self._restore(snap)
-            restored = {n for n in self.tables}
+            restored = set(self.tables)
         elif snap is not None:
             warnings.warn(f"shard {self.shard_id}: snapshot is ahead of the log; rebuilding from the log",
                           RuntimeWarning, stacklevel=2)
         for name in self.features:
             self._ensure_compiled(name)
-        stale_buffers = {s for s in self.streams if self.buffer_window.get(s, 0) != self._longest_window(s)}
+        stale_buffers = {s for s in self.streams if self.windows.is_stale(s)}
         full = [n for n in self.tables if n not in restored]
         first = 0 if (full or stale_buffers) else start
         for s in stale_buffers:
-            self.buffers[s] = {}
-            self.buffer_parts.pop(s, None)
-            self.buffer_window[s] = self._longest_window(s)
+            self.windows.reset(s)
         if first == 0:  # reading every batch anyway: keep them for replay (a new store starts here too)
-            self.cache = {}
+            self.replays.start_empty()
         for offset, record in self.log.read(first):
             stream = record["stream"]
             tail = offset >= start
@@ -171,8 +203,7 @@ class ShardCore(ShardInspection, ShardBackfill):
                     self._remember(_batch_key(record), offset)
                 continue
             cols = self._decode(record, offset)
-            if self.cache is not None:
-                self.cache.setdefault(stream, []).append(cols)
+            self.replays.add(stream, cols)
             names = [n for n in self._lifetime(stream) if tail or n in full]
             self._fold(stream, cols, names, buffer=tail or stream in stale_buffers)
             if tail:
@@ -186,9 +217,9 @@ class ShardCore(ShardInspection, ShardBackfill):
                 _, stream, entity = key.split("/")
                 self.keys[(stream, entity)] = KeyIndex(decode(wire).tolist())
         self.schema.update({s: dict(v) for s, v in meta["schema"].items() if s in self.streams})
-        self.local_max = {s: int(v) for s, v in meta["local_max"].items()}
-        self.watermark = {s: int(v) for s, v in meta.get("watermark", meta["local_max"]).items()}
-        self.counts = {s: int(v) for s, v in meta.get("counts", {}).items()}
+        self.windows.restore(meta, snap, self.streams)
+        self.watermark.update({s: int(v) for s, v in meta.get("watermark", meta["local_max"]).items()})
+        self.counts.update({s: int(v) for s, v in meta.get("counts", {}).items()})
         for name, fp in meta["features"].items():
             f = self.features.get(name)
             if f is None or f.fingerprint() != fp["fingerprint"]:
@@ -197,10 +228,6 @@ class ShardCore(ShardInspection, ShardBackfill):
             self.compiled[name] = cf
             st = cf.agg.from_wire(snap[f"state/{name}"])
             self.tables[name] = StateTable(cf.agg, st, fp["size"])
-        for stream, w in meta["buffer_window"].items():
-            if stream in self.streams:
-                self.buffers[stream] = decode_batch(snap[f"buffer/{stream}"])
-                self.buffer_window[stream] = w
         for bid, off in snap["ids"]:
             self.applied[bid] = off
         return int(meta["offset"])
@@ -214,16 +241,16 @@ class ShardCore(ShardInspection, ShardBackfill):
             entries[f"keys/{stream}/{entity}"] = encode(_key_array(ki.keys()))
         feats = {}
         for name, table in self.tables.items():
-            if name in self.backfills:
+            if self.backfill.running(name):
                 continue  # half backfilled: a restart redoes it from the log
             entries[f"state/{name}"] = table.agg.to_wire(table.compact())
             cf = self.compiled[name]
             feats[name] = {"fingerprint": cf.feature.fingerprint(), "kind": cf.kind, "size": table.size}
-        for stream in set(self.buffers) | set(self.buffer_parts):
-            entries[f"buffer/{stream}"] = encode_batch(self._buffer(stream))
-        meta = {"offset": self.log.next_offset, "schema": self.schema, "local_max": self.local_max,
+        windows, buffers = self.windows.to_snapshot()
+        entries.update(buffers)
+        meta = {"offset": self.log.next_offset, "schema": self.schema, "local_max": windows["local_max"],
                 "watermark": self.watermark, "counts": self.counts, "features": feats,
-                "buffer_window": self.buffer_window}
+                "buffer_window": windows["buffer_window"]}
         written = self.snap.save(meta, entries)
         self.since_snapshot = self.events_since_snapshot = 0
         self.snapshot_time = time.time()
@@ -241,34 +268,44 @@ class ShardCore(ShardInspection, ShardBackfill):
         self.schema.setdefault(s.name, {})
         self._note_cv(version)
 
+    def add_feature(self, feature: dict, version: int | None = None) -> int:
+        """Register a feature version and backfill it from the log (cold start); returns when done.
+
+        See :meth:`rayfs.shard.backfill.Backfill.add_feature`.
+
+        Returns:
+            The number of logged events the backfill covered.
+        """
+        return self.backfill.add_feature(Feature.from_dict(feature), version)
+
+    def _define(self, f: Feature, version: int | None) -> bool:
+        """Register feature version ``f`` (the caller holds the lock); ``False`` when its definition was
+        already registered (a metadata update or a retried call: nothing to backfill)."""
+        self._note_cv(version)
+        old = self.features.get(f.key)
+        self.features[f.key] = f
+        if old is not None and old.same_definition(f):
+            return False
+        self._ensure_compiled(f.key)
+        return True
+
     @_locked
     def drop_feature(self, key: str, version: int | None = None) -> None:
         """Forget a feature version (dropped, or a registration another shard refused)."""
         self.features.pop(key, None)
         self.compiled.pop(key, None)
         self.tables.pop(key, None)
-        self.window_events.pop(key, None)
+        self.windows.forget(key)
         self._note_cv(version)
 
-    def _events(self, stream: str, since: int | None = None):
-        """(offset, decoded batch) of every logged batch of ``stream`` (from the cache when loaded); with
-        ``since``, batches whose events are all older are skipped before their keys are decoded."""
-        if self.cache is not None:
-            yield from ((None, c) for c in self.cache.get(stream, []) if since is None or c[TS].max() >= since)
-            return
-        for offset, record in self.log.read(0):
-            if record["stream"] == stream:
-                ts = record_times(record)
-                if len(ts) and (since is None or ts.max() >= since):
-                    yield offset, self._decode(record, offset)
+    def backfill_progress(self) -> dict[str, tuple[int, int]]:
+        """Feature key -> (events folded, events to fold) of backfills running or recently finished here."""
+        return self.backfill.progress()
 
     def _compiled_for(self, name: str, schema: dict[str, str]) -> CompiledFeature:
         """The compiled form of feature ``name`` given the column kinds ``schema`` (no state change)."""
         f = self.features[name]
-        kind = schema.get(f.column) if f.column else None
-        if f.column in self.streams[f.stream].entities:
-            # Keys (ints and/or strings) are aggregated as Python objects where the aggregate allows.
-            kind = "str" if "str" in REGISTRY[f.agg].kinds else "num"
+        kind = value_kind(f, self.streams[f.stream], schema)
         cf = self.compiled.get(name)
         if cf is not None and (f.column is None or kind is None or cf.kind == kind):
             return cf
@@ -285,12 +322,14 @@ class ShardCore(ShardInspection, ShardBackfill):
     def _ensure_compiled(self, name: str) -> None:
         self._install(name, self._compiled_for(name, self.schema.get(self.features[name].stream, {})))
 
+    def compiled_feature(self, key: str) -> CompiledFeature:
+        """Feature ``key`` compiled for the column kinds seen so far (compiled now if it was not yet)."""
+        with self.lock:
+            self._ensure_compiled(key)
+            return self.compiled[key]
+
     def _lifetime(self, stream: str) -> list[str]:
         return [n for n, f in self.features.items() if f.stream == stream and f.window is None]
-
-    def _longest_window(self, stream: str) -> int:
-        return max((f.window_us for f in self.features.values() if f.stream == stream and f.window),
-                   default=0)
 
     # ------------------------------------------------------------------------------------- ingest
     def ingest(self, record: dict) -> dict:
@@ -328,9 +367,7 @@ class ShardCore(ShardInspection, ShardBackfill):
         self.counters["bytes_ingested"] += self.log.size_bytes() - size
         if n:
             self._fold(stream, cols, self._lifetime(stream), buffer=True, plan=plan)
-            if self.cache is not None:
-                self.cache.setdefault(stream, []).append(cols)
-                self.indexes = {k: v for k, v in self.indexes.items() if k[0] != stream}
+            self.replays.add(stream, cols)
         self._note_batch(record, n)
         self.counters["events_ingested"] += n
         self.counters["batches_ingested"] += 1
@@ -417,42 +454,37 @@ class ShardCore(ShardInspection, ShardBackfill):
             self.tables[n] = table  # the planned table (a recompiled feature starts from zero)
             table.commit(prepared)
         if len(cols[TS]):
-            self.local_max[stream] = max(self.local_max.get(stream, -(2**62)), int(cols[TS].max()))
+            self.windows.advance(stream, int(cols[TS].max()))
         if buffer:
-            self._append_buffer(stream, cols)
-
-    def _append_buffer(self, stream: str, cols: Batch) -> None:
-        w = self._longest_window(stream)
-        self.buffer_window[stream] = w
-        if w == 0:
-            self.buffers[stream] = {}
-            self.buffer_parts.pop(stream, None)
-            return
-        floor = max(self.local_max.get(stream, -(2**62)), int(cols[TS].max(initial=-(2**62)))) - w
-        self._invalidate(stream)
-        keep = cols[TS] >= floor
-        if keep.any():
-            # Appending a chunk is O(batch); chunks are merged (and evicted) lazily by _buffer().
-            parts = self.buffer_parts.setdefault(stream, [])
-            parts.append(take(cols, keep))
-            parts[:] = [p for p in parts if p[TS].max() >= floor]  # whole chunks past every window
-
-    def _buffer(self, stream: str) -> Batch:
-        """The window buffer of ``stream``: pending chunks merged in, events no window can see dropped."""
-        parts = self.buffer_parts.pop(stream, [])
-        buf = self.buffers.get(stream) or {}
-        if parts or (buf and stream in self.local_max):
-            merged = concat([buf, *parts]) if buf else concat(parts) if parts else buf
-            keep = merged[TS] >= self.local_max.get(stream, 0) - self.buffer_window.get(stream, 0)
-            buf = merged if keep.all() else take(merged, keep)
-            self.buffers[stream] = buf
-        return buf
-
-    def _invalidate(self, stream: str) -> None:
-        for n in [n for n in self.window_events if self.features[n].stream == stream]:
-            del self.window_events[n]
+            self.windows.append(stream, cols)
 
     # ------------------------------------------------------------------------------------- reads
+    def slots(self, stream: str, entity: str, keys: np.ndarray) -> np.ndarray:
+        """The slots of ``keys`` of field ``entity`` on ``stream`` (-1: a key this shard has no event of)."""
+        with self.lock:
+            ki = self.keys.get((stream, entity))
+            return ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
+
+    def known_keys(self, stream: str, entity: str) -> list:
+        """The keys of field ``entity`` on ``stream`` this shard has slots for, in slot order (not a copy)."""
+        with self.lock:
+            ki = self.keys.get((stream, entity))
+            return ki.keys() if ki else []
+
+    def key_counts(self) -> dict[tuple[str, str], int]:
+        """(stream, entity field) -> the number of keys this shard has slots for."""
+        with self.lock:
+            return {se: len(ki) for se, ki in self.keys.items()}
+
+    def online(self, key: str, slots: np.ndarray) -> np.ndarray:
+        """Online values of feature ``key`` at ``slots`` as of its stream's watermark (no backfill wait)."""
+        with self.lock:
+            f = self.features[key]
+            cf = self.compiled_feature(key)
+            if f.window is None:
+                return self.tables[key].read(slots)
+            return self.windows.read(key, cf, slots, self.watermark.get(f.stream))
+
     @_locked
     def get(self, entity: str, keys: np.ndarray, names: list[str]) -> dict:
         """Online values of ``names`` for ``keys`` (all owned by this shard) as of each stream's watermark.
@@ -460,27 +492,15 @@ class ShardCore(ShardInspection, ShardBackfill):
         The answer also carries ``"__cv__"``, the catalog version this shard knows.
         """
         self._check_known(names)
-        self._await_backfills(names)
+        self.backfill.wait(names)
         out: dict[str, Any] = {"__cv__": self.catalog_version}
         slots_of: dict[str, np.ndarray] = {}
         for n in names:
-            f = self.features[n]
-            self._ensure_compiled(n)
-            cf = self.compiled[n]
-            slots = slots_of.get(f.stream)
+            stream = self.features[n].stream
+            slots = slots_of.get(stream)
             if slots is None:
-                ki = self.keys.get((f.stream, entity))
-                slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
-                slots_of[f.stream] = slots
-            if f.window is None:
-                out[n] = self.tables[n].read(slots)
-            else:
-                t = self.watermark.get(f.stream)
-                lower = (t + 1 - f.window_us) if t is not None else 0
-                we = self.window_events.get(n)
-                if we is None or we.cf is not cf:
-                    we = self.window_events[n] = WindowEvents(cf, self._buffer(f.stream))
-                out[n] = we.fold(slots, lower)
+                slots = slots_of[stream] = self.slots(stream, entity, keys)
+            out[n] = self.online(n, slots)
         return out
 
     @_locked
@@ -488,19 +508,17 @@ class ShardCore(ShardInspection, ShardBackfill):
         """Point-in-time values of ``names`` for observations ``(keys[i], t[i])`` owned by this shard."""
         self._check_known(names)
         start = time.perf_counter()
-        self._load_cache()
+        self.replays.load()
         by_stream: dict[str, list[str]] = {}
         for n in names:
             self._ensure_compiled(n)
             by_stream.setdefault(self.features[n].stream, []).append(n)
         out = {}
         for stream, ns in by_stream.items():
-            ki = self.keys.get((stream, entity))
-            slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
-            index = self._event_index(stream, entity)
-            vals = index.evaluate([self.compiled[n] for n in ns], slots, t)
+            slots = self.slots(stream, entity, keys)
+            vals, events = self.replays.replay(stream, entity, [self.compiled[n] for n in ns], slots, t)
             out.update(zip(ns, vals, strict=True))
-            self.counters["replay_events"] += index.n
+            self.counters["replay_events"] += events
         self.counters["replay_observations"] += len(keys)
         self.counters["replay_seconds"] += time.perf_counter() - start
         out["__cv__"] = self.catalog_version
@@ -512,29 +530,27 @@ class ShardCore(ShardInspection, ShardBackfill):
             raise UnknownFeatureError(f"unknown feature version(s) {missing} on shard {self.shard_id} "
                                       f"(catalog version {self.catalog_version})")
 
-    def _event_index(self, stream: str, entity: str) -> EventIndex:
-        """The sorted index of ``stream``'s events for ``entity``, rebuilt only after new events arrive."""
-        parts = self.cache.setdefault(stream, [])
-        if len(parts) > COMPACT_PARTS:  # many small batches: one concatenation beats per-batch overhead
-            parts[:] = [concat(parts)]
-        index = self.indexes.get((stream, entity))
-        if index is None:  # columns are concatenated (and sorted) lazily, only those a feature reads
-            same = next((ix for (s, _), ix in self.indexes.items() if s == stream), None)
-            index = self.indexes[(stream, entity)] = EventIndex(list(parts), entity, same_events=same)
-        return index
+    # ------------------------------------------------------------------------------------- inspection
+    def stats(self) -> dict:
+        """Counters and gauges of this shard (see :meth:`rayfs.shard.inspect.Inspection.stats`)."""
+        return self.inspection.stats()
 
-    def _load_cache(self) -> None:
-        if self.cache is None:
-            self.cache = {s: [concat(parts)] if len(parts) > 1 else parts
-                          for s, parts in self._read_log().items()}
+    def feature_stats(self, keys: list[str]) -> dict[str, dict]:
+        """Mergeable statistics of the online values of features ``keys`` (see :class:`Inspection`)."""
+        return self.inspection.feature_stats(keys)
 
-    def _read_log(self) -> dict[str, list[Batch]]:
-        """Every logged event, decoded, by stream (read from the files, not the cache)."""
-        out: dict[str, list[Batch]] = {}
-        for offset, record in self.log.read(0):
-            if len(record_times(record)):
-                out.setdefault(record["stream"], []).append(self._decode(record, offset))
-        return out
+    def sample_keys(self, stream: str, entity: str, n: int, seed: int = 0) -> list:
+        """Up to ``n`` entity keys of ``entity`` seen on ``stream`` by this shard, sampled without replacement."""
+        return self.inspection.sample_keys(stream, entity, n, seed)
+
+    def audit(self, entity: str, keys: np.ndarray, names: list[str]) -> dict:
+        """Online values and a fresh replay from the on-disk log at the same instant, for ``keys`` (see
+        :meth:`rayfs.shard.inspect.Inspection.audit`)."""
+        return self.inspection.audit(entity, keys, names)
+
+    def await_backfills(self, names: list[str]) -> None:
+        """Block until none of features ``names`` is being backfilled (the caller holds the lock)."""
+        self.backfill.wait(names)
 
     @_locked
     def pid(self) -> int:
@@ -543,7 +559,7 @@ class ShardCore(ShardInspection, ShardBackfill):
 
     @_locked
     def info(self) -> dict:
-        return {"shard": self.shard_id, "next_offset": self.log.next_offset, "local_max": dict(self.local_max),
+        return {"shard": self.shard_id, "next_offset": self.log.next_offset, "local_max": self.windows.local_max,
                 "watermark": dict(self.watermark), "catalog_version": self.catalog_version,
                 "log_truncated_bytes": self.log.truncated_bytes,
                 "log_bytes": self.log.size_bytes(), "since_snapshot": self.since_snapshot,

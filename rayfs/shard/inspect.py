@@ -1,64 +1,109 @@
 """What a shard tells about itself: counters, feature statistics, key samples and the consistency audit.
 
-A mixin of :class:`rayfs.shard.core.ShardCore` (no Ray here). The audit recomputes online values the slow,
-independent way: it re-reads the shard's log from disk (not the in-memory event cache), rebuilds a fresh
-point-in-time index and replays an observation at ``watermark + 1µs`` for each sampled key, which by the
-point-in-time rule sees exactly the events the online value covers.
+:class:`Inspection` is a read-only part of :class:`rayfs.shard.core.ShardCore` (no Ray here). It owns no
+state and sees the shard only through :class:`ShardView`, the core's public surface it needs.
+
+The audit recomputes online values the slow, independent way: it re-reads the shard's log from disk (not
+the in-memory event cache), rebuilds a fresh point-in-time index and replays an observation at
+``watermark + 1µs`` for each sampled key, which by the point-in-time rule sees exactly the events the
+online value covers.
+
+Invariants: every method holds the shard's lock for its whole answer (one consistent state), and waits for
+running backfills of the features it reads (their state is incomplete until then).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 
 from rayfs.engine.featurestats import partial_stats
-from rayfs.engine.fold import WindowEvents
+from rayfs.engine.fold import CompiledFeature
 from rayfs.engine.pit import EventIndex
+from rayfs.model.definitions import Feature
+from rayfs.shard.replay_cache import ReplayCache
+from rayfs.storage.log import SegmentedLog
+
+__all__ = ["Inspection", "ShardView"]
 
 
-class ShardInspection:
-    """Read-only views of a shard's state (mixed into ShardCore; uses its attributes and lock)."""
+class ShardView(Protocol):
+    """The part of a shard :class:`Inspection` reads (implemented by :class:`~rayfs.shard.core.ShardCore`)."""
+
+    shard_id: int
+    lock: threading.RLock
+    log: SegmentedLog
+    counters: dict
+    counts: dict[str, int]
+    watermark: dict[str, int]
+    features: Mapping[str, Feature]
+    replays: ReplayCache
+    snapshot_time: float
+    events_since_snapshot: int
+    since_snapshot: int
+
+    def get(self, entity: str, keys: np.ndarray, names: list[str]) -> dict: ...
+
+    def online(self, key: str, slots: np.ndarray) -> np.ndarray: ...
+
+    def slots(self, stream: str, entity: str, keys: np.ndarray) -> np.ndarray: ...
+
+    def known_keys(self, stream: str, entity: str) -> list: ...
+
+    def key_counts(self) -> dict[tuple[str, str], int]: ...
+
+    def compiled_feature(self, key: str) -> CompiledFeature: ...
+
+    def await_backfills(self, names: list[str]) -> None: ...
+
+
+class Inspection:
+    """Read-only views of a shard's state.
+
+    Args:
+        shard: the shard, through its public surface.
+    """
+
+    def __init__(self, shard: ShardView) -> None:
+        self._shard = shard
 
     def stats(self) -> dict:
         """Counters and gauges of this shard (see :meth:`rayfs.FeatureStore.stats`)."""
-        with self.lock:
-            segs = self.log.segments()
-            rs = self.counters["replay_seconds"]
-            return {"shard": self.shard_id, **{k: v for k, v in self.counters.items()},
-                    "replay_events_per_s": self.counters["replay_events"] / rs if rs else None,
-                    "log_segments": len(segs), "log_bytes": self.log.size_bytes(),
-                    "log_batches": self.log.next_offset, "snapshot_age_s": time.time() - self.snapshot_time,
-                    "events_since_snapshot": self.events_since_snapshot,
-                    "batches_since_snapshot": self.since_snapshot,
-                    "events": sum(self.counts.values()), "entities": {f"{s}.{e}": len(ki)
-                                                                       for (s, e), ki in self.keys.items()}}
+        s = self._shard
+        with s.lock:
+            segs = s.log.segments()
+            rs = s.counters["replay_seconds"]
+            return {"shard": s.shard_id, **dict(s.counters.items()),
+                    "replay_events_per_s": s.counters["replay_events"] / rs if rs else None,
+                    "log_segments": len(segs), "log_bytes": s.log.size_bytes(),
+                    "log_batches": s.log.next_offset, "snapshot_age_s": time.time() - s.snapshot_time,
+                    "events_since_snapshot": s.events_since_snapshot,
+                    "batches_since_snapshot": s.since_snapshot,
+                    "events": sum(s.counts.values()),
+                    "entities": {f"{st}.{e}": n for (st, e), n in s.key_counts().items()}}
 
     def _online_all(self, key: str) -> np.ndarray:
         """Online values of feature ``key`` for every entity this shard knows."""
-        f = self.features[key]
-        self._ensure_compiled(key)
-        ki = self.keys.get((f.stream, f.entity))
-        slots = np.arange(len(ki) if ki else 0, dtype=np.int64)
-        if f.window is None:
-            return self.tables[key].read(slots)
-        t = self.watermark.get(f.stream)
-        we = WindowEvents(self.compiled[key], self._buffer(f.stream))
-        return we.fold(slots, (t + 1 - f.window_us) if t is not None else 0)
+        f = self._shard.features[key]
+        slots = np.arange(len(self._shard.known_keys(f.stream, f.entity)), dtype=np.int64)
+        return self._shard.online(key, slots)
 
     def feature_stats(self, keys: list[str]) -> dict[str, dict]:
         """Mergeable statistics (:func:`rayfs.engine.featurestats.partial_stats`) of the online values."""
-        with self.lock:
-            self._await_backfills(keys)
-            return {k: partial_stats(self._online_all(k)) for k in keys if k in self.features}
+        with self._shard.lock:
+            self._shard.await_backfills(keys)
+            return {k: partial_stats(self._online_all(k)) for k in keys if k in self._shard.features}
 
     def sample_keys(self, stream: str, entity: str, n: int, seed: int = 0) -> list:
         """Up to ``n`` entity keys of ``entity`` seen on ``stream`` by this shard, sampled without replacement."""
-        with self.lock:
-            ki = self.keys.get((stream, entity))
-            if not ki:
+        with self._shard.lock:
+            keys = self._shard.known_keys(stream, entity)
+            if not keys:
                 return []
-            keys = ki.keys()
             pick = np.random.default_rng(seed).choice(len(keys), size=min(n, len(keys)), replace=False)
             return [keys[i] for i in sorted(pick.tolist())]
 
@@ -67,21 +112,20 @@ class ShardInspection:
 
         Returns ``{"online": {name: values}, "replay": {name: values}, "at": {name: replay time}}``.
         """
-        with self.lock:
-            self._await_backfills(names)
-            online = self.get(entity, keys, names)
+        s = self._shard
+        with s.lock:
+            s.await_backfills(names)
+            online = s.get(entity, keys, names)
             online.pop("__cv__", None)
-            fresh = self._read_log()
+            fresh = s.replays.read_log()
             replay, at = {}, {}
             indexes: dict[str, EventIndex] = {}
             for n in names:
-                f = self.features[n]
+                f = s.features[n]
                 if f.stream not in indexes:
-                    parts = fresh.get(f.stream, [])
-                    indexes[f.stream] = EventIndex(parts, entity)
-                ki = self.keys.get((f.stream, entity))
-                slots = ki.lookup(keys, add=False) if ki else np.full(len(keys), -1, dtype=np.int64)
-                t = self.watermark.get(f.stream, -(2**62)) + 1
+                    indexes[f.stream] = EventIndex(fresh.get(f.stream, []), entity)
+                slots = s.slots(f.stream, entity, keys)
+                t = s.watermark.get(f.stream, -(2**62)) + 1
                 at[n] = t
-                replay[n] = indexes[f.stream].evaluate([self.compiled[n]], slots, np.full(len(keys), t))[0]
+                replay[n] = indexes[f.stream].evaluate([s.compiled_feature(n)], slots, np.full(len(keys), t))[0]
             return {"online": online, "replay": replay, "at": at}

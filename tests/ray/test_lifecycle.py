@@ -667,7 +667,7 @@ def test_shardcore_audit_sees_perturbed_state(tmp_path):
         with core.lock:
             for n in ("n", "sx"):
                 fold_into(core.tables[n], core.compiled[n], ghost)
-            core._append_buffer("ev", ghost)
+            core.windows.append("ev", ghost)
         assert differing(core.audit("user", keys, names)) == {"n": ["b"], "sx": ["b"], "mx_1h": ["b"]}
     finally:
         core.close()

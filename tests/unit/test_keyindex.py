@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rayfs.engine.columns import encode, key_column
-from rayfs.engine.fold import SMALL_LOOKUP, KeyIndex
+from rayfs.engine.keyindex import SMALL_LOOKUP, KeyIndex
 
 KEYS = st.one_of(st.integers(-3, 3), st.sampled_from(["0", "1", "a", "b", ""]), st.none())
 

@@ -1,0 +1,148 @@
+"""A shard's window buffers: the recent events of each stream that windowed online reads fold.
+
+:class:`WindowBuffers` owns, per stream, the merged buffer and the chunks appended since it was last merged,
+the window the buffer was built for (``window``), the newest event time this shard logged
+(``local_max``), and, per windowed feature, the sorted counted events of the buffer
+(:class:`~rayfs.engine.fold.WindowEvents`) that a read folds. No Ray here; the shard's lock guards every call.
+
+Invariants:
+
+* ``window[stream]`` is the longest window of the stream's features when the buffer was (re)built, and the
+  buffer holds every event of the stream with ``ts >= local_max[stream] - window[stream]``: every event a
+  windowed online read at the stream's watermark can see (the watermark is at least ``local_max``).
+  Events older than that may linger in chunks until the next merge; reads never see them (they filter
+  by their own window).
+* When the longest window of a stream changes, its buffer is :meth:`WindowBuffers.reset` and refilled from
+  the log by the caller (recovery, or the backfill of a feature with a longer window): a buffer built for a
+  shorter window lacks events the new one needs.
+* A feature's ``WindowEvents`` is dropped whenever its stream's buffer changes, and rebuilt on the next
+  read of it; a read therefore always folds the current buffer.
+* A windowed read of feature ``f`` at watermark ``t`` folds, per key, the buffered events with
+  ``t + 1 - window <= ts``: the events an observation at ``t + 1µs`` sees under the point-in-time rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from rayfs.engine.columns import TS, Batch, concat, decode_batch, encode_batch, take
+from rayfs.engine.fold import CompiledFeature, WindowEvents
+from rayfs.model.definitions import Feature
+
+__all__ = ["WindowBuffers"]
+
+_NEVER = -(2**62)  # below every event time
+
+
+class WindowBuffers:
+    """The window buffers of one shard's streams and the per-feature events folded by windowed reads.
+
+    Args:
+        features: the shard's feature definitions by key; read, never changed, here (the longest window of
+            a stream and the stream of a cached feature are looked up in it).
+    """
+
+    def __init__(self, features: Mapping[str, Feature]) -> None:
+        self._features = features
+        self._merged: dict[str, Batch] = {}
+        self._parts: dict[str, list[Batch]] = {}  # chunks appended since the buffer was last merged
+        self._window: dict[str, int] = {}
+        self._local_max: dict[str, int] = {}
+        self._events: dict[str, WindowEvents] = {}  # per windowed feature key, dropped when its buffer changes
+
+    # ------------------------------------------------------------------------------------- windows
+    def longest_window(self, stream: str) -> int:
+        """The longest window (µs) of ``stream``'s features; 0 when none is windowed."""
+        return max((f.window_us for f in self._features.values() if f.stream == stream and f.window),
+                   default=0)
+
+    def is_stale(self, stream: str) -> bool:
+        """Whether ``stream``'s buffer was built for another window than its features' longest."""
+        return self._window.get(stream, 0) != self.longest_window(stream)
+
+    def reset(self, stream: str) -> None:
+        """Empty ``stream``'s buffer and size it for the current longest window (the caller refills it)."""
+        self._merged[stream] = {}
+        self._parts.pop(stream, None)
+        self._window[stream] = self.longest_window(stream)
+        self._invalidate(stream)
+
+    def floor(self, stream: str) -> int:
+        """The oldest event time ``stream``'s buffer must hold (``local_max - window``)."""
+        return self._local_max.get(stream, 0) - self._window.get(stream, 0)
+
+    @property
+    def local_max(self) -> dict[str, int]:
+        """The newest event time (µs) logged per stream on this shard (a copy)."""
+        return dict(self._local_max)
+
+    def advance(self, stream: str, max_ts: int) -> None:
+        """Raise ``stream``'s newest event time to ``max_ts`` (a batch's newest event was logged)."""
+        self._local_max[stream] = max(self._local_max.get(stream, _NEVER), max_ts)
+
+    # ------------------------------------------------------------------------------------- contents
+    def append(self, stream: str, cols: Batch) -> None:
+        """Add a batch's events that some window can still see (O(batch): chunks are merged on read)."""
+        w = self.longest_window(stream)
+        self._window[stream] = w
+        if w == 0:
+            self._merged[stream] = {}
+            self._parts.pop(stream, None)
+            return
+        floor = max(self._local_max.get(stream, _NEVER), int(cols[TS].max(initial=_NEVER))) - w
+        self._invalidate(stream)
+        keep = cols[TS] >= floor
+        if keep.any():
+            parts = self._parts.setdefault(stream, [])
+            parts.append(take(cols, keep))
+            parts[:] = [p for p in parts if p[TS].max() >= floor]  # whole chunks past every window
+
+    def merged(self, stream: str) -> Batch:
+        """The buffer of ``stream``: pending chunks merged in, events no window can see dropped."""
+        parts = self._parts.pop(stream, [])
+        buf = self._merged.get(stream) or {}
+        if parts or (buf and stream in self._local_max):
+            merged = concat([buf, *parts]) if buf else concat(parts) if parts else buf
+            keep = merged[TS] >= self._local_max.get(stream, 0) - self._window.get(stream, 0)
+            buf = merged if keep.all() else take(merged, keep)
+            self._merged[stream] = buf
+        return buf
+
+    def forget(self, key: str) -> None:
+        """Drop the cached events of feature ``key`` (dropped or redefined)."""
+        self._events.pop(key, None)
+
+    def _invalidate(self, stream: str) -> None:
+        for n in [n for n in self._events if self._features[n].stream == stream]:
+            del self._events[n]
+
+    # ------------------------------------------------------------------------------------- reads
+    def read(self, key: str, cf: CompiledFeature, slots: np.ndarray, watermark: int | None) -> np.ndarray:
+        """Online values of windowed feature ``key`` (compiled as ``cf``) at ``slots``, as of ``watermark``.
+
+        Folds each key's buffered events with ``ts >= watermark + 1 - window`` (every buffered event when
+        the stream has no watermark yet). The sorted events are cached per feature until the buffer changes.
+        """
+        lower = (watermark + 1 - cf.feature.window_us) if watermark is not None else 0
+        we = self._events.get(key)
+        if we is None or we.cf is not cf:
+            we = self._events[key] = WindowEvents(cf, self.merged(cf.feature.stream))
+        return we.fold(slots, lower)
+
+    # ------------------------------------------------------------------------------------- snapshots
+    def to_snapshot(self) -> tuple[dict, dict[str, dict]]:
+        """The state to snapshot: ``(meta, entries)``, ``meta`` with ``local_max`` and ``buffer_window``,
+        ``entries`` the encoded buffer of each stream under ``buffer/<stream>``."""
+        entries = {f"buffer/{stream}": encode_batch(self.merged(stream))
+                   for stream in set(self._merged) | set(self._parts)}
+        return {"local_max": self._local_max, "buffer_window": self._window}, entries
+
+    def restore(self, meta: Mapping, entries: Mapping[str, dict], streams: Mapping) -> None:
+        """Load the state :meth:`to_snapshot` wrote (buffers of streams not in ``streams`` are skipped)."""
+        self._local_max = {s: int(v) for s, v in meta["local_max"].items()}
+        for stream, w in meta["buffer_window"].items():
+            if stream in streams:
+                self._merged[stream] = decode_batch(entries[f"buffer/{stream}"])
+                self._window[stream] = w
