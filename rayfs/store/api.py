@@ -14,6 +14,7 @@ outlives its driver; :func:`connect` reaches it by name from any other driver.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 
@@ -30,6 +31,28 @@ from rayfs.store.ingest import Ingestor
 from rayfs.store.reads import Reader
 
 __all__ = ["FeatureStore", "connect"]
+
+
+def _actors(method):
+    """A facade method that calls the store's actors: refused once closed, and an actor that died because
+    someone stopped the store (another driver, ``rayfs stop``) is reported as the StoreClosedError it is."""
+    from ray.exceptions import RayActorError
+
+    @functools.wraps(method)
+    def wrapper(self: FeatureStore, *args, **kwargs):
+        self._check_open()
+        try:
+            return method(self, *args, **kwargs)
+        except RayActorError as exc:
+            if lifecycle.alive(self._session.settings):
+                raise
+            err = StoreClosedError(f"store {self.name or self.path!r} was stopped (by another driver or "
+                                   f"`rayfs stop`) during {method.__name__}")
+            for note in getattr(exc, "__notes__", ()):
+                err.add_note(note)
+            raise err from exc
+
+    return wrapper
 
 
 class FeatureStore:
@@ -140,14 +163,15 @@ class FeatureStore:
         """The latest version of every feature, by name (older live versions: :meth:`list_features`)."""
         return dict(self._reader.resolve(None, None))
 
+    @_actors
     def register_stream(self, name: str, entities: Sequence[str] | str, timestamp: str) -> Stream:
         """Declare a stream of events keyed by ``entities`` with event time in column ``timestamp``.
 
         Registering an identical stream again is a no-op; a different one with the same name is an error.
         """
-        self._check_open()
         return definitions.register_stream(self._session, name, entities, timestamp)
 
+    @_actors
     def register_feature(self, feature: Feature, *, progress: Callable[[int, int], None] | None = None) -> Feature:
         """Register ``feature``; events already logged are folded into it before this returns (backfill).
 
@@ -163,9 +187,9 @@ class FeatureStore:
         Returns:
             The registered feature (with its ``version`` and ``created`` time).
         """
-        self._check_open()
         return definitions.register_feature(self._session, feature, progress)
 
+    @_actors
     def register_sql(self, sql: str, window=None, description: str = "", **metadata) -> list[Feature]:
         """Register the features of ``SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream>
         [WHERE ...] GROUP BY <entity>``, optionally over a trailing ``window``; returns them.
@@ -176,14 +200,14 @@ class FeatureStore:
             description: the features' description.
             **metadata: other fields set on every feature (e.g. ``owner``, ``tags``).
         """
-        self._check_open()
         return definitions.register_sql(self._session, sql, window, description, metadata)
 
+    @_actors
     def drop_feature(self, name: str, version: int | None = None) -> Feature:
         """Drop one version of a feature (the latest if ``version`` is None); its state is freed."""
-        self._check_open()
         return definitions.drop_feature(self._session, name, version)
 
+    @_actors
     def apply(self, config) -> dict:
         """Register the streams and features of a config (a path or a :class:`rayfs.model.config.StoreConfig`).
 
@@ -194,6 +218,7 @@ class FeatureStore:
         return {"streams": streams, "features": [self.register_feature(f) for f in cfg.features]}
 
     # ------------------------------------------------------------------------------------- ingest
+    @_actors
     def ingest(self, stream: str, data, *, batch_id: str | None = None) -> dict:
         """Append a batch of events to ``stream``; returns when it is durable and folded on every shard.
 
@@ -216,24 +241,24 @@ class FeatureStore:
                 batches the message names the bad batch's position: the batches before it are acknowledged,
                 nothing of it or after it is written (likewise if the iterator itself raises).
         """
-        self._check_open()
         if dataio.is_dataset(data):
             return dataio.ingest_dataset(self._session, stream, data, batch_id=batch_id)
         if is_batches(data):
             return self._ingestor.ingest_many(stream, data, batch_id)
         return self._ingestor.ingest(stream, data, batch_id)
 
+    @_actors
     def flush(self) -> None:
         """Return when every ingested event is durable and folded on every shard."""
-        self._check_open()
         ray.get([h.flush.remote() for h in self._handles])
 
+    @_actors
     def snapshot(self) -> None:
         """Snapshot every shard's state into LMDB now."""
-        self._check_open()
         ray.get([h.snapshot.remote() for h in self._handles])
 
     # ------------------------------------------------------------------------------------- reads
+    @_actors
     def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None = None) -> pd.DataFrame:
         """Online feature values for ``keys`` of ``entity``, one row per key in the order given.
 
@@ -241,9 +266,9 @@ class FeatureStore:
         get the empty value (0 for counts, null otherwise). ``features`` are names (latest version) or
         ``name@version``; each becomes a column named as given.
         """
-        self._check_open()
         return self._reader.get_features(entity, keys, features)
 
+    @_actors
     def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None = None,
                      timestamp: str = "ts", *, output: str = "pandas"):
         """Point-in-time correct feature values for each observation row.
@@ -261,7 +286,6 @@ class FeatureStore:
         Returns:
             The observation columns plus one column per feature: same rows, same order.
         """
-        self._check_open()
         return self._reader.training_set(observations, features, timestamp, output)
 
     # ------------------------------------------------------------------------------------- observations
@@ -277,20 +301,23 @@ class FeatureStore:
 
     def observations(self, name: str) -> pd.DataFrame:
         """Every observation appended to stream ``name``, in append order."""
+        self._check_open()
         return self._obs.read(name)
 
     # ------------------------------------------------------------------------------------- monitoring
+    @_actors
     def info(self) -> list[dict]:
         """Per-shard figures: log offset and bytes, events since the last snapshot, newest event times."""
         return monitor.info(self._session)
 
+    @_actors
     def stats(self) -> pd.DataFrame:
         """One row per shard: events/bytes/batches ingested, duplicates, errors, log segments and bytes,
         snapshot age, events since the snapshot, replay observations and events/s, node id (the same
         figures Ray's Prometheus endpoint exports as ``rayfs_*`` metrics)."""
-        self._check_open()
         return monitor.shard_stats(self._session)
 
+    @_actors
     def feature_stats(self, features: Iterable[str] | str | None = None,
                       training_set: pd.DataFrame | None = None) -> pd.DataFrame:
         """Statistics per feature: count, nulls, null rate, mean, min, max, distinct estimate (HLL).
@@ -298,23 +325,23 @@ class FeatureStore:
         Of the online values over every entity the store knows, or, given ``training_set``, of its
         feature columns (``features`` default: every feature column it has).
         """
-        self._check_open()
         if training_set is not None:
             return monitor.frame_feature_stats(training_set, features, self.features)
         return monitor.feature_stats(self._session, self._reader.resolve(features, None))
 
+    @_actors
     def list_features(self) -> pd.DataFrame:
         """Every live feature version with its definition and metadata, one row each."""
-        self._check_open()
         self._session.refresh()
         return monitor.list_features(self._session)
 
+    @_actors
     def describe(self, name: str) -> dict:
         """Definition (also as SQL), version history, metadata and live statistics of feature ``name``."""
-        self._check_open()
         self._session.refresh()
         return monitor.describe(self._session, name)
 
+    @_actors
     def audit(self, n: int = 1000, *, features: Iterable[str] | str | None = None, seed: int = 0) -> pd.DataFrame:
         """Check online values against a fresh replay of the on-disk log at the same instant.
 
@@ -325,7 +352,6 @@ class FeatureStore:
         Returns:
             One row per feature: ``feature, entity, checked, mismatches, examples``.
         """
-        self._check_open()
         return monitor.audit(self._session, self._reader.resolve(features, None), n, seed)
 
 

@@ -20,7 +20,7 @@ import uuid
 
 import pandas as pd
 
-from rayfs.errors import DefinitionError
+from rayfs.errors import DefinitionError, RayfsError
 from rayfs.store.ingest import Ingestor
 from rayfs.store.session import Session
 
@@ -29,18 +29,45 @@ __all__ = ["BATCH_ROWS", "ingest_dataset", "is_dataset"]
 BATCH_ROWS = 100_000
 
 
+class _Tally:
+    """Rows and batches one call acknowledged so far, kept outside Ray Data so that an error that aborts
+    the dataset can still say exactly what was applied."""
+
+    def __init__(self) -> None:
+        self.rows = self.batches = 0
+        self.error: RayfsError | None = None
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        self.batches += 1
+
+    def fail(self, error: RayfsError) -> None:
+        self.error = self.error or error  # the first refusal aborts the dataset; later ones are echoes
+
+    def get(self) -> tuple[int, int, RayfsError | None]:
+        return self.rows, self.batches, self.error
+
+
 class _Writer:
     """A Ray Data ``map_batches`` callable class: one Ingestor (and WAL) per worker."""
 
-    def __init__(self, session: Session, stream: str, call_id: str) -> None:
+    def __init__(self, session: Session, stream: str, call_id: str, tally) -> None:
         self.ingestor = Ingestor(session)
         self.stream = stream
         self.call_id = call_id
+        self.tally = tally
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        import ray
+
         if len(batch) == 0:
             return pd.DataFrame({"rows": pd.Series([], dtype="int64")})
-        rows = self.ingestor.ingest(self.stream, batch, content_id=self.call_id)["rows"]
+        try:
+            rows = self.ingestor.ingest(self.stream, batch, content_id=self.call_id)["rows"]
+        except RayfsError as exc:  # Ray Data passes on only the text of an error: keep the error itself
+            ray.get(self.tally.fail.remote(exc))
+            raise
+        ray.get(self.tally.add.remote(rows))  # one call per acknowledged batch (~100k rows)
         self.ingestor.wal.maybe_reset(force=True)
         return pd.DataFrame({"rows": [rows]})
 
@@ -72,12 +99,28 @@ def ingest_dataset(session: Session, stream: str, ds, *, batch_id: str | None = 
                               "is applied once without it")
     call_id = uuid.uuid4().hex
     workers = concurrency or max(1, min(len(session.handles), 4))
+    import ray
     import ray.data
 
-    counts = ds.map_batches(_Writer, fn_constructor_args=(session, stream, call_id), batch_size=batch_rows,
-                            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0)
-    rows = batches = 0
-    for block in counts.iter_batches(batch_format="pandas", batch_size=None):
-        rows += int(block["rows"].sum())
-        batches += len(block)
-    return {"rows": rows, "batches": batches}
+    tally = ray.remote(num_cpus=0)(_Tally).remote()
+    try:
+        counts = ds.map_batches(_Writer, fn_constructor_args=(session, stream, call_id, tally),
+                                batch_size=batch_rows, batch_format="pandas",
+                                compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0)
+        rows = batches = 0
+        for block in counts.iter_batches(batch_format="pandas", batch_size=None):
+            rows += int(block["rows"].sum())
+            batches += len(block)
+        return {"rows": rows, "batches": batches}
+    except Exception:
+        applied, whole, error = ray.get(tally.get.remote())
+        if error is None:
+            raise
+        error.add_note(f"rayfs: a Ray Data worker refused a batch of up to {batch_rows:,} rows of this dataset "
+                       f"(row numbers count within that batch); {applied:,} rows in {whole:,} whole batches had "
+                       "been applied before the dataset was aborted (each batch is applied whole or not at "
+                       "all, the refused one not at all): re-ingesting the same dataset would apply those again")
+        raise error from None
+    finally:
+        ray.kill(tally)
+

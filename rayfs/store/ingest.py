@@ -122,6 +122,10 @@ class Ingestor:
                 self.send_record(record, part)
             except BaseException as exc:
                 self._finish(record, False, exc)
+                if not isinstance(exc, SchemaError):  # kept in the WAL (see _finish): say so, and how to retry
+                    exc.add_note(f"rayfs: batch {bid!r} is in this process's write-ahead log and WILL be applied, "
+                                 "once, by its next ingest or when the store is next opened; to retry it yourself "
+                                 f"pass batch_id={bid!r} (without it its events would count twice)")
                 raise
             self._finish(record, True)
         return {"rows": n, "batch_id": bid}

@@ -156,7 +156,8 @@ class Reader:
 
     def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None) -> pd.DataFrame:
         """See :meth:`rayfs.FeatureStore.get_features`."""
-        k = C.key_column(pd.Series(list(keys), dtype=object), what=f"keys of entity {entity!r}")
+        keys = list(keys)  # read once: ``keys`` may be a generator
+        k = C.key_column(pd.Series(keys, dtype=object), what=f"keys of entity {entity!r}")
 
         def attempt(final: bool) -> tuple[Resolved, dict[str, np.ndarray] | None]:
             fs = self.resolve(features, entity)
