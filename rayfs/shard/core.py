@@ -489,11 +489,13 @@ class ShardCore:
     def get(self, entity: str, keys: np.ndarray, names: list[str]) -> dict:
         """Online values of ``names`` for ``keys`` (all owned by this shard) as of each stream's watermark.
 
-        The answer also carries ``"__cv__"``, the catalog version this shard knows.
+        Returns:
+            ``{"cv": catalog version this shard knows, "values": {name: values}}`` (as every answer that
+            depends on definitions, the version lets a driver tell its catalog is stale).
         """
         self._check_known(names)
         self.backfill.wait(names)
-        out: dict[str, Any] = {"__cv__": self.catalog_version}
+        out: dict[str, Any] = {}
         slots_of: dict[str, np.ndarray] = {}
         for n in names:
             stream = self.features[n].stream
@@ -501,11 +503,15 @@ class ShardCore:
             if slots is None:
                 slots = slots_of[stream] = self.slots(stream, entity, keys)
             out[n] = self.online(n, slots)
-        return out
+        return {"cv": self.catalog_version, "values": out}
 
     @_locked
     def replay(self, entity: str, keys: np.ndarray, t: np.ndarray, names: list[str]) -> dict:
-        """Point-in-time values of ``names`` for observations ``(keys[i], t[i])`` owned by this shard."""
+        """Point-in-time values of ``names`` for observations ``(keys[i], t[i])`` owned by this shard.
+
+        Returns:
+            ``{"cv": catalog version this shard knows, "values": {name: values}}``.
+        """
         self._check_known(names)
         start = time.perf_counter()
         self.replays.load()
@@ -521,8 +527,7 @@ class ShardCore:
             self.counters["replay_events"] += events
         self.counters["replay_observations"] += len(keys)
         self.counters["replay_seconds"] += time.perf_counter() - start
-        out["__cv__"] = self.catalog_version
-        return out
+        return {"cv": self.catalog_version, "values": out}
 
     def _check_known(self, names: list[str]) -> None:
         missing = [n for n in names if n not in self.features]

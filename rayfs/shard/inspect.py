@@ -115,8 +115,7 @@ class Inspection:
         s = self._shard
         with s.lock:
             s.await_backfills(names)
-            online = s.get(entity, keys, names)
-            online.pop("__cv__", None)
+            online = s.get(entity, keys, names)["values"]
             fresh = s.replays.read_log()
             replay, at = {}, {}
             indexes: dict[str, EventIndex] = {}

@@ -26,9 +26,8 @@ import numpy as np
 import pandas as pd
 import ray
 
-from rayfs.aggregates import REGISTRY
 from rayfs.engine import columns as C
-from rayfs.engine.fold import compile_feature
+from rayfs.engine.fold import compile_feature, value_kind
 from rayfs.engine.routing import shard_of
 from rayfs.errors import DefinitionError, SchemaError, UnknownFeatureError
 from rayfs.model.definitions import Feature
@@ -88,8 +87,8 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
     for (req, pos), res in zip(where, ray.get(calls), strict=True):
         if isinstance(res, bytes):  # a small answer packed into one buffer (ShardService.get_packed)
             res = pickle.loads(res)
-        cv = max(cv, res.get("__cv__", 0))
-        _scatter(req.defaults, res, pos)
+        cv = max(cv, res["cv"])
+        _scatter(req.defaults, res["values"], pos)
     return cv
 
 
@@ -262,9 +261,7 @@ class Reader:
     def empty(self, f: Feature, n: int) -> np.ndarray:
         """``n`` copies of the feature's empty value (0 for counts, NaN or None otherwise)."""
         catalog = self.session.catalog
-        kind = catalog.schema.get(f.stream, {}).get(f.column) if f.column else None
-        if f.column in catalog.streams[f.stream].entities:  # as the shards do (ShardCore._compiled_for)
-            kind = "str" if "str" in REGISTRY[f.agg].kinds else "num"
+        kind = value_kind(f, catalog.streams[f.stream], catalog.schema.get(f.stream, {}))
         one = self._empties.get((f, kind))
         if one is None:
             cf = compile_feature(f, kind)

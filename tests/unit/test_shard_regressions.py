@@ -48,12 +48,12 @@ def test_feature_on_a_column_older_batches_lack(tmp_path, replay_first):
         c.replay("user", USERS, np.array([10**7, 10**7]), [])
     c.add_feature(SUM_X.to_dict())
     c.add_feature(POS_X.to_dict())
-    want = c.get("user", USERS, ["sx", "n_pos"])
+    want = c.get("user", USERS, ["sx", "n_pos"])["values"]
     assert want["sx"].tolist() == [10.0, -20.0] and want["n_pos"].tolist() == [1, 0]
     c.close()
     shutil.rmtree(os.path.join(c.dir, "snapshot.lmdb"))  # the log alone must suffice
     again = core(tmp_path, [SUM_X, POS_X])
-    got = again.get("user", USERS, ["sx", "n_pos"])
+    got = again.get("user", USERS, ["sx", "n_pos"])["values"]
     assert got["sx"].tolist() == [10.0, -20.0] and got["n_pos"].tolist() == [1, 0]
     again.close()
 
@@ -69,7 +69,7 @@ def test_a_batch_that_cannot_be_folded_is_not_logged(tmp_path):
     assert c.log.next_offset == 1
     c.close()
     again = core(tmp_path, [feat], stream=S2)  # recovers: nothing unfoldable in the log
-    assert again.get("user", np.array(["a"], dtype=object), ["min_post"])["min_post"].tolist() == [5]
+    assert again.get("user", np.array(["a"], dtype=object), ["min_post"])["values"]["min_post"].tolist() == [5]
     again.close()
 
 

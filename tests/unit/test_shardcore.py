@@ -95,9 +95,9 @@ def read_all(c: ShardCore, df: pd.DataFrame, feats=FEATS) -> dict[str, pd.DataFr
         if not names:
             continue
         k = key_column(pd.Series(keys, dtype=object), what="keys")
-        out[f"get_{entity}"] = pd.DataFrame(c.get(entity, k, names)).assign(**{entity: keys})
+        out[f"get_{entity}"] = pd.DataFrame(c.get(entity, k, names)["values"]).assign(**{entity: keys})
         ok = key_column(obs[entity], what="obs")
-        out[f"replay_{entity}"] = pd.DataFrame(c.replay(entity, ok, obs["ts"].to_numpy() * 1_000_000, names))
+        out[f"replay_{entity}"] = pd.DataFrame(c.replay(entity, ok, obs["ts"].to_numpy() * 1_000_000, names)["values"])
     return out
 
 
