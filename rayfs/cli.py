@@ -183,7 +183,8 @@ def _serve(args) -> int:
     if args.address:  # detached actors in a cluster: they keep running without this process
         print(f"stop with: rayfs stop --name {cfg.store.name} --address {args.address}")
         if http is not None:
-            print("the HTTP server keeps running too; stop it with: serve shutdown -y")
+            print(f"the HTTP server keeps running too; stop it with `serve shutdown -y` (needs the Ray dashboard) or "
+                  f"rayfs.serve.http.stop_http({cfg.store.name!r}) from a driver")
         store.close()
         return 0
     print("serving until Ctrl-C or SIGTERM (then the store snapshots and stops), or `rayfs stop`", flush=True)
