@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--address", default=None,
                        help="a Ray cluster to start it in (then this command returns, the store keeps running); "
                             "without it a local Ray is started and the store runs until Ctrl-C")
+    serve.add_argument("--http", type=int, default=None, metavar="PORT",
+                       help="also serve feature reads over HTTP on this port (Ray Serve; default: [serve] port)")
+    serve.add_argument("--http-host", default=None, help="the HTTP address (default: [serve] host or 127.0.0.1)")
     status = sub.add_parser("status", help="shards, their nodes and figures, and the features of a store")
     _target_args(status)
     stop = sub.add_parser("stop", help="snapshot and stop a named store")
@@ -203,16 +206,22 @@ def _serve(args) -> int:
         print(f"rayfs serve: {args.config}: [store] needs a name so that drivers can connect to it",
               file=sys.stderr)
         return 2
+    http = _http_settings(args, cfg)  # a missing token variable stops here, before anything starts
     store = FeatureStore.open(**cfg.store.open_kwargs(), address=args.address)
     _apply(cfg, store)
     import ray
 
     address = ray.get_runtime_context().gcs_address
+    if http is not None:
+        _start_http(args, cfg, store, http)
     print(f"store {cfg.store.name!r} is serving: {cfg.store.shards or len(store.info())} shards, "
           f"{len(store.features)} features, data in {store.path}")
     print(f"connect with: rayfs.connect({cfg.store.name!r}, address={address!r})")
     if args.address:  # detached actors in a cluster: they keep running without this process
         print(f"stop with: rayfs stop --name {cfg.store.name} --address {args.address}")
+        if http is not None:
+            print(f"the HTTP server keeps running too; stop it with `serve shutdown -y` (needs the Ray dashboard) or "
+                  f"rayfs.serve.http.stop_http({cfg.store.name!r}) from a driver")
         store.close()
         return 0
     print("serving until Ctrl-C or SIGTERM (then the store snapshots and stops), or `rayfs stop`", flush=True)
@@ -226,9 +235,37 @@ def _serve(args) -> int:
                 return 0
     except KeyboardInterrupt:
         pass
+    if http is not None:
+        from rayfs.serve.http import stop_http
+
+        stop_http(cfg.store.name)
     store.stop()
     print("stopped")
     return 0
+
+
+def _http_settings(args, cfg) -> dict | None:
+    """``serve_http`` arguments from ``--http``/``--http-host`` and ``[serve]``; ``None`` if HTTP is not asked for."""
+    port = args.http if args.http is not None else cfg.serve.port
+    if port is None:
+        return None
+    from rayfs.serve.protocol import resolve_token
+
+    return {"host": args.http_host or cfg.serve.host, "port": port, "max_keys": cfg.serve.max_keys,
+            "num_replicas": cfg.serve.num_replicas, "token": resolve_token(cfg.serve.token, cfg.serve.token_env)}
+
+
+def _start_http(args, cfg, store, http: dict) -> None:
+    from rayfs.serve.http import serve_http
+
+    try:
+        url = serve_http(cfg.store.name, namespace=cfg.store.namespace, **http)
+    except BaseException:
+        # No store left behind without its server in a local run; in a cluster the store stays up.
+        store.close() if args.address else store.stop()
+        raise
+    auth = "bearer token required" if http["token"] else "no token (open to anyone who reaches the port)"
+    print(f"HTTP: POST {url}/get-online-features, GET {url}/health ({auth})")
 
 
 def _status(args) -> int:

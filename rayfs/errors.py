@@ -6,9 +6,9 @@ field, feature, file) and the operation leaves nothing half-applied.
 
 from __future__ import annotations
 
-__all__ = ["AggregateError", "ConfigError", "DefinitionError", "FileFormatError", "LogCorruptionError",
-           "OptionError", "RayfsError", "SchemaError", "SqlError", "StoreClosedError", "StoreOpenError",
-           "StoreNotFoundError", "TimestampError", "UnknownFeatureError", "UnknownStreamError", "WindowError"]
+__all__ = ["AggregateError", "ConfigError", "DefinitionError", "FileFormatError", "HttpRequestError",
+           "LogCorruptionError", "OptionError", "RayfsError", "SchemaError", "SqlError", "StoreClosedError", "StoreOpenError",
+           "StoreNotFoundError", "TimestampError", "TokenError", "UnknownFeatureError", "UnknownStreamError", "WindowError"]
 
 
 class RayfsError(Exception):
@@ -108,3 +108,23 @@ class FileFormatError(SchemaError):
 def _rebuild_file_error(cls: type, path: str, reason: str, line: int | None, row: int | None) -> FileFormatError:
     # keyword-only arguments cannot travel through __reduce__'s positional tuple
     return cls(path, reason, line=line, row=row)
+
+
+class HttpRequestError(RayfsError):
+    """A request the HTTP feature server refuses; ``status`` is the HTTP status code to answer with.
+
+    >>> HttpRequestError(400, "features: expected an array").status
+    400
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __reduce__(self):
+        return type(self), (self.status, self.message)
+
+
+class TokenError(RayfsError):
+    """The configured bearer token cannot be found (an unset environment variable) or is empty."""

@@ -51,6 +51,9 @@ Schema (every table rejects keys it does not list; every value's type is checked
 * ``[[sql]]``: ``query`` (required: ``SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream> [WHERE ...]
   GROUP BY <entity>``, see :mod:`rayfs.model.sql`); ``window``, ``description``, ``owner``, ``tags`` (given to
   every feature of the statement).
+* ``[serve]`` (optional; the HTTP feature server of ``rayfs serve --http``, see :class:`ServeSettings`):
+  ``port`` (integer 1-65535), ``host`` (string), ``token`` or ``token_env`` (strings, not both),
+  ``max_keys`` (integer >= 1), ``num_replicas`` (integer >= 1 or ``"auto"``).
 
 Rules beyond the types: a feature's (or SQL statement's) stream must be a stream of the same config and
 its entity one of that stream's entities; stream names are unique, and feature names are unique across
@@ -104,19 +107,20 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["DEFAULT_NAMESPACE", "DURABILITY", "KeyLines", "StoreConfig", "StoreSettings", "dump_config",
-           "format_path", "load_config", "parse_config"]
+__all__ = ["DEFAULT_NAMESPACE", "DURABILITY", "KeyLines", "ServeSettings", "StoreConfig", "StoreSettings",
+           "dump_config", "format_path", "load_config", "parse_config"]
 
 DURABILITY = ("sync", "group", "none")
 """The store's durability modes (as :meth:`FeatureStore.open <rayfs.store.FeatureStore.open>` takes them)."""
 DEFAULT_NAMESPACE = "rayfs"
 
-_TOP_KEYS = ("store", "streams", "features", "sql")
+_TOP_KEYS = ("store", "streams", "features", "sql", "serve")
 _STORE_KEYS = ("name", "path", "shards", "durability", "namespace")
 _STREAM_KEYS = ("name", "entities", "timestamp")
 _FEATURE_KEYS = ("name", "stream", "entity", "agg", "column", "window", "where", "k", "q", "description",
                  "owner", "tags")
 _SQL_KEYS = ("query", "window", "description", "owner", "tags")
+_SERVE_KEYS = ("port", "host", "token", "token_env", "max_keys", "num_replicas")
 
 Path = tuple[str | int, ...]
 """A key path into the parsed document: ``("features", 2, "agg")``."""
@@ -342,6 +346,29 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    """The ``[serve]`` table: how ``rayfs serve --http`` serves features over HTTP (:mod:`rayfs.serve.http`).
+
+    Attributes:
+        port: the HTTP port to listen on; ``None`` serves HTTP only when ``--http PORT`` is given.
+        host: the address to listen on (``"0.0.0.0"`` for every interface).
+        token: the bearer token requests must carry. Prefer ``token_env`` so the secret stays out of the file.
+        token_env: the environment variable holding the token (it must be set when the server starts).
+            Without ``token`` and ``token_env`` the token comes from ``RAYFS_HTTP_TOKEN`` if set, else the
+            server is open.
+        max_keys: the most entity keys one request may ask for.
+        num_replicas: Serve replicas, or ``"auto"`` to scale them with load.
+    """
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+    token: str | None = dataclasses.field(default=None, repr=False)
+    token_env: str | None = None
+    max_keys: int = 1000
+    num_replicas: int | str = 1
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """A parsed store config (see the module docstring).
 
@@ -350,12 +377,14 @@ class StoreConfig:
         streams: the streams, in file order.
         features: the ``[[features]]`` in file order, then the features of each ``[[sql]]`` statement.
         source: the file the config was read from (``"<string>"`` for :func:`parse_config` by default).
+        serve: the ``[serve]`` settings (defaults when the table is absent).
     """
 
     store: StoreSettings
     streams: tuple[Stream, ...] = ()
     features: tuple[Feature, ...] = ()
     source: str = "<string>"
+    serve: ServeSettings = ServeSettings()
 
     @property
     def stream_map(self) -> dict[str, Stream]:
@@ -569,8 +598,9 @@ class _Parser:
             for f in self.sql(entry, ("sql", i), streams):
                 self.unique(f.name, ("sql", i, "query"), seen, "feature")
                 features.append(f)
+        serve = self.serve(doc["serve"]) if "serve" in doc else ServeSettings()
         return StoreConfig(store=store, streams=tuple(streams.values()), features=tuple(features),
-                           source=self.source)
+                           source=self.source, serve=serve)
 
     def unique(self, name: str, path: Path, seen: dict[str, Path], what: str) -> None:
         if name in seen:
@@ -595,6 +625,28 @@ class _Parser:
             raise self.error(p + ("durability",), f"must be one of {', '.join(DURABILITY)}, not {durability!r}")
         namespace = self.string(doc, p, "namespace", DEFAULT_NAMESPACE)
         return StoreSettings(path=path, name=name, shards=shards, durability=durability, namespace=namespace)
+
+    def serve(self, doc: Any) -> ServeSettings:
+        p: Path = ("serve",)
+        if not isinstance(doc, dict):
+            raise self.error(p, f"expected a table ([serve]), got {_type_name(doc)}")
+        self.table(doc, p, _SERVE_KEYS, ())
+        port = self.typed(doc, p, "port", int)
+        if port is not None and not 1 <= port <= 65535:
+            raise self.error(p + ("port",), f"must be a TCP port (1-65535), not {port}")
+        host = self.string(doc, p, "host", "127.0.0.1")
+        token = self.string(doc, p, "token")
+        token_env = self.string(doc, p, "token_env")
+        if token is not None and token_env is not None:
+            raise self.error(p + ("token_env",), "give token or token_env, not both")
+        max_keys = self.typed(doc, p, "max_keys", int, 1000)
+        if max_keys < 1:
+            raise self.error(p + ("max_keys",), f"must be a positive integer, not {max_keys}")
+        replicas = self.typed(doc, p, "num_replicas", (int, str), 1)
+        if replicas != "auto" and (not isinstance(replicas, int) or replicas < 1):
+            raise self.error(p + ("num_replicas",), f"must be a positive integer or \"auto\", not {replicas!r}")
+        return ServeSettings(port=port, host=host, token=token, token_env=token_env, max_keys=max_keys,
+                             num_replicas=replicas)
 
     def stream(self, doc: dict, p: Path) -> Stream:
         self.table(doc, p, _STREAM_KEYS, _STREAM_KEYS)
@@ -738,6 +790,9 @@ def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = 
     if st.shards is not None:
         out.append(f"shards = {st.shards}")
     out += [f"durability = {_toml_str(st.durability)}", f"namespace = {_toml_str(st.namespace)}"]
+    if config.serve != ServeSettings():
+        out += ["", "[serve]"] + [f"{k} = {_toml_value(getattr(config.serve, k))}" for k in _SERVE_KEYS
+                                  if getattr(config.serve, k) is not None]
     for s in config.streams:
         out += ["", "[[streams]]"] + [f"{k} = {_toml_value(v, f'stream {s.name!r}: {k}')}"
                                          for k, v in s.to_dict().items()]
