@@ -791,7 +791,7 @@ def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = 
         out.append(f"shards = {st.shards}")
     out += [f"durability = {_toml_str(st.durability)}", f"namespace = {_toml_str(st.namespace)}"]
     if config.serve != ServeSettings():
-        out += ["", "[serve]"] + [f"{k} = {_toml_value(getattr(config.serve, k))}" for k in _SERVE_KEYS
+        out += ["", "[serve]"] + [f"{k} = {_toml_value(getattr(config.serve, k), f'serve: {k}')}" for k in _SERVE_KEYS
                                   if getattr(config.serve, k) is not None]
     for s in config.streams:
         out += ["", "[[streams]]"] + [f"{k} = {_toml_value(v, f'stream {s.name!r}: {k}')}"

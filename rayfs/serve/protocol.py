@@ -86,7 +86,7 @@ def parse_request(body: bytes, *, max_keys: int = DEFAULT_MAX_KEYS) -> OnlineReq
     >>> parse_request(b'{"features": ["n"], "entities": {"user": ["u1", 2.5]}}')
     Traceback (most recent call last):
     ...
-    rayfs.serve.protocol.HttpRequestError: entities.user[1]: expected a string or an integer key, got a number (2.5)
+    rayfs.errors.HttpRequestError: entities.user[1]: expected a string or an integer key, got a number (2.5)
     """
     try:
         doc = json.loads(body)
@@ -149,7 +149,7 @@ def resolve_token(token: str | None = None, token_env: str | None = None) -> str
     >>> resolve_token(token_env="RAYFS_TEST_SURELY_UNSET")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rayfs.serve.protocol.TokenError: serve.token_env: environment variable 'RAYFS_TEST_SURELY_UNSET' is not set...
+    rayfs.errors.TokenError: serve.token_env: environment variable 'RAYFS_TEST_SURELY_UNSET' is not set...
     """
     if token is not None:
         if not token.strip():
@@ -179,7 +179,7 @@ def check_token(authorization: str | None, token: str | None) -> None:
     >>> check_token("Bearer abd", "abc")
     Traceback (most recent call last):
     ...
-    rayfs.serve.protocol.HttpRequestError: wrong bearer token
+    rayfs.errors.HttpRequestError: wrong bearer token
     """
     if token is None:
         return
