@@ -209,10 +209,11 @@ def fold_into(table: StateTable, cf: CompiledFeature, cols: Batch) -> None:
 
 
 class WindowEvents:
-    """The counted events of one windowed feature in a window buffer, sorted by (slot, ts, seq).
+    """The counted events of one windowed feature in (part of) a window buffer, sorted by (slot, ts, seq).
 
-    Built once per buffer version (ingest invalidates it), so an online read costs a binary search per
-    key plus the events of those keys, not a scan of the buffer.
+    A shard keeps a feature's buffered events as a few such sorted runs (one per recent batch, merged as
+    they accumulate), so an online read costs a binary search per key and run plus the events of those
+    keys, never a scan or a re-sort of the buffer.
     """
 
     def __init__(self, cf: CompiledFeature, cols: Batch) -> None:
@@ -224,23 +225,54 @@ class WindowEvents:
             return
         idx, vals = feature_rows(cf, cols)
         slots, ts, seq = cols[slot_column(cf.feature.entity)][idx], cols[TS][idx], cols[SEQ][idx]
+        self._sort(slots, ts, seq, vals)
+
+    def _sort(self, slots: np.ndarray, ts: np.ndarray, seq: np.ndarray, vals: np.ndarray | None) -> None:
         order = np.lexsort((seq, ts, slots))
         self.slots, self.ts, self.seq = slots[order], ts[order], seq[order]
         self.vals = None if vals is None else vals[order]
 
-    def fold(self, query_slots: np.ndarray, lower_us: int) -> np.ndarray:
-        """Finalized values over events with ``ts >= lower_us`` for each of ``query_slots`` (-1: unknown)."""
-        agg = self.cf.agg
-        q = len(query_slots)
-        state = agg.zero(q)
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def merge(cls, runs: list[WindowEvents], floor: int) -> WindowEvents:
+        """One run holding the events of ``runs`` with ``ts >= floor`` (older ones no window can see)."""
+        out = cls.__new__(cls)
+        out.cf = runs[0].cf
+        slots = np.concatenate([r.slots for r in runs])
+        ts = np.concatenate([r.ts for r in runs])
+        seq = np.concatenate([r.seq for r in runs])
+        vals = None if runs[0].vals is None else np.concatenate([r.vals for r in runs])
+        keep = ts >= floor
+        if not keep.all():
+            slots, ts, seq = slots[keep], ts[keep], seq[keep]
+            vals = None if vals is None else vals[keep]
+        out._sort(slots, ts, seq, vals)
+        return out
+
+    def accumulate(self, state: dict, query_slots: np.ndarray, lower_us: int) -> None:
+        """Fold the events with ``ts >= lower_us`` of each of ``query_slots`` (-1: unknown) into ``state``
+        (row ``i`` of ``state`` belongs to ``query_slots[i]``)."""
         lo = np.searchsorted(self.slots, query_slots, side="left")
         hi = np.where(query_slots >= 0, np.searchsorted(self.slots, query_slots, side="right"), lo)
         lengths = hi - lo
         if lengths.sum():
-            owner = np.repeat(np.arange(q), lengths)
+            owner = np.repeat(np.arange(len(query_slots)), lengths)
             # every row of every range: position within its range + the range's start
             rows = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths - lo, lengths)
             keep = self.ts[rows] >= lower_us
             rows, owner = rows[keep], owner[keep]
-            agg.update(state, owner, None if self.vals is None else self.vals[rows], self.ts[rows], self.seq[rows])
+            self.cf.agg.update(state, owner, None if self.vals is None else self.vals[rows], self.ts[rows],
+                               self.seq[rows])
+
+    def slots_between(self, lo_us: int, hi_us: int) -> np.ndarray:
+        """The slots of the events with ``lo_us <= ts < hi_us`` (with repeats)."""
+        return self.slots[(self.ts >= lo_us) & (self.ts < hi_us)]
+
+    def fold(self, query_slots: np.ndarray, lower_us: int) -> np.ndarray:
+        """Finalized values over events with ``ts >= lower_us`` for each of ``query_slots`` (-1: unknown)."""
+        agg = self.cf.agg
+        state = agg.zero(len(query_slots))
+        self.accumulate(state, query_slots, lower_us)
         return agg.finalize(state)

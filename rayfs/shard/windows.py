@@ -2,7 +2,7 @@
 
 :class:`WindowBuffers` owns, per stream, the merged buffer and the chunks appended since it was last merged,
 the window the buffer was built for (``window``), the newest event time this shard logged
-(``local_max``), and, per windowed feature, the sorted counted events of the buffer
+(``local_max``), and, per windowed feature, its counted buffered events as a few sorted runs
 (:class:`~rayfs.engine.fold.WindowEvents`) that a read folds. No Ray here; the shard's lock guards every call.
 
 Invariants:
@@ -15,8 +15,11 @@ Invariants:
 * When the longest window of a stream changes, its buffer is :meth:`WindowBuffers.reset` and refilled from
   the log by the caller (recovery, or the backfill of a feature with a longer window): a buffer built for a
   shorter window lacks events the new one needs.
-* A feature's ``WindowEvents`` is dropped whenever its stream's buffer changes, and rebuilt on the next
-  read of it; a read therefore always folds the current buffer.
+* A feature's runs, once built (on its first read, from the merged buffer), hold exactly its counted
+  events among the buffer's: every appended batch adds one run of its kept rows, runs are merged when a run
+  is at least half the size of the one before it (so there are O(log n) runs and each event is re-sorted
+  O(log n) times), and merging drops events below the floor. A reset of the stream, or a recompiled
+  feature, drops them. A read therefore folds exactly the current buffer, without re-sorting it.
 * A windowed read of feature ``f`` at watermark ``t`` folds, per key, the buffered events with
   ``t + 1 - window <= ts``: the events an observation at ``t + 1µs`` sees under the point-in-time rule.
 """
@@ -50,7 +53,7 @@ class WindowBuffers:
         self._parts: dict[str, list[Batch]] = {}  # chunks appended since the buffer was last merged
         self._window: dict[str, int] = {}
         self._local_max: dict[str, int] = {}
-        self._events: dict[str, WindowEvents] = {}  # per windowed feature key, dropped when its buffer changes
+        self._runs: dict[str, list[WindowEvents]] = {}  # per windowed feature key, see the module docstring
 
     # ------------------------------------------------------------------------------------- windows
     def longest_window(self, stream: str) -> int:
@@ -67,7 +70,7 @@ class WindowBuffers:
         self._merged[stream] = {}
         self._parts.pop(stream, None)
         self._window[stream] = self.longest_window(stream)
-        self._invalidate(stream)
+        self._drop_runs(stream)
 
     def floor(self, stream: str) -> int:
         """The oldest event time ``stream``'s buffer must hold (``local_max - window``)."""
@@ -90,14 +93,22 @@ class WindowBuffers:
         if w == 0:
             self._merged[stream] = {}
             self._parts.pop(stream, None)
+            self._drop_runs(stream)
             return
         floor = max(self._local_max.get(stream, _NEVER), int(cols[TS].max(initial=_NEVER))) - w
-        self._invalidate(stream)
         keep = cols[TS] >= floor
         if keep.any():
+            chunk = take(cols, keep)
             parts = self._parts.setdefault(stream, [])
-            parts.append(take(cols, keep))
+            parts.append(chunk)
             parts[:] = [p for p in parts if p[TS].max() >= floor]  # whole chunks past every window
+            for key in self._stream_runs(stream):
+                runs = self._runs[key]
+                run = WindowEvents(runs[0].cf, chunk)
+                if len(run):
+                    runs.append(run)
+                while len(runs) > 1 and 2 * len(runs[-1]) >= len(runs[-2]):
+                    runs[-2:] = [WindowEvents.merge(runs[-2:], floor)]
 
     def merged(self, stream: str) -> Batch:
         """The buffer of ``stream``: pending chunks merged in, events no window can see dropped."""
@@ -111,25 +122,43 @@ class WindowBuffers:
         return buf
 
     def forget(self, key: str) -> None:
-        """Drop the cached events of feature ``key`` (dropped or redefined)."""
-        self._events.pop(key, None)
+        """Drop the runs of feature ``key`` (dropped or redefined)."""
+        self._runs.pop(key, None)
 
-    def _invalidate(self, stream: str) -> None:
-        for n in [n for n in self._events if self._features[n].stream == stream]:
-            del self._events[n]
+    def _stream_runs(self, stream: str) -> list[str]:
+        return [n for n in self._runs if self._features[n].stream == stream]
+
+    def _drop_runs(self, stream: str) -> None:
+        for n in self._stream_runs(stream):
+            del self._runs[n]
+
+    def _feature_runs(self, key: str, cf: CompiledFeature) -> list[WindowEvents]:
+        runs = self._runs.get(key)
+        if runs is None or runs[0].cf is not cf:
+            runs = self._runs[key] = [WindowEvents(cf, self.merged(cf.feature.stream))]
+        return runs
 
     # ------------------------------------------------------------------------------------- reads
     def read(self, key: str, cf: CompiledFeature, slots: np.ndarray, watermark: int | None) -> np.ndarray:
         """Online values of windowed feature ``key`` (compiled as ``cf``) at ``slots``, as of ``watermark``.
 
         Folds each key's buffered events with ``ts >= watermark + 1 - window`` (every buffered event when
-        the stream has no watermark yet). The sorted events are cached per feature until the buffer changes.
+        the stream has no watermark yet), run by run.
         """
         lower = (watermark + 1 - cf.feature.window_us) if watermark is not None else 0
-        we = self._events.get(key)
-        if we is None or we.cf is not cf:
-            we = self._events[key] = WindowEvents(cf, self.merged(cf.feature.stream))
-        return we.fold(slots, lower)
+        state = cf.agg.zero(len(slots))
+        for run in self._feature_runs(key, cf):
+            run.accumulate(state, slots, lower)
+        return cf.agg.finalize(state)
+
+    def expiring(self, key: str, cf: CompiledFeature, old: int | None, new: int | None) -> np.ndarray:
+        """The slots whose value of windowed feature ``key`` changes because events leave its window when the
+        watermark moves from ``old`` to ``new`` (unique; empty when nothing moved)."""
+        if old is None or new is None or new <= old:
+            return np.zeros(0, np.int64)
+        w = cf.feature.window_us
+        found = [run.slots_between(old + 1 - w, new + 1 - w) for run in self._feature_runs(key, cf)]
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
     # ------------------------------------------------------------------------------------- snapshots
     def to_snapshot(self) -> tuple[dict, dict[str, dict]]:

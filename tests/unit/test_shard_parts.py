@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rayfs.engine.columns import TS, Batch, decode_batch, encode_batch
-from rayfs.engine.fold import SEQ, SEQ_ROW_BITS, compile_feature, slot_column
+from rayfs.engine.fold import SEQ, SEQ_ROW_BITS, WindowEvents, compile_feature, slot_column
 from rayfs.engine.keyindex import KeyIndex
 from rayfs.model.definitions import Feature
 from rayfs.shard.replay_cache import COMPACT_PARTS, ReplayCache
@@ -237,3 +237,31 @@ def test_read_log_reads_the_files_not_the_cache(shard):
     fresh = rc.read_log()
     assert list(fresh) == ["ev"] and fresh["ev"][0][TS].tolist() == [1]
     assert rc.parts("ev") == []
+
+
+
+@pytest.mark.parametrize("agg,column", [("count", None), ("sum", "x"), ("max", "x"), ("last", "x"),
+                                        ("count_distinct", "x"), ("last_k", "x")])
+def test_runs_kept_across_appends_fold_like_a_fresh_sort_of_the_buffer(agg, column):
+    """Reads after every append (batches out of time order, expiry included) equal a fold of the merged
+    buffer sorted afresh, and ``expiring`` names every key whose value changes as the window moves on."""
+    rng = np.random.default_rng(7)
+    f = Feature(name="w", stream="ev", entity="user", agg=agg, column=column, window="2h",
+                **({"k": 3} if agg == "last_k" else {}))
+    wb = WindowBuffers({f.key: f})
+    cf = compile_feature(f, "num" if column else None)
+    slots = np.arange(-1, 12)
+    wm = None
+    for offset in range(60):
+        n = int(rng.integers(1, 40))
+        ts = (offset * H // 4 + rng.integers(-H, H // 2, n)).tolist()  # late events too
+        fill(wb, "ev", batch(ts, rng.integers(0, 11, n).tolist(), offset, x=rng.integers(0, 5, n).tolist()))
+        old, wm = wm, max(wm if wm is not None else ts[0], max(ts))
+        got = wb.read(f.key, cf, slots, wm)
+        fresh = WindowEvents(cf, wb.merged("ev"))
+        assert [repr(v) for v in got] == [repr(v) for v in fresh.fold(slots, wm + 1 - f.window_us)]
+        if old is not None:
+            before = fresh.fold(slots, old + 1 - f.window_us)  # the same events, the old window start
+            changed = {int(s) for s, a, b in zip(slots, before, got, strict=True) if repr(a) != repr(b)}
+            assert changed <= set(wb.expiring(f.key, cf, old, wm).tolist())
+    assert len(wb._runs[f.key]) <= 8  # merged as they accumulate: O(log n) runs
