@@ -11,7 +11,9 @@ buffers, and (4) now and then snapshots all state with the log offset it covers 
   the windowed online reads;
 * :class:`~rayfs.shard.replay_cache.ReplayCache`: the decoded events and sorted indexes of replay;
 * :class:`~rayfs.shard.backfill.Backfill`: folding newly registered features from the log, and its progress;
-* :class:`~rayfs.shard.inspect.Inspection`: stats, feature statistics, key samples and the audit.
+* :class:`~rayfs.shard.inspect.Inspection`: stats, feature statistics, key samples and the audit;
+* :class:`~rayfs.shard.online.OnlineView`: the online table (LMDB) that readers on the node read without
+  calling the shard, brought up to date with every batch before it is acknowledged.
 
 The core itself owns the log, the snapshot store, the definitions and their compiled forms, the key indexes,
 the lifetime state tables, the watermarks and the exactly-once batch ids. Online folding, backfill and
@@ -77,6 +79,7 @@ from rayfs.model.config import DURABILITY
 from rayfs.model.definitions import Feature, Stream
 from rayfs.shard.backfill import Backfill
 from rayfs.shard.inspect import Inspection
+from rayfs.shard.online import OnlineView
 from rayfs.shard.replay_cache import ReplayCache
 from rayfs.shard.windows import WindowBuffers
 from rayfs.storage.catalog import Catalog
@@ -87,6 +90,7 @@ from rayfs.storage.snapshot import SnapshotStore
 
 __all__ = ["REMEMBER_IDS", "ShardCore"]
 
+_NEVER = -(2**62)  # below every event time
 REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
 
 
@@ -164,13 +168,15 @@ class ShardCore:
         self.schema: dict[str, dict[str, str]] = {s: {} for s in self.streams}
         self.applied: OrderedDict[str, int] = OrderedDict()
         self.since_snapshot = 0
-        self.windows = WindowBuffers(self.features)
+        self.windows = WindowBuffers(self.features, self.compiled)
         self.replays = ReplayCache(self.log, self._decode)
         self.backfill = Backfill(self.lock, define=self._define, features=self.features, compiled=self.compiled,
                                  tables=self.tables, counts=self.counts, windows=self.windows,
                                  replays=self.replays, log=self.log, decode=self._decode)
         self.inspection = Inspection(self)
+        self.online_view = OnlineView(self.dir, self)
         self._recover()
+        self.online_view.open()
 
     # ------------------------------------------------------------------------------------- recovery
     def _recover(self) -> None:
@@ -267,6 +273,7 @@ class ShardCore:
         self.streams[s.name] = s
         self.schema.setdefault(s.name, {})
         self._note_cv(version)
+        self._refresh_online()
 
     def add_feature(self, feature: dict, version: int | None = None) -> int:
         """Register a feature version and backfill it from the log (cold start); returns when done.
@@ -276,7 +283,10 @@ class ShardCore:
         Returns:
             The number of logged events the backfill covered.
         """
-        return self.backfill.add_feature(Feature.from_dict(feature), version)
+        done = self.backfill.add_feature(Feature.from_dict(feature), version)
+        with self.lock:
+            self._refresh_online()
+        return done
 
     def _define(self, f: Feature, version: int | None) -> bool:
         """Register feature version ``f`` (the caller holds the lock); ``False`` when its definition was
@@ -297,6 +307,7 @@ class ShardCore:
         self.tables.pop(key, None)
         self.windows.forget(key)
         self._note_cv(version)
+        self._refresh_online()
 
     def backfill_progress(self) -> dict[str, tuple[int, int]]:
         """Feature key -> (events folded, events to fold) of backfills running or recently finished here."""
@@ -365,10 +376,14 @@ class ShardCore:
             self.counters["errors"] += 1
             raise
         self.counters["bytes_ingested"] += self.log.size_bytes() - size
+        old = self.watermark.get(stream)
+        expiring = self.online_view.expiring(stream, old, max(old if old is not None else _NEVER,
+                                                               self._batch_watermark(record, n)))
         if n:
             self._fold(stream, cols, self._lifetime(stream), buffer=True, plan=plan)
             self.replays.add(stream, cols)
         self._note_batch(record, n)
+        self._refresh_online(stream, cols if n else None, expiring)
         self.counters["events_ingested"] += n
         self.counters["batches_ingested"] += 1
         self._remember(bid, offset)
@@ -377,16 +392,49 @@ class ShardCore:
             self.snapshot()
         return {"offset": offset, "duplicate": False, "cv": self.catalog_version}
 
+    def _refresh_online(self, stream: str | None = None, cols: Batch | None = None,
+                        expiring: dict[str, np.ndarray] | None = None) -> None:
+        """Bring the online table up to date (after a batch of ``stream``, or after definitions changed).
+
+        The batch is logged and folded by now: a failure here must not fail its ingest (a retry would be
+        dropped as a duplicate), so it is reported and the table rewritten whole at the next chance.
+        """
+        try:
+            self.online_view.after_batch(stream, cols, expiring or {})
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk; the state and the log are intact
+            self.online_view.invalidate()
+            warnings.warn(f"shard {self.shard_id}: online table not updated ({exc!r}); online reads from it "
+                          "lag until the next batch rewrites it", RuntimeWarning, stacklevel=2)
+
+    def backfilling(self, key: str) -> bool:
+        """Whether feature ``key`` is being backfilled (its values are not complete yet)."""
+        return self.backfill.running(key)
+
+    def log_offset(self) -> int:
+        """The offset the next logged batch gets (= the batches logged so far)."""
+        return self.log.next_offset
+
+    def windows_expiring(self, key: str, old: int | None, new: int | None) -> np.ndarray:
+        """Slots whose windowed feature ``key`` lost events as its stream's watermark moved from ``old`` to
+        ``new`` (see :meth:`rayfs.shard.windows.WindowBuffers.expiring`)."""
+        return self.windows.expiring(key, self.compiled_feature(key), old, new)
+
     def _note_batch(self, record: dict, n: int) -> None:
         """Count a logged batch's events and raise the stream's watermark to the batch's newest event."""
         stream = record["stream"]
         self.counts[stream] = self.counts.get(stream, 0) + n
         self.events_since_snapshot += n
+        wm = self._batch_watermark(record, n)
+        if wm != _NEVER:
+            self.watermark[stream] = max(self.watermark.get(stream, _NEVER), wm)
+
+    @staticmethod
+    def _batch_watermark(record: dict, n: int) -> int:
+        """The newest event time of the whole batch (``wm``), ``_NEVER`` for an empty one without it."""
         wm = record.get("wm")
         if wm is None and n:  # a batch logged before batches carried "wm"
             wm = int(decode(record["cols"][TS]).max())
-        if wm is not None:
-            self.watermark[stream] = max(self.watermark.get(stream, -(2**62)), int(wm))
+        return _NEVER if wm is None else int(wm)
 
     def _remember(self, bid: str, offset: int) -> None:
         self.applied[bid] = offset
@@ -581,6 +629,7 @@ class ShardCore:
             self.group.close()
         self.snapshot()
         self.log.close()
+        self.online_view.close()
         self._dir_lock.close()  # releases the flock
         self.snap.close()
 

@@ -45,10 +45,13 @@ class WindowBuffers:
     Args:
         features: the shard's feature definitions by key; read, never changed, here (the longest window of
             a stream and the stream of a cached feature are looked up in it).
+        compiled: the shard's compiled features by key, likewise read only: runs compiled otherwise (a
+            column's kind was first seen) are dropped, and rebuilt on the next read.
     """
 
-    def __init__(self, features: Mapping[str, Feature]) -> None:
+    def __init__(self, features: Mapping[str, Feature], compiled: Mapping[str, CompiledFeature] | None = None) -> None:
         self._features = features
+        self._compiled = compiled if compiled is not None else {}
         self._merged: dict[str, Batch] = {}
         self._parts: dict[str, list[Batch]] = {}  # chunks appended since the buffer was last merged
         self._window: dict[str, int] = {}
@@ -104,6 +107,9 @@ class WindowBuffers:
             parts[:] = [p for p in parts if p[TS].max() >= floor]  # whole chunks past every window
             for key in self._stream_runs(stream):
                 runs = self._runs[key]
+                if self._compiled.get(key, runs[0].cf) is not runs[0].cf:
+                    del self._runs[key]  # recompiled: rebuilt from the buffer on the next read
+                    continue
                 run = WindowEvents(runs[0].cf, chunk)
                 if len(run):
                     runs.append(run)

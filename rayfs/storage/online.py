@@ -80,7 +80,7 @@ class OnlineTable:
             txn.drop(self._env.open_db(), delete=False)
 
     def write(self, groups: Iterable[tuple[str, str, Sequence[str], Sequence[Any], Sequence[Sequence[Any]]]],
-              meta: dict[str, Any]) -> int:
+              meta: dict[str, Any], *, replace: bool = False) -> int:
         """Write rows and the meta entry in one transaction; returns the number of rows written.
 
         Args:
@@ -88,9 +88,12 @@ class OnlineTable:
                 ``layout[j]`` for ``keys[i]``. A group whose layout differs from the stored one must
                 carry every key of the group (the caller rewrites the group; old rows are dropped).
             meta: watermark, catalog version and offset; the layouts are added here.
+            replace: drop every row first (in the same transaction: readers never see an empty table).
         """
         n = 0
         with self._env.begin(write=True) as txn:
+            if replace:
+                txn.drop(self._env.open_db(), delete=False)
             old = _load_meta(txn)
             layouts = dict(old.get("layouts", {})) if old else {}
             for stream, entity, layout, keys, columns in groups:

@@ -69,6 +69,7 @@ def stop_without_snapshot(c: ShardCore) -> None:
     """Simulate a shard that stops (e.g. is killed) without its closing snapshot."""
     c.log.close()
     c.snap.close()
+    c.online_view.close()  # LMDB opens an environment once per process: a restarted shard opens it again
     c._dir_lock.close()  # a dead process holds no lock
 
 
