@@ -20,10 +20,19 @@ from rayfs.model.timeutil import format_window, parse_window
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
+MAX_NAME_BYTES = 200
+"""The longest name, in UTF-8 bytes. Names become parts of snapshot keys (``state/<feature>@<version>``,
+``keys/<stream>/<entity>``) whose limit in LMDB is 511 bytes, and of file names (255 bytes)."""
+
+
 def check_name(name: str, what: str) -> str:
-    """Return ``name`` if it is a non-empty identifier-like string, else raise DefinitionError."""
+    """Return ``name`` if it is a non-empty identifier-like string of at most :data:`MAX_NAME_BYTES`
+    bytes, else raise DefinitionError."""
     if not isinstance(name, str) or not name or not set(name) <= _NAME_OK or name[0].isdigit():
         raise DefinitionError(f"{what} name {name!r} must be a non-empty identifier (letters, digits, _)")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise DefinitionError(f"{what} name {name[:40]!r}... is {len(name.encode())} bytes long; names are limited "
+                              f"to {MAX_NAME_BYTES} bytes")
     return name
 
 
