@@ -72,10 +72,10 @@ def to_frame(data, *, what: str) -> pd.DataFrame:
     if isinstance(data, Mapping):
         try:
             return pd.DataFrame({k: (v if np.ndim(v) else [v]) for k, v in data.items()})
-        except ValueError as exc:
-            raise SchemaError(f"{what}: columns of a dict batch must have equal lengths ({exc})") from None
         except UnicodeEncodeError:  # pandas' Arrow-backed strings refuse lone surrogates
             raise _unencodable(data, what) from None
+        except ValueError as exc:
+            raise SchemaError(f"{what}: columns of a dict batch must have equal lengths ({exc})") from None
     if isinstance(data, (list, tuple)):
         if not all(isinstance(r, Mapping) for r in data):
             raise SchemaError(f"{what}: a list batch must hold dicts (one per event)")

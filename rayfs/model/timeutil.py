@@ -250,7 +250,7 @@ def to_micros(values, *, what: str = "timestamp") -> np.ndarray:
         if getattr(dtype, "tz", None) is not None:
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)
         return _datetime64(series.to_numpy(), what)
-    if dtype == object:
+    if pd.api.types.is_object_dtype(dtype):
         return _objects(series.tolist(), what)
     raise TimestampError(f"{what}: values of type {dtype} are not timestamps; use epoch seconds (int or "
                          f"float), datetime64, pandas or datetime timestamps from {RANGE}")
