@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ class ObservationStreams:
             self._logs[name] = SegmentedLog(os.path.join(self.root, name), durability=self.durability)
         return self._logs[name]
 
-    def append(self, name: str, rows, timestamp: str = "ts") -> int:
+    def append(self, name: str, rows, timestamp: str = "ts", keys: Collection[str] = ()) -> int:
         """Validate ``rows`` and append them as one record; nothing is written if any check fails.
 
         Args:
@@ -74,6 +75,8 @@ class ObservationStreams:
             timestamp: the stream's time column: every append must carry it, with a valid time in every
                 row (training sets read it). Other columns may be absent from an append: they are null
                 there (NaT for a datetime column).
+            keys: columns that hold entity keys (e.g. every entity field of the store's streams): checked
+                as keys (strings or int64 integers) here rather than when a training set reads them.
 
         Returns:
             The number of rows appended.
@@ -107,6 +110,8 @@ class ObservationStreams:
                 if len(ints) and ints.max() > _INT64_MAX:
                     raise SchemaError(f"{what}: integer {int(ints.max())} does not fit in int64; send such keys "
                                       "as strings")
+            if c in keys:
+                C.key_column(s, what=what)  # refuses what a training set could not use as keys
             try:
                 cols[c] = C.value_column(s, what=what)
             except SchemaError:
