@@ -204,7 +204,7 @@ def store(ray_session, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- ingest
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=40, **SETTINGS)
 @given(data=st.data())
 def test_generated_batches_apply_exactly_or_not_at_all(store, data):
     n = data.draw(st.integers(1, 6))
@@ -246,7 +246,7 @@ EVENTS = pd.DataFrame({"k": pd.Series(["a", "a", "", "é", 0, 2**63 - 1, -1], dt
                        "v": [1.0, 2.0, np.nan, 4.0, 5.0, 6.0, 7.0]})
 
 
-@settings(max_examples=50, **SETTINGS)
+@settings(max_examples=40, **SETTINGS)
 @given(data=st.data())
 def test_generated_observations_give_exact_training_sets_or_a_clean_error(store, data):
     if "obs_ev" not in store.streams:
@@ -312,6 +312,19 @@ BAD_FEATURES = [  # (overrides, expected error)
 ]
 
 
+SHARED: dict = {}
+"""The state machine's store, shared by its examples (each example works on its own stream and
+observation streams): opening a store costs seconds. Closed by :func:`close_shared`."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_shared(tmp_path_factory):
+    SHARED["path"] = str(tmp_path_factory.mktemp("machine") / "s")
+    yield
+    if "store" in SHARED:
+        SHARED.pop("store").close()
+
+
 class StoreMachine(RuleBasedStateMachine):
     """A store and its model (events and observations as the oracle reads them, live features)."""
 
@@ -320,22 +333,22 @@ class StoreMachine(RuleBasedStateMachine):
         self.events: list[pd.DataFrame] = []
         self.obs: dict[str, list[pd.DataFrame]] = {}
         self.features: dict[str, rayfs.Feature] = {}
-        self.count = 0
 
     @initialize()
-    def open_store(self) -> None:
-        import tempfile
+    def new_stream(self) -> None:
+        if "store" not in SHARED:
+            SHARED["store"] = rayfs.FeatureStore.open(SHARED["path"], shards=2)
+        self.ev = f"m{next(NAMES)}"
+        self.labs = [f"{self.ev}_lab1", f"{self.ev}_lab2"]
+        self.store.register_stream(self.ev, entities=["k"], timestamp="ts")
+        for agg, column, window, where in (FEATURE_MENU[1], FEATURE_MENU[4]):  # checked from the first step
+            f = self.store.register_feature(rayfs.Feature(name=f"f{next(NAMES)}", stream=self.ev, entity="k",
+                                                          agg=agg, column=column, window=window, where=where))
+            self.features[f.name] = f
 
-        self.dir = tempfile.TemporaryDirectory()
-        self.path = f"{self.dir.name}/s"
-        self.store = rayfs.FeatureStore.open(self.path, shards=2)
-        self.store.register_stream("ev", entities=["k"], timestamp="ts")
-
-    def teardown(self) -> None:
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
-            self.dir.cleanup()
+    @property
+    def store(self) -> rayfs.FeatureStore:
+        return SHARED["store"]
 
     def _batch(self, data, n: int) -> pd.DataFrame:
         keys = data.draw(st.lists(st.sampled_from([*KEYS, None]), min_size=n, max_size=n))
@@ -349,9 +362,10 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), bad=st.sampled_from([None, None, "ns_ts", "no_ts", "nan_ts", "bool_key", "uint64_key",
                                                 "surrogate_key", "mixed_v", "huge_ts"]))
     def ingest(self, data, bad) -> None:
+        event(f"ingest {bad or 'valid'}")
         batch = self._batch(data, data.draw(st.integers(1, 5)))
         if bad is None:
-            self.store.ingest("ev", batch)
+            self.store.ingest(self.ev, batch)
             self.events.append(batch)
             return
         if bad == "ns_ts":
@@ -371,11 +385,12 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             batch["v"] = pd.Series(["x", *range(len(batch) - 1)], dtype=object)
         with pytest.raises(rayfs.RayfsError):
-            self.store.ingest("ev", batch)
+            self.store.ingest(self.ev, batch)
 
     @rule(data=st.data(), bad=st.sampled_from([None, None, "no_ts", "nan_ts", "ns_ts", "surrogate_key"]))
     def append_observation(self, data, bad) -> None:
-        name = data.draw(st.sampled_from(["lab1", "lab2"]))
+        event(f"append_observation {bad or 'valid'}")
+        name = data.draw(st.sampled_from(self.labs))
         n = data.draw(st.integers(1, 3))
         keys = data.draw(st.lists(st.sampled_from(KEYS), min_size=n, max_size=n))
         secs = data.draw(st.lists(st.integers(0, 4500), min_size=n, max_size=n))
@@ -398,9 +413,10 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(i=st.integers(0, len(FEATURE_MENU) - 1), bad=st.one_of(st.none(), st.integers(0, len(BAD_FEATURES) - 1)))
     def register(self, i, bad) -> None:
+        event(f"register {'valid' if bad is None else 'invalid'}")
         agg, column, window, where = FEATURE_MENU[i]
-        self.count += 1
-        kw = dict(name=f"f{self.count}", stream="ev", entity="k", agg=agg, column=column, window=window, where=where)
+        kw = dict(name=f"f{next(NAMES)}", stream=self.ev, entity="k", agg=agg, column=column, window=window,
+                  where=where)
         if bad is None:
             f = self.store.register_feature(rayfs.Feature(**kw))
             self.features[f.name] = f
@@ -411,6 +427,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def drop(self, data) -> None:
+        event("drop")
         if self.features and data.draw(st.booleans()):
             name = data.draw(st.sampled_from(sorted(self.features)))
             self.store.drop_feature(name)
@@ -419,22 +436,25 @@ class StoreMachine(RuleBasedStateMachine):
             with pytest.raises(rayfs.UnknownFeatureError):
                 self.store.drop_feature("never_registered")
 
-    @rule()
-    def reopen(self) -> None:
-        self.store.close()
-        self.store = rayfs.FeatureStore.open(self.path)
+    @rule(now=st.integers(0, 2))
+    def reopen(self, now: int) -> None:
+        if now:  # a third of the time: a reopen costs seconds
+            return
+        event("reopen")
+        SHARED.pop("store").close()
+        SHARED["store"] = rayfs.FeatureStore.open(SHARED["path"])
 
     @invariant()
     def matches_the_oracle(self) -> None:
-        if not hasattr(self, "store"):
+        if not hasattr(self, "ev"):
             return
-        assert set(self.store.features) == set(self.features)
+        assert {n for n, f in self.store.features.items() if f.stream == self.ev} == set(self.features)
         if not self.features:
             return
         feats = list(self.features.values())
         names = [f.name for f in feats]
-        events = {"ev": pd.concat(self.events, ignore_index=True)} if self.events else {}
-        streams = {"ev": Stream(name="ev", entities=("k",), timestamp="ts")}
+        events = {self.ev: pd.concat(self.events, ignore_index=True)} if self.events else {}
+        streams = {self.ev: Stream(name=self.ev, entities=("k",), timestamp="ts")}
         got = self.store.get_features("k", [*KEYS, "never"], features=names)
         want = oracle_online(events, streams, feats, "k", [*KEYS, "never"])
         assert_features_equal(got, want, names, context="online")
@@ -446,7 +466,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert got["y"].tolist() == obs["y"].tolist()
 
 
-StoreMachine.TestCase.settings = settings(max_examples=6, stateful_step_count=12, deadline=None,
+StoreMachine.TestCase.settings = settings(max_examples=10, stateful_step_count=12, deadline=None,
                                           derandomize=True, database=None,
                                           phases=(Phase.explicit, Phase.generate, Phase.shrink))
 
