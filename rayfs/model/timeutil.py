@@ -177,6 +177,12 @@ def _objects(items: list, what: str) -> np.ndarray:
                 raise _fail(what, big[0], _number_hint(int(items[big[0]])))
             return np.array([int(v) for v in items], dtype=np.int64) * US_PER_S
         return _seconds(np.array([float(v) for v in items], dtype=np.float64), what)
+    try:  # vectorised; on failure the loop below names the row
+        conv = pd.to_datetime(pd.Series(items, dtype=object), utc=True).dt.tz_localize(None).to_numpy()
+    except (ValueError, OverflowError, TypeError):
+        conv = None
+    if conv is not None:
+        return _datetime64(conv, what)
     out = np.empty(len(items), dtype=np.int64)
     for i, v in enumerate(items):  # one by one: units and time zones differ per object
         if not isinstance(v, np.datetime64):
