@@ -1,8 +1,14 @@
 """Timestamps and windows as int64 microseconds.
 
 Every event time inside rayfs is an int64 count of microseconds since the Unix epoch (UTC). Inputs may
-be numeric epoch seconds (int or float), numpy ``datetime64``, pandas timestamps or ``datetime``
-objects; a missing or NaN timestamp is bad input.
+be numeric epoch seconds (int or float), numpy ``datetime64`` of any unit, pandas timestamps (naive or
+time-zone aware), Arrow-backed timestamp columns of any unit (naive or aware) or ``datetime`` objects;
+naive times are UTC. Accepted times lie in 1678-01-01 .. 2261-12-31 UTC (pandas' ``datetime64[ns]``
+range): anything outside, a missing or NaN time, a boolean or a column mixing datetimes and numbers is a
+:class:`~rayfs.errors.TimestampError` naming the column and the first bad row. Nanosecond integers (what
+``.astype("int64")`` gives for ``datetime64[ns]``) are therefore refused, never read as seconds.
+Windows are positive and at most 1,000,000 days, so ``t - w`` stays far inside int64 for every accepted
+``t``.
 """
 
 from __future__ import annotations
