@@ -302,6 +302,7 @@ class Sum(Aggregate):
     def finalize(self, state: State) -> np.ndarray:
         return np.where(state["n"] > 0, state["s"], np.nan)
 
+    @np.errstate(over="ignore", invalid="ignore")  # overflowing ranges are detected and redone below
     def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Range sums from compensated prefix sums (no segment tree); NaN for empty ranges.
 
@@ -495,6 +496,7 @@ class Variance(Aggregate):
         n = state["n"]
         return np.where(n > 1, state["m2"] / np.maximum(n - 1, 1), np.nan)
 
+    @np.errstate(over="ignore", invalid="ignore")  # overflowing ranges are detected and redone below
     def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Range variances from compensated prefix sums of shifted values and of their exact squares.
 

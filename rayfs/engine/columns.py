@@ -32,13 +32,14 @@ def _unencodable(columns: Mapping, what: str) -> SchemaError:
     """The error for a string that is not valid Unicode (a lone surrogate), naming its column and row."""
     for name, col in columns.items():
         for i, v in enumerate(col if np.ndim(col) else [col]):
-            if isinstance(v, str) and not _valid_utf8(v):
+            if isinstance(v, str) and not valid_utf8(v):
                 return SchemaError(f"{what} column {name!r}: string {v!r} at row {i} is not valid Unicode "
                                    "(it holds a lone surrogate, which has no UTF-8 encoding)")
     return SchemaError(f"{what}: a string is not valid Unicode (it holds a lone surrogate)")
 
 
-def _valid_utf8(s: str) -> bool:
+def valid_utf8(s: str) -> bool:
+    """Whether ``s`` has a UTF-8 encoding (no lone surrogates)."""
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
@@ -58,7 +59,7 @@ def check_strings(items: np.ndarray, *, what: str) -> None:
         "".join(strs).encode("utf-8")
     except (UnicodeEncodeError, TypeError):
         for i, v in enumerate(items):
-            if isinstance(v, str) and not _valid_utf8(v):
+            if isinstance(v, str) and not valid_utf8(v):
                 raise SchemaError(f"{what}: string {v!r} at row {i} is not valid Unicode (it holds a lone "
                                   "surrogate, which has no UTF-8 encoding)") from None
 
@@ -221,7 +222,7 @@ def key_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarr
     for i in np.flatnonzero(~nulls):
         v = items[i]
         if isinstance(v, str):
-            if not _valid_utf8(v):
+            if not valid_utf8(v):
                 raise SchemaError(f"{what}: string key {v!r} at row {i} is not valid Unicode (it holds a lone "
                                   "surrogate, which has no UTF-8 encoding)")
             continue

@@ -97,6 +97,8 @@ class ObservationStreams:
         cols = {}
         for c in df.columns:
             what = f"{stream} column {c!r}"
+            if isinstance(c, str) and not C.valid_utf8(c):  # stored as UTF-8 in the log record
+                raise SchemaError(f"{what}: the column name is not valid Unicode (it holds a lone surrogate)")
             s = df[c]
             if c == timestamp:
                 us = to_micros(s, what=what)  # every row needs a valid time

@@ -176,7 +176,8 @@ def test_observation_append_without_its_timestamp_is_refused_and_writes_nothing(
     before = obs.read("lab")
     for bad, error in (({"k": "a", "y": 0}, SchemaError), ({"k": "a", "ts": None}, TimestampError),
                        ({"k": "a", "ts": [T, None]}, TimestampError), ({"k": "a", "ts": 1.5}, SchemaError),
-                       ({"k": np.uint64(2**64 - 1), "ts": T}, SchemaError)):
+                       ({"k": np.uint64(2**64 - 1), "ts": T}, SchemaError),
+                       ({"k": "a", "ts": T, "\udc00": 1}, SchemaError)):
         with pytest.raises(error, match="'lab'"):
             obs.append("lab", bad)
     pd.testing.assert_frame_equal(obs.read("lab"), before)
