@@ -308,7 +308,8 @@ BAD_FEATURES = [  # (overrides, expected error)
     ({"name": "k"}, rayfs.DefinitionError), ({"name": "ts"}, rayfs.DefinitionError),
     ({"name": "f" * 300}, rayfs.DefinitionError), ({"window": "999999999d"}, rayfs.WindowError),
     ({"where": "ts > 0"}, rayfs.DefinitionError), ({"column": "ts", "agg": "max"}, rayfs.DefinitionError),
-    ({"column": "s", "agg": "sum"}, rayfs.RayfsError), ({"entity": "nope"}, rayfs.DefinitionError),
+    ({"agg": "top_k"}, rayfs.AggregateError), ({"where": "v >"}, rayfs.RayfsError),
+    ({"entity": "nope"}, rayfs.DefinitionError),
 ]
 
 
