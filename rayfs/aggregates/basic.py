@@ -48,8 +48,9 @@ _LEVELS = 3
 
 
 def _step_errors(p: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The exact rounding error of each step ``p[k+1] = fl(p[k] + x[k])`` of a sequential cumsum (TwoSum)."""
-    a, s = p[:-1], p[1:]
+    """The exact rounding error of each step ``p[k+1] = fl(p[k] + x[k])`` of a sequential cumsum (TwoSum),
+    along the last axis."""
+    a, s = p[..., :-1], p[..., 1:]
     bb = s - a
     err = s - bb
     np.subtract(a, err, out=err)
@@ -58,7 +59,8 @@ def _step_errors(p: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _prefix_sums(x: np.ndarray, extra: np.ndarray | None = None) -> list[np.ndarray]:
-    """Compensated float64 prefix sums of ``x + extra``: levels ``P_0, P_1, P_2`` of length ``len(x) + 1``.
+    """Compensated float64 prefix sums of ``x + extra`` along the last axis: levels ``P_0, P_1, P_2``, each
+    one longer than ``x`` on that axis (a leading 0).
 
     ``P_0 = cumsum(x)`` is sequential (``np.add.accumulate``: ``P_0[k+1] = fl(P_0[k] + x[k])``), so the
     rounding error of each step is recovered exactly by TwoSum and becomes the input of the next level;
@@ -67,9 +69,9 @@ def _prefix_sums(x: np.ndarray, extra: np.ndarray | None = None) -> list[np.ndar
     """
     out = []
     for level in range(_LEVELS):
-        p = np.empty(len(x) + 1)
-        p[0] = 0.0
-        np.cumsum(x, out=p[1:])
+        p = np.empty(x.shape[:-1] + (x.shape[-1] + 1,))
+        p[..., 0] = 0.0
+        np.cumsum(x, axis=-1, out=p[..., 1:])
         out.append(p)
         if level == _LEVELS - 1:
             break
@@ -79,6 +81,112 @@ def _prefix_sums(x: np.ndarray, extra: np.ndarray | None = None) -> list[np.ndar
             if level == _LEVELS - 2:
                 x += extra
     return out
+
+
+class _Segments:
+    """The sorted events cut into segments that no range crosses, for prefix sums restarted per segment.
+
+    A prefix sum shared by every segment lets one segment's values reach another's range differences: an
+    overflow to inf makes them NaN, and a huge magnitude swamps their precision. Here each segment's prefix
+    sums start from 0 and see only its own events, computed exactly as for that segment alone (a
+    sequential cumsum of its values), so a range's result depends only on its segment's events.
+
+    Vectorised without a loop per segment: segments are grouped by their length rounded up to a power of
+    two ``W`` (at most ``log2(n) + 1`` groups), and each group is one ``(segments, W)`` array zero-padded on
+    the right, cumulated along its rows; padding costs at most twice the memory.
+
+    Args:
+        starts: the first event of each segment, increasing, starting at 0.
+        n: the number of events (> 0).
+    """
+
+    def __init__(self, starts: np.ndarray, n: int) -> None:
+        self.starts = starts
+        self.lengths = np.diff(np.append(starts, n))
+        self.seg = np.repeat(np.arange(len(starts)), self.lengths)  # the segment of each event
+        self.width = np.left_shift(np.int64(1), np.frexp((self.lengths - 1).astype(np.float64))[1]).astype(np.int64)
+        self.blocks: list[tuple[int, int, np.ndarray]] = []  # (W, offset in the padded values, segments)
+        self.base = np.empty(len(starts), dtype=np.int64)  # prefix position of event i: base[seg[i]] + i
+        pad_base = np.empty(len(starts), dtype=np.int64)
+        offset = prefix_offset = 0
+        for w in np.unique(self.width).tolist():
+            segs = np.flatnonzero(self.width == w)
+            rows = np.arange(len(segs), dtype=np.int64)
+            self.blocks.append((w, offset, segs))
+            pad_base[segs] = offset + rows * w - starts[segs]
+            self.base[segs] = prefix_offset + rows * (w + 1) - starts[segs]
+            offset += len(segs) * w
+            prefix_offset += len(segs) * (w + 1)
+        self.padded = offset
+        self.pad_pos = pad_base[self.seg] + np.arange(n, dtype=np.int64)
+        self.shift = self.base[self.seg]  # prefix position of a range starting at event i: shift[i] + i
+
+    @classmethod
+    def of(cls, n: int, lo: np.ndarray, hi: np.ndarray, groups: np.ndarray | None) -> _Segments:
+        """Segments from the entity of each event (``groups``, non-decreasing), else the components of the
+        ranges: maximal runs of events that every range either covers whole or misses."""
+        if groups is not None:
+            groups = np.asarray(groups).reshape(-1)
+            cut = np.concatenate(([True], groups[1:] != groups[:-1]))
+        else:
+            many = hi - lo > 1
+            # inside[b] > 0 iff some range holds both b - 1 and b
+            inside = np.cumsum(np.bincount(lo[many] + 1, minlength=n + 1) - np.bincount(hi[many], minlength=n + 1))
+            cut = inside[:n] == 0
+        return cls(np.flatnonzero(cut), n)
+
+    def prefix_sums(self, x: np.ndarray, extra: np.ndarray | None = None) -> list[np.ndarray]:
+        """:func:`_prefix_sums` of every segment on its own, as flat arrays indexed by :meth:`positions`."""
+        levels: list[list[np.ndarray]] = [[] for _ in range(_LEVELS)]
+        xp = np.zeros(self.padded)
+        xp[self.pad_pos] = x
+        ep = None
+        if extra is not None:
+            ep = np.zeros(self.padded)
+            ep[self.pad_pos] = extra
+        for w, offset, segs in self.blocks:
+            span = slice(offset, offset + len(segs) * w)
+            block = _prefix_sums(xp[span].reshape(len(segs), w), None if ep is None else ep[span].reshape(len(segs), w))
+            for out, level in zip(levels, block, strict=True):
+                out.append(level.reshape(-1))
+        return [np.concatenate(parts) for parts in levels]
+
+    def positions(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prefix positions of the ranges ``[lo, hi)`` (empty ranges: both 0, a difference of 0)."""
+        hit = hi > lo
+        shift = self.shift[np.minimum(lo, len(self.shift) - 1)]
+        return np.where(hit, shift + lo, 0), np.where(hit, shift + hi, 0)
+
+    def tree_query(self, agg: Aggregate, x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """The generic segment tree (:meth:`Aggregate.range_query`) over the segments of the ranges only,
+        each placed at a multiple of its width ``W`` (widest first) so that its part of the tree has the
+        shape of its own tree alone: the result depends only on the segment's events."""
+        seg = self.seg[lo]
+        used = np.unique(seg)
+        used = used[np.argsort(-self.width[used], kind="stable")]
+        place = np.zeros(len(self.starts), dtype=np.int64)
+        place[used] = np.cumsum(self.width[used]) - self.width[used]
+        total = int(self.width[used].sum())
+        lengths = self.lengths[used]
+        src = np.repeat(self.starts[used], lengths) + _ramp(lengths)
+        dst = np.repeat(place[used], lengths) + _ramp(lengths)
+        xs = np.zeros(total)
+        xs[dst] = x[src]
+        shift = place[seg] - self.starts[seg]
+        return Aggregate.range_query(agg, xs, None, None, lo + shift, hi + shift)
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    """``0, 1, ..., L - 1`` for each run length ``L``, concatenated."""
+    total = int(lengths.sum())
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def _nonfinite_in(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Whether each range ``[lo, hi)`` holds a non-finite value."""
+    bad = np.zeros(len(x) + 1, dtype=np.int64)
+    np.cumsum(~np.isfinite(x), out=bad[1:])
+    return bad[hi] > bad[lo]
 
 
 def _range_sums(prefix: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,6 +304,7 @@ class Sum(Aggregate):
     def finalize(self, state: State) -> np.ndarray:
         return np.where(state["n"] > 0, state["s"], np.nan)
 
+    @np.errstate(over="ignore", invalid="ignore")  # overflowing ranges are detected and redone below
     def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Range sums from compensated prefix sums (no segment tree); NaN for empty ranges.
 
@@ -207,14 +316,26 @@ class Sum(Aggregate):
         ``M = max_k<=hi |sum(values[:k])|``, the result is within ``u |S| (1 + 8u) + 2 m n**2 u**3 M``:
         for values up to 1e6 and ``m, n <= 1e7`` (``M <= 1e13``) the absolute term is below 3e-14, so
         cancellation against the prefix never matters for a relative tolerance of 1e-9 (a range whose own
-        values cancel is as exact as its correctly rounded sum). Non-finite values use the segment tree.
+        values cancel is as exact as its correctly rounded sum). The prefix sums restart at every entity
+        (``groups``; without it, at every run of events no range crosses): see :class:`_Segments`. Ranges
+        holding non-finite values, or whose sum overflows, use the segment tree over their entity's events.
         """
         n = self._n_events(values, ts, seq)
         lo, hi = self._check_ranges(lo, hi, n)
+        if n == 0:
+            return self._finish(np.zeros(len(lo)), np.zeros(len(lo)), hi - lo)
         _, x, _, _ = self._prepare(np.zeros(n, dtype=np.int64), values, None, None)
-        if not np.isfinite(x).all():
-            return Aggregate.range_query(self, values, ts, seq, lo, hi)
-        return self._finish(*_range_sums(_prefix_sums(x), lo, hi), hi - lo)
+        finite = np.isfinite(x)
+        segs = _Segments.of(n, lo, hi, groups)
+        plo, phi = segs.positions(lo, hi)
+        out = self._finish(*_range_sums(segs.prefix_sums(np.where(finite, x, 0.0)), plo, phi), hi - lo)
+        # Ranges holding inf or NaN, or whose own sum overflows: the segment tree, like the online fold.
+        redo = np.flatnonzero((hi > lo) & ~np.isfinite(out))
+        if not finite.all():
+            redo = np.union1d(redo, np.flatnonzero(_nonfinite_in(x, lo, hi)))
+        if len(redo):
+            out[redo] = segs.tree_query(self, x, lo[redo], hi[redo])
+        return out
 
     def _finish(self, high: np.ndarray, low: np.ndarray, m: np.ndarray) -> np.ndarray:
         return np.where(m > 0, high, np.nan)
@@ -377,6 +498,7 @@ class Variance(Aggregate):
         n = state["n"]
         return np.where(n > 1, state["m2"] / np.maximum(n - 1, 1), np.nan)
 
+    @np.errstate(over="ignore", invalid="ignore")  # overflowing ranges are detected and redone below
     def range_query(self, values, ts, seq, lo, hi, groups=None) -> np.ndarray:
         """Range variances from compensated prefix sums of shifted values and of their exact squares.
 
@@ -389,26 +511,31 @@ class Variance(Aggregate):
         (``u = 2**-53``) rather than ``u (mean / std)**2``: 1e6 + noise of 1e-3 would be right to ~1e-14
         even without the shift. The prefix sums add at most ``2 m n**2 u**3 max|prefix|`` to ``S`` and ``Q``.
         Ranges whose values are all equal are exactly 0; fewer than two values give NaN; tiny negative
-        results are clamped to 0. Non-finite values fall back to the segment tree.
+        results are clamped to 0. The prefix sums restart at every entity (see :class:`_Segments`); ranges
+        holding non-finite values, or whose squares overflow, use the segment tree over their entity's events.
         """
         n = self._n_events(values, ts, seq)
         lo, hi = self._check_ranges(lo, hi, n)
-        _, x, _, _ = self._prepare(np.zeros(n, dtype=np.int64), values, None, None)
-        if not np.isfinite(x).all():
-            return Aggregate.range_query(self, values, ts, seq, lo, hi)
         m = hi - lo
         many = m > 1
+        if n == 0:
+            return np.full(len(lo), np.nan)
+        _, x, _, _ = self._prepare(np.zeros(n, dtype=np.int64), values, None, None)
+        raw, finite = x, np.isfinite(x)
+        x = np.where(finite, x, 0.0)
         # split[b] > 0 iff some range holds both b - 1 and b; components start where it is 0.
         split = np.cumsum(np.bincount(lo[many] + 1, minlength=n + 1) - np.bincount(hi[many], minlength=n + 1))
         first = np.maximum.accumulate(np.where(split[:n] > 0, 0, np.arange(n)))
+        segs = _Segments.of(n, lo, hi, groups)
+        plo, phi = segs.positions(lo, hi)
         yh, yl = _two_sum(x, -x[first])
         p, e = _two_prod(yh, yh)
         if yl.any():
             e += 2 * yh * yl + yl * yl
         else:
             yl = None  # every shift was exact (the usual case): skip the extra terms
-        sh, sl = _range_sums(_prefix_sums(yh, yl), lo, hi)
-        qh, ql = _range_sums(_prefix_sums(p, e), lo, hi)
+        sh, sl = _range_sums(segs.prefix_sums(yh, yl), plo, phi)
+        qh, ql = _range_sums(segs.prefix_sums(p, e), plo, phi)
         mf = m.astype(np.float64)
         a1, a2 = _two_prod(mf, qh)
         b1, b2 = _two_prod(sh, sh)
@@ -419,6 +546,12 @@ class Variance(Aggregate):
         last = np.maximum(hi - 1, 0)
         var[many & (changes[last] == changes[np.minimum(lo, last)])] = 0.0
         var[~many] = np.nan
+        # Ranges holding inf or NaN, or whose squares overflow: the segment tree, like the online fold.
+        redo = np.flatnonzero(many & ~np.isfinite(var))
+        if not finite.all():
+            redo = np.union1d(redo, np.flatnonzero(_nonfinite_in(raw, lo, hi)))
+        if len(redo):
+            var[redo] = segs.tree_query(_VARIANCE, raw, lo[redo], hi[redo])
         return np.sqrt(var) if self._root else var
 
 
@@ -438,3 +571,7 @@ class Stddev(Variance):
 
     def finalize(self, state: State) -> np.ndarray:
         return np.sqrt(super().finalize(state))
+
+
+_VARIANCE = Variance("num")
+"""The segment tree of :meth:`Variance.range_query`'s fallback computes variances (roots are taken after)."""

@@ -29,6 +29,43 @@ __all__ = ["Batch", "Coded", "concat", "conform", "decode", "decode_batch", "enc
            "value_column"]
 
 Batch = dict[str, np.ndarray]
+_INT64_MAX = 2**63 - 1
+
+
+def _unencodable(columns: Mapping, what: str) -> SchemaError:
+    """The error for a string that is not valid Unicode (a lone surrogate), naming its column and row."""
+    for name, col in columns.items():
+        for i, v in enumerate(col if np.ndim(col) else [col]):
+            if isinstance(v, str) and not valid_utf8(v):
+                return SchemaError(f"{what} column {name!r}: string {v!r} at row {i} is not valid Unicode "
+                                   "(it holds a lone surrogate, which has no UTF-8 encoding)")
+    return SchemaError(f"{what}: a string is not valid Unicode (it holds a lone surrogate)")
+
+
+def valid_utf8(s: str) -> bool:
+    """Whether ``s`` has a UTF-8 encoding (no lone surrogates)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_strings(items: np.ndarray, *, what: str) -> None:
+    """Raise SchemaError naming the first string of ``items`` (an object array of ``str`` and nulls) that
+    has no UTF-8 encoding: keys are hashed and values stored as UTF-8, so such a string would fail later.
+
+    One join and encode at C speed (~35 ms per million short strings); only object arrays need it (Arrow
+    strings are valid UTF-8 by construction).
+    """
+    strs = [v for v in items if isinstance(v, str)] if pd.isna(items).any() else items
+    try:
+        "".join(strs).encode("utf-8")
+    except (UnicodeEncodeError, TypeError):
+        for i, v in enumerate(items):
+            if isinstance(v, str) and not valid_utf8(v):
+                raise SchemaError(f"{what}: string {v!r} at row {i} is not valid Unicode (it holds a lone "
+                                  "surrogate, which has no UTF-8 encoding)") from None
 
 
 def to_frame(data, *, what: str) -> pd.DataFrame:
@@ -40,12 +77,18 @@ def to_frame(data, *, what: str) -> pd.DataFrame:
     if isinstance(data, Mapping):
         try:
             return pd.DataFrame({k: (v if np.ndim(v) else [v]) for k, v in data.items()})
+        except UnicodeEncodeError:  # pandas' Arrow-backed strings refuse lone surrogates
+            raise _unencodable(data, what) from None
         except ValueError as exc:
             raise SchemaError(f"{what}: columns of a dict batch must have equal lengths ({exc})") from None
     if isinstance(data, (list, tuple)):
         if not all(isinstance(r, Mapping) for r in data):
             raise SchemaError(f"{what}: a list batch must hold dicts (one per event)")
-        return pd.DataFrame(list(data))
+        try:
+            return pd.DataFrame(list(data))
+        except UnicodeEncodeError:
+            names = list(dict.fromkeys(k for r in data for k in r))
+            raise _unencodable({k: [r.get(k) for r in data] for k in names}, what) from None
     raise SchemaError(f"{what}: unsupported batch type {type(data).__name__}; use a pandas DataFrame, "
                       "pyarrow Table, list of dicts or dict of arrays")
 
@@ -94,6 +137,10 @@ def value_column(series: pd.Series, *, what: str, coded: bool = False) -> np.nda
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
         if series.isna().any():
             return series.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        if pd.api.types.is_unsigned_integer_dtype(dtype):
+            ints = series.to_numpy()
+            if len(ints) and ints.max() > _INT64_MAX:  # would wrap to negative int64: numbers, as floats
+                return ints.astype(np.float64)
         return series.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(dtype):
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -116,6 +163,7 @@ def value_column(series: pd.Series, *, what: str, coded: bool = False) -> np.nda
     if inferred == "string":
         out = items.copy()
         out[nulls] = None
+        check_strings(out, what=what)
         return out
     if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
         return np.where(nulls, np.nan, items).astype(np.float64)
@@ -141,6 +189,13 @@ def key_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarr
     if pd.api.types.is_bool_dtype(dtype):
         raise SchemaError(f"{what}: entity keys must be strings or integers, not booleans")
     if pd.api.types.is_integer_dtype(dtype) and not series.isna().any():
+        if pd.api.types.is_unsigned_integer_dtype(dtype):
+            ints = series.to_numpy()
+            big = ints > _INT64_MAX
+            if big.any():
+                i = int(np.argmax(big))
+                raise SchemaError(f"{what}: integer key {int(ints[i])} at row {i} does not fit in int64 (keys are "
+                                  "signed 64-bit integers); send such keys as strings")
         return series.to_numpy(dtype=np.int64)
     nulls = pd.isna(series).to_numpy()
     if pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
@@ -161,6 +216,7 @@ def key_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarr
     items[nulls] = None
     kind = pd.api.types.infer_dtype(items[~nulls], skipna=False)
     if kind == "string":
+        check_strings(items, what=what)
         return items
     if kind == "integer" and not nulls.any():
         try:
@@ -170,6 +226,9 @@ def key_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarr
     for i in np.flatnonzero(~nulls):
         v = items[i]
         if isinstance(v, str):
+            if not valid_utf8(v):
+                raise SchemaError(f"{what}: string key {v!r} at row {i} is not valid Unicode (it holds a lone "
+                                  "surrogate, which has no UTF-8 encoding)")
             continue
         if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
             if not -(2**63) <= int(v) < 2**63:
@@ -311,10 +370,19 @@ def concat(batches: list[Batch]) -> Batch:
         for b in batches:
             n = len(next(iter(b.values()))) if b else 0
             parts.append(b[name] if name in b else np.full(n, np.nan))
+        times = [p.dtype for p in parts if p.dtype.kind == "M"]
+        if times:  # a datetime column absent from a batch (or all null there, a float NaN column) is NaT
+            parts = [p if p.dtype.kind == "M" else _to_times(p, times[0], name) for p in parts]
         if any(p.dtype == object for p in parts):
             parts = [p if p.dtype == object else _to_object(p) for p in parts]
         out[name] = np.concatenate(parts)
     return out
+
+
+def _to_times(col: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    if not null_mask(col).all():
+        raise SchemaError(f"column {name!r} holds datetimes in some batches and other values in others")
+    return np.full(len(col), np.datetime64("NaT"), dtype=dtype)
 
 
 def _to_object(col: np.ndarray) -> np.ndarray:

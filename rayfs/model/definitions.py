@@ -22,10 +22,19 @@ __all__ = ["Feature", "Stream", "check_name"]
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
+MAX_NAME_BYTES = 200
+"""The longest name, in UTF-8 bytes. Names become parts of snapshot keys (``state/<feature>@<version>``,
+``keys/<stream>/<entity>``) whose limit in LMDB is 511 bytes, and of file names (255 bytes)."""
+
+
 def check_name(name: str, what: str) -> str:
-    """Return ``name`` if it is a non-empty identifier-like string, else raise DefinitionError."""
+    """Return ``name`` if it is a non-empty identifier-like string of at most :data:`MAX_NAME_BYTES`
+    bytes, else raise DefinitionError."""
     if not isinstance(name, str) or not name or not set(name) <= _NAME_OK or name[0].isdigit():
         raise DefinitionError(f"{what} name {name!r} must be a non-empty identifier (letters, digits, _)")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise DefinitionError(f"{what} name {name[:40]!r}... is {len(name.encode())} bytes long; names are limited "
+                              f"to {MAX_NAME_BYTES} bytes")
     return name
 
 
@@ -70,16 +79,18 @@ class Feature:
     """An aggregate of a stream per entity key.
 
     Args:
-        name: the feature's name (unique in the store).
+        name: the feature's name (unique in the store; at most 200 bytes; not the name of an entity
+            field or the timestamp column of its stream, whose result columns it would overwrite).
         stream: the stream it aggregates.
         entity: the entity field of the stream it groups by.
         agg: the aggregate: ``count``, ``sum``, ``mean``, ``min``, ``max``, ``count_distinct``,
             ``stddev``, ``variance``, ``first``, ``last``, ``last_k``, ``first_k``, ``top_k`` (with ``k``),
             ``approx_count_distinct`` (HyperLogLog) or ``approx_quantile`` (KLL, with ``q``).
         column: the aggregated column; ``None`` only for ``count`` (counts rows).
-        window: ``None`` (lifetime) or a trailing window like ``"7d"`` or a ``timedelta``; an
-            observation at ``t`` sees events with ``t - window <= ts < t``.
-        where: an optional SQL predicate over the event's columns, e.g. ``"score > 0"``.
+        window: ``None`` (lifetime) or a trailing window like ``"7d"`` or a ``timedelta`` (at most
+            1,000,000 days); an observation at ``t`` sees events with ``t - window <= ts < t``.
+        where: an optional SQL predicate over the event's columns other than the timestamp, e.g.
+            ``"score > 0"``.
         k: the number of values kept by ``last_k``, ``first_k`` and ``top_k``.
         q: the quantile (0..1) of ``approx_quantile``.
         description: free text for humans.

@@ -173,6 +173,19 @@ class Catalog:
         if f.column is not None and f.column == s.timestamp:
             raise DefinitionError(f"feature {f.name!r}: cannot aggregate the timestamp column "
                                   f"{f.column!r} of stream {f.stream!r}")
+        if f.name in s.entities or f.name == s.timestamp:
+            # Results carry the entity (get_features) and observation columns (training_set) beside the
+            # features: a feature of the same name would overwrite that column.
+            what = "an entity field" if f.name in s.entities else "the timestamp column"
+            raise DefinitionError(f"feature {f.name!r}: the name is {what} of stream {f.stream!r}; "
+                                  "choose another name")
+        if f.where:
+            from rayfs.model.predicate import Predicate
+
+            if s.timestamp in Predicate.parse(f.where, feature=f.name).columns:
+                raise DefinitionError(f"feature {f.name!r}: where {f.where!r} uses the timestamp column "
+                                      f"{s.timestamp!r} of stream {f.stream!r}; a predicate cannot use event "
+                                      "times (use a window to limit them)")
         self.check_types(f, self.schema.get(f.stream, {}))
         self.check_columns_known(f)
 
