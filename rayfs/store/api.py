@@ -289,15 +289,20 @@ class FeatureStore:
         return self._reader.training_set(observations, features, timestamp, output)
 
     # ------------------------------------------------------------------------------------- observations
-    def append_observation(self, name: str, rows) -> int:
+    def append_observation(self, name: str, rows, *, timestamp: str = "ts") -> int:
         """Durably append one observation (a dict) or many (DataFrame, list of dicts) to stream ``name``.
+
+        Every append carries the ``timestamp`` column with a valid time in each row; other columns may be
+        absent from an append (null there). Columns named like an entity field of the store's streams are
+        checked as entity keys. Nothing is written if any check fails.
 
         Returns the number of rows appended.
         """
         self._check_open()
         if name in self._catalog.streams:
             raise DefinitionError(f"{name!r} is an event stream; observation streams need their own name")
-        return self._obs.append(name, rows)
+        keys = {e for s in self._catalog.streams.values() for e in s.entities}
+        return self._obs.append(name, rows, timestamp=timestamp, keys=keys)
 
     def observations(self, name: str) -> pd.DataFrame:
         """Every observation appended to stream ``name``, in append order."""
