@@ -11,6 +11,7 @@ from rayfs.errors import (
     LogCorruptionError,
     RayfsError,
     SchemaError,
+    SourceError,
     SqlError,
     StoreClosedError,
     StoreOpenError,
@@ -30,6 +31,10 @@ def __getattr__(name: str):
         from rayfs import store
 
         return getattr(store, name)
+    if name == "KafkaSource":  # (Ray-free, but kept out of the import of rayfs)
+        from rayfs.sources.kafka import KafkaSource
+
+        return KafkaSource
     raise AttributeError(f"module 'rayfs' has no attribute {name!r}")
 
 
@@ -38,9 +43,11 @@ __all__ = [
     "DefinitionError",
     "Feature",
     "FeatureStore",
+    "KafkaSource",
     "LogCorruptionError",
     "RayfsError",
     "SchemaError",
+    "SourceError",
     "SqlError",
     "Stream",
     "StoreClosedError",

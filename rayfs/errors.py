@@ -53,3 +53,7 @@ class StoreClosedError(RayfsError):
 
 class StoreOpenError(RayfsError):
     """The store is already open (its shard actors exist) in this Ray cluster."""
+
+
+class SourceError(RayfsError):
+    """An event source (a Kafka subscription) is misconfigured, unreachable, or lost offsets it needs."""
