@@ -320,13 +320,17 @@ class FeatureStore:
     def apply(self, config) -> dict:
         """Register the streams and features of a config (a path or a :class:`rayfs.model.config.StoreConfig`).
 
-        Returns ``{"streams": [...], "features": [...]}`` with what was registered (no-ops included).
+        Returns ``{"streams": [...], "features": [...], "subscriptions": [...]}`` with what was registered
+        (no-ops included); a stream with a ``[streams.kafka]`` table is subscribed to its topic.
         """
         from rayfs.model.config import StoreConfig, load_config
 
         cfg = config if isinstance(config, StoreConfig) else load_config(config)
         streams = [self.register_stream(s.name, s.entities, s.timestamp) for s in cfg.streams]
-        return {"streams": streams, "features": [self.register_feature(f) for f in cfg.features]}
+        features = [self.register_feature(f) for f in cfg.features]
+        for stream, source in cfg.kafka:
+            self.subscribe(stream, source)
+        return {"streams": streams, "features": features, "subscriptions": [s for s, _ in cfg.kafka]}
 
     # ------------------------------------------------------------------------------------- ingest
     def ingest(self, stream: str, data, *, batch_id: str | None = None) -> dict:
