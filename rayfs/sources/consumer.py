@@ -298,30 +298,33 @@ class KafkaConsumerCore:
         return self._intent(f"{prefix}/{k}", got)
 
     def _intent(self, bid: str, msgs: list) -> _Batch | None:
-        by_part: dict[int, list] = {}
-        for m in msgs:
-            by_part.setdefault(m.partition(), []).append(m)
-        ordered, ranges = [], []
+        n = len(msgs)
+        parts = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=n)
+        offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=n)
         with self._mu:
-            for p in sorted(by_part):
-                ms = [m for m in by_part[p] if m.offset() >= self.offsets.next[p]]  # (never re-fold)
-                if not ms:
-                    continue
-                ordered += ms
-                ranges.append((p, self.offsets.next[p], ms[-1].offset() + 1))
-        if not ordered:
+            nxt = dict(self.offsets.next)
+        floor = np.zeros(max(nxt) + 1 if nxt else 1, dtype=np.int64)
+        floor[list(nxt)] = list(nxt.values())
+        keep = offs >= floor[np.minimum(parts, len(floor) - 1)]  # (never fold an offset twice)
+        order = np.flatnonzero(keep)
+        order = order[np.argsort(parts[order], kind="stable")]  # by partition; offsets ascend within one
+        if not len(order):
             return None
-        decoded, ts_ms = self._decode(ordered)
+        if len(order) != n or (np.diff(parts) < 0).any():
+            msgs = [msgs[i] for i in order]
+            parts, offs = parts[order], offs[order]
+        ends = np.flatnonzero(np.diff(parts)).tolist() + [len(parts) - 1]
+        ranges = [(int(parts[e]), nxt[int(parts[e])], int(offs[e]) + 1) for e in ends]
+        decoded, ts_ms = self._decode(msgs)
         events: dict[int, int] = {}
-        parts = np.fromiter((m.partition() for m in ordered), dtype=np.int64, count=len(ordered))
-        for p, n in zip(*np.unique(parts[decoded.rows], return_counts=True), strict=True):
-            events[int(p)] = int(n)
-        dead = [self._dead(ordered[i], why) for i, why in decoded.dead]
+        for p, k in zip(*np.unique(parts[decoded.rows], return_counts=True), strict=True):
+            events[int(p)] = int(k)
+        dead = [self._dead(msgs[i], why) for i, why in decoded.dead]
         with self._mu:
             self.offsets.intent(bid, ranges, events, dead)
         if dead:
             self.metrics.dead.inc(len(dead), tags=self.metrics.tags)
-        return _Batch(bid, ranges, decoded, ts_ms, len(ordered))
+        return _Batch(bid, ranges, decoded, ts_ms, len(msgs))
 
     def _decode(self, msgs: list) -> tuple[Decoded, np.ndarray]:
         s = self.session.fresh(lambda cat: cat.stream(self.stream))

@@ -52,9 +52,12 @@ class Decoded:
 # ----------------------------------------------------------------------------------------------- parsing
 def _parse_json_fast(values: Sequence[bytes]) -> pd.DataFrame | None:
     """All values at once through Arrow; ``None`` if that cannot be trusted to map one value to one row."""
-    if not values or any(v is None or b"\n" in v or b"\r" in v or not v.strip() for v in values):
+    if not values or None in values:
         return None
     buf = b"\n".join(values)
+    # One line per value: a value holding a line break (or an empty one) changes the count of rows.
+    if buf.count(b"\n") != len(values) - 1 or b"\r" in buf:
+        return None
     longest = max(map(len, values))
     try:
         table = pj.read_json(pa.BufferReader(buf), read_options=pj.ReadOptions(block_size=max(_BLOCK, 2 * longest + 2)))

@@ -26,7 +26,7 @@ from rayfs.store.session import Session
 
 CALL_TIMEOUT = 30.0
 STATUS_COLUMNS = ["stream", "topic", "partition", "next_offset", "high_watermark", "lag", "events",
-                  "dead_letters", "state", "pid", "consumer", "error"]
+                  "dead_letters", "state", "pid", "consumer", "error", "skipped"]
 DEAD_COLUMNS = ["topic", "partition", "offset", "key", "value", "reason", "timestamp_ms"]
 # The consumer handles this driver created: an actor that is not detached (an embedded store's) lives as
 # long as a handle of its creator does.
@@ -211,6 +211,8 @@ def _with_watermarks(rows: list[dict]) -> list[dict]:
 def subscriptions(session: Session) -> pd.DataFrame:
     """See :meth:`rayfs.FeatureStore.subscriptions`."""
     rows = _with_watermarks(_status(session, None))
+    for r in rows:  # offsets that vanished and were skipped (on_offset_reset): [(from, to), ...]
+        r["skipped"] = [(x["from"], x["to"]) for x in r.get("resets") or []]
     return pd.DataFrame([{k: r.get(k) for k in STATUS_COLUMNS} for r in rows], columns=STATUS_COLUMNS)
 
 
@@ -227,7 +229,7 @@ def wait_caught_up(session: Session, stream: str, timeout: float = 60.0) -> None
                               f"is {r['state']}" + (f": {r['error']}" if r.get("error") else ""))
         behind = {r["partition"]: target[r["partition"]] - r["next_offset"] for r in rows
                   if r["next_offset"] < target[r["partition"]]}
-        if not behind:
+        if not behind and all(r["state"] == "running" for r in rows):  # (offsets checked, in-flight re-sent)
             return
         if time.monotonic() > deadline:
             lag = ", ".join(f"partition {p}: {n}" for p, n in sorted(behind.items()))
