@@ -50,6 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-quix", action="store_true")
+    ap.add_argument("--max-delay", type=float, default=0.05, help="KafkaSource.max_delay (seconds)")
     ap.add_argument("--quix-worker", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "N"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -136,11 +137,12 @@ def counts_of(store, users: list[str]) -> np.ndarray:
     return store.get_features("user", users, ["n"])["n"].to_numpy()
 
 
-def run_consume(store, bootstrap: str, topic: str, n: int, consumers: int) -> dict:
+def run_consume(store, bootstrap: str, topic: str, n: int, consumers: int, max_delay: float) -> dict:
     import rayfs
 
     t0 = time.perf_counter()
-    store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=consumers))
+    store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=consumers,
+                                            max_delay=max_delay))
     t_sub = time.perf_counter() - t0
     store.wait_caught_up("ev", timeout=3600)
     dt = time.perf_counter() - t0
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
         store = open_store(os.path.join(tmp, "consume"), a.shards)
         try:
-            doc["consume"] = run_consume(store, bootstrap, topic, a.messages, a.consumers)
+            doc["consume"] = run_consume(store, bootstrap, topic, a.messages, a.consumers, a.max_delay)
             assert (counts_of(store, users) == expected).all(), "rayfs consume: counts differ from the generator's"
             print(f"consume from Kafka: {doc['consume']['messages_per_s']:,.0f} msg/s", flush=True)
             if not a.no_quix:  # before the freshness run: the topic holds exactly the N messages

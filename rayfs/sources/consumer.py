@@ -35,8 +35,10 @@ from rayfs.sources.decode import Decoded, decode, locate_bad
 from rayfs.sources.kafka import KafkaSource
 from rayfs.sources.offsets import OffsetsLog, consumer_dir
 from rayfs.storage.locks import wait_lock
+from rayfs.storage.wal import WriteAheadLog
 
 IDLE = 0.02  # seconds without a message after which an idle loop finishes the batches in flight
+POLL = 0.002  # seconds per poll while a batch has no message yet
 PROBE = 2.0  # seconds to wait for one message when checking that a stored offset still exists
 
 
@@ -105,6 +107,10 @@ class KafkaConsumerCore:
         self.offsets = OffsetsLog(self.dir, start)
         self.session = _reconnect(settings)
         self.ingestor = Ingestor(self.session)
+        # This process's write-ahead log need not be fsynced: a batch is durable in Kafka and its intent
+        # (offsets, batch id) is fsynced before it is sent, so a batch a power failure takes from the WAL is
+        # re-read and re-sent. (It survives this process's crash in the OS's buffers.)
+        self.ingestor._wal = WriteAheadLog(settings["path"], "none")
         self.state = "starting"
         self.error: str | None = None
         self.hw: dict[int, int] = {}
@@ -112,6 +118,7 @@ class KafkaConsumerCore:
         self._stop = threading.Event()
         self._mu = threading.Lock()  # the offsets log and the state, between the loop and status calls
         self._consumer = None
+        self._last_commit = time.time()
         self._thread = threading.Thread(target=self._run, name=f"kafka-{stream}-{index}", daemon=True)
         self._thread.start()
 
@@ -282,7 +289,10 @@ class KafkaConsumerCore:
             wait = (deadline if deadline is not None else idle_until) - now
             if wait <= 0:
                 break
-            msgs = self._consumer.consume(min(src.max_batch_rows - len(got), 100_000), wait)
+            # consume() blocks for its whole timeout unless the count is reached: short waits until the
+            # first message, so that the batch's window starts when it arrives.
+            msgs = self._consumer.consume(min(src.max_batch_rows - len(got), 100_000),
+                                          wait if got else min(wait, POLL))
             for m in msgs:
                 err = m.error()
                 if err is None:
@@ -345,6 +355,9 @@ class KafkaConsumerCore:
         good = b.decoded.rows
         m = self.metrics
         m.messages.inc(max(b.n, 1), tags=m.tags)
+        since, self._last_commit = now - self._last_commit, now
+        if since > 0:
+            m.rate.set(b.n / since, tags=m.tags)
         if len(good):
             sample = b.ts_ms[good[:: max(1, len(good) // 50)]]
             for ms in sample:

@@ -11,7 +11,8 @@ Its records:
 
 * ``intent``: written (durably) *before* a micro-batch is sent to the shards: its batch id, per partition
   the ``[first, end)`` offsets it covers, its events per partition and its dead letters;
-* ``commit``: written after every shard acknowledged that batch id (maybe with more dead letters);
+* ``commit``: written after every shard acknowledged that batch id (maybe with more dead letters); not
+  fsynced unless it carries dead letters (a lost commit only makes its intent be re-sent, a no-op);
 * ``reset``: a partition's offsets vanished and the subscription jumped (the skipped range);
 * ``checkpoint``: the whole state, first record of a new generation (written when the log grows long).
 
@@ -101,14 +102,17 @@ class OffsetsLog:
         self.gen = 0
         self.log: SegmentedLog | None = None
         for g in gens:  # the newest generation whose checkpoint (or first record) made it to disk
-            log = SegmentedLog(self._gen_dir(g), durability=durability)
+            log = SegmentedLog(self._gen_dir(g), durability="none")
             if log.next_offset > 0 or g == 0:
                 self.gen, self.log = g, log
                 break
             log.close()
             shutil.rmtree(self._gen_dir(g), ignore_errors=True)
         if self.log is None:
-            self.log = SegmentedLog(self._gen_dir(0), durability=durability)
+            self.log = SegmentedLog(self._gen_dir(0), durability="none")
+            if durability == "sync":  # the new folders survive a power failure
+                _fsync_dir(self.dir)
+                _fsync_dir(os.path.dirname(self.dir))
         for g in gens:
             if g < self.gen:
                 shutil.rmtree(self._gen_dir(g), ignore_errors=True)
@@ -160,9 +164,11 @@ class OffsetsLog:
         if len(self.dead) > DEAD_KEEP:
             del self.dead[:-DEAD_KEEP]
 
-    def _write(self, rec: dict) -> None:
+    def _write(self, rec: dict, *, sync: bool = True) -> None:
         assert self.log is not None
         self.log.append(rec)
+        if sync and self._durability == "sync":
+            self.log.sync()
         self._apply(rec)
         if self.log.next_offset >= COMPACT_RECORDS:
             self.compact()
@@ -186,7 +192,9 @@ class OffsetsLog:
         if dead:
             rec["d"] = list(dead)
             rec["n"] = [[p, n] for p, n in (refused or {}).items()]
-        self._write(rec)
+        # No fsync: a commit lost with the OS's buffers leaves its intent, which is re-sent under its batch
+        # id (a no-op on the shards). Commits carrying dead letters are synced (they exist nowhere else).
+        self._write(rec, sync=bool(dead))
 
     def reset(self, partition: int, old: int, new: int, why: str) -> None:
         """Record that ``partition`` jumps from offset ``old`` to ``new`` (its offsets vanished)."""
@@ -199,8 +207,11 @@ class OffsetsLog:
                "events": [[p, n] for p, n in self.events.items()],
                "dead_count": [[p, n] for p, n in self.dead_count.items()],
                "dead": self.dead, "resets": self.resets, "pending": list(self.pending.values())}
-        new = SegmentedLog(self._gen_dir(self.gen + 1), durability=self._durability)
-        new.append(rec)  # durable before the old generation goes: a crash in between keeps the newer one
+        new = SegmentedLog(self._gen_dir(self.gen + 1), durability="none")
+        new.append(rec)
+        if self._durability == "sync":  # durable before the old generation goes
+            new.sync()
+            _fsync_dir(self.dir)
         old, self.log, self.gen = self.log, new, self.gen + 1
         old.close()
         shutil.rmtree(self._gen_dir(self.gen - 1), ignore_errors=True)

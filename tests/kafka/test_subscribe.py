@@ -101,6 +101,14 @@ def test_json_subscription_matches_oracle_with_dead_letters(tmp_path, bootstrap,
             store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap))
         store.unsubscribe("ev")
         assert store.subscriptions().empty
+        # bad subscriptions: nothing is recorded
+        with pytest.raises(rayfs.SourceError, match="no such topic|UNKNOWN_TOPIC"):
+            store.subscribe("ev", rayfs.KafkaSource(topic="never-made-" + topic, bootstrap_servers=bootstrap))
+        with pytest.raises(rayfs.UnknownStreamError):
+            store.subscribe("nope", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap))
+        with pytest.raises(rayfs.SourceError, match="not subscribed"):
+            store.wait_caught_up("ev")
+        assert store.subscriptions().empty
 
 
 def test_msgpack_with_kafka_timestamps(tmp_path, bootstrap, topic):
@@ -136,15 +144,3 @@ def test_start_latest_reads_only_new_messages(tmp_path, bootstrap, topic):
         prod.finish()
         store.wait_caught_up("ev", timeout=120)
         check_against_oracle(store, pd.DataFrame(rows[100:]), "latest")
-
-
-def test_bad_sources_and_topics(tmp_path, bootstrap, topic):
-    with pytest.raises(rayfs.SourceError, match="format"):
-        rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, format="avro")
-    with open_store(tmp_path / "s") as store:
-        with pytest.raises(rayfs.SourceError, match="no such topic|UNKNOWN_TOPIC"):
-            store.subscribe("ev", rayfs.KafkaSource(topic="never-made-" + topic, bootstrap_servers=bootstrap))
-        with pytest.raises(rayfs.UnknownStreamError):
-            store.subscribe("nope", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap))
-        with pytest.raises(rayfs.SourceError, match="not subscribed"):
-            store.wait_caught_up("ev")
