@@ -179,14 +179,22 @@ def _status(session: Session, stream: str | None) -> list[dict]:
         if stream not in (None, s):
             continue
         actors = _running(session, s, sub)
-        got = ray.get([a.status.remote() for a in actors], timeout=CALL_TIMEOUT) if actors else []
-        by_part = {r["partition"]: r for rs in got for r in rs}
+        refs = [a.status.remote() for a in actors]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=CALL_TIMEOUT)
+        by_part, restarting = {}, False
+        for ref in refs:
+            try:
+                by_part.update((r["partition"], r) for r in ray.get(ref, timeout=0))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                    ray.exceptions.GetTimeoutError):
+                restarting = True  # its process died and Ray restarts it (offsets are on disk)
         src = KafkaSource.from_dict(sub["source"])
         for p in range(sub["partitions"]):
             r = by_part.get(p) or {"stream": s, "topic": src.topic, "partition": p, "next_offset": None,
                                    "high_watermark": None, "events": None, "dead_letters": None,
-                                   "state": "not running", "pid": None, "consumer": p % src.consumers,
-                                   "error": None}
+                                   "state": "restarting" if restarting else "not running", "pid": None,
+                                   "consumer": p % src.consumers, "error": None}
             r["source"] = src
             rows.append(r)
     return rows
@@ -200,7 +208,7 @@ def _with_watermarks(rows: list[dict]) -> list[dict]:
             src = r["source"]
             c = clients.get(src.bootstrap_servers) or clients.setdefault(src.bootstrap_servers, _client(src))
             hi = _watermarks(c, src, r["partition"])[1]
-            r["high_watermark"] = max(hi, r["high_watermark"] or 0)
+            r["high_watermark"] = max(hi, r["high_watermark"] or 0)  # (the consumer's last fetch may know better)
             r["lag"] = None if r["next_offset"] is None else max(0, r["high_watermark"] - r["next_offset"])
     finally:
         for c in clients.values():
@@ -227,8 +235,8 @@ def wait_caught_up(session: Session, stream: str, timeout: float = 60.0) -> None
             r = failed[0]
             raise SourceError(f"stream {stream!r}: the consumer of topic {r['topic']!r} partition {r['partition']} "
                               f"is {r['state']}" + (f": {r['error']}" if r.get("error") else ""))
-        behind = {r["partition"]: target[r["partition"]] - r["next_offset"] for r in rows
-                  if r["next_offset"] < target[r["partition"]]}
+        behind = {r["partition"]: target[r["partition"]] - (r["next_offset"] or 0) for r in rows
+                  if r["next_offset"] is None or r["next_offset"] < target[r["partition"]]}
         if not behind and all(r["state"] == "running" for r in rows):  # (offsets checked, in-flight re-sent)
             return
         if time.monotonic() > deadline:
