@@ -338,10 +338,12 @@ class KafkaConsumerCore:
 
     def _decode(self, msgs: list) -> tuple[Decoded, np.ndarray]:
         s = self.session.fresh(lambda cat: cat.stream(self.stream))
-        schema = self.session.catalog.schema.get(self.stream, {})
+        cat = self.session.catalog
+        schema = cat.schema.get(self.stream, {})
         ts_ms = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
         decoded = decode([m.value() for m in msgs], self.src.format, s, schema,
-                         kafka_ts=ts_ms if self.src.timestamp == "kafka" else None)
+                         kafka_ts=ts_ms if self.src.timestamp == "kafka" else None,
+                         required=list(cat.required_columns(self.stream)))
         return decoded, ts_ms
 
     def _dead(self, m, why: str) -> dict:

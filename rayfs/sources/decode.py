@@ -211,10 +211,12 @@ def _times(s: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
 
 
 def validate(df: pd.DataFrame, rows: np.ndarray, dead: list[tuple[int, str]], stream: Stream,
-             schema: Mapping[str, str], kafka_ts: np.ndarray | None = None) -> Decoded:
+             schema: Mapping[str, str], kafka_ts: np.ndarray | None = None, required: Sequence[str] = ()) -> Decoded:
     """Check parsed rows against ``stream`` and its column kinds ``schema`` (``"num"``/``"str"``).
 
     ``kafka_ts``: per input position, the Kafka message timestamp in milliseconds, to use as the event time.
+    ``required``: columns the stream's features read; a batch whose messages all lack one gets it as nulls
+    (a key missing from a message is a null value).
     """
     n = len(df)
     reason = np.full(n, None, dtype=object)
@@ -266,6 +268,9 @@ def validate(df: pd.DataFrame, rows: np.ndarray, dead: list[tuple[int, str]], st
     for e in stream.entities:
         if e in df.columns:
             frame[e] = _keys(df[e][good].reset_index(drop=True))
+    for c in required:
+        if c not in frame.columns and c not in stream.entities and c != ts:
+            frame[c] = np.full(len(frame), np.nan)
     for c in frame.columns:
         if c in stream.entities or c == ts:
             continue
@@ -292,10 +297,10 @@ def _keys(s: pd.Series) -> pd.Series:
 
 
 def decode(values: Sequence[bytes | None], fmt: str, stream: Stream, schema: Mapping[str, str], *,
-           kafka_ts: np.ndarray | None = None) -> Decoded:
-    """Decode message values into events of ``stream`` (see the module docstring)."""
+           kafka_ts: np.ndarray | None = None, required: Sequence[str] = ()) -> Decoded:
+    """Decode message values into events of ``stream`` (see the module docstring and :func:`validate`)."""
     df, rows, dead = parse(values, fmt)
-    return validate(df.reset_index(drop=True), rows, dead, stream, schema, kafka_ts)
+    return validate(df.reset_index(drop=True), rows, dead, stream, schema, kafka_ts, required)
 
 
 def locate_bad(n: int, check: Callable[[np.ndarray], bool]) -> list[int]:

@@ -110,6 +110,13 @@ def test_schema_kind_decides_and_iso_times_are_read():
     assert list(d.rows) == [0] and "holds strings" in d.dead[0][1]
 
 
+def test_a_column_features_read_is_null_when_every_message_lacks_it():
+    d = decode([j({"user": "a", "ts": 1}), j({"user": "b", "ts": 2})], "json", S, {"x": "num"}, required=["x"])
+    assert d.dead == [] and np.isnan(d.frame["x"]).all()
+    cols = C.conform(C.value_column(d.frame["x"], what="x"), "str")
+    assert cols.tolist() == [None, None]
+
+
 def test_kafka_timestamps_replace_the_event_time():
     vals = [j({"user": "a", "x": 1}), j({"user": "b", "ts": 99, "x": 2})]
     d = decode(vals, "json", S, {}, kafka_ts=np.array([1000, 2500]))
