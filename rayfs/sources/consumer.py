@@ -70,6 +70,10 @@ class _Metrics:
             boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], tag_keys=keys)
 
 
+class _Unreachable(SourceError):
+    """The brokers did not answer (retried: they may come back)."""
+
+
 class _Batch:
     """A micro-batch on its way: its id, offsets, decoded rows, and the Kafka timestamps of its messages."""
 
@@ -155,30 +159,44 @@ class KafkaConsumerCore:
 
     # ------------------------------------------------------------------------------------ the loop
     def _run(self) -> None:
-        try:
-            self.ingestor.recover()  # batches a dead consumer (or driver) left in its write-ahead log
-            self._consumer = self._client()
-            self._check_offsets(self.parts)
-            with self._mu:
-                pending = list(self.offsets.pending.values())
-            for rec in pending:
-                self._complete(rec["id"], [tuple(r) for r in rec["r"]], None)
-            self._assign()
-            with self._mu:
-                self.state = "running"
-            while not self._stop.is_set():
-                self._pump()
-        except StoreClosedError as exc:
-            with self._mu:
-                self.state, self.error = "stopped", str(exc)
-        except Exception as exc:  # noqa: BLE001 - shown by subscriptions() and wait_caught_up
-            with self._mu:
-                self.state = "failed"
-                self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            if self._consumer is not None:
-                self._consumer.close()
-                self._consumer = None
+        delay = 1.0
+        while True:
+            try:
+                self._start_and_consume()
+                return
+            except _Unreachable as exc:  # the brokers may come back: retry, with the reason shown meanwhile
+                with self._mu:
+                    self.state, self.error = "retrying", str(exc)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, 30.0)
+            except StoreClosedError as exc:
+                with self._mu:
+                    self.state, self.error = "stopped", str(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - shown by subscriptions() and wait_caught_up
+                with self._mu:
+                    self.state = "failed"
+                    self.error = f"{type(exc).__name__}: {exc}"
+                return
+            finally:
+                if self._consumer is not None:
+                    self._consumer.close()
+                    self._consumer = None
+
+    def _start_and_consume(self) -> None:
+        self.ingestor.recover()  # batches a dead consumer (or driver) left in its write-ahead log
+        self._consumer = self._client()
+        self._check_offsets(self.parts)
+        with self._mu:
+            pending = list(self.offsets.pending.values())
+        for rec in pending:
+            self._complete(rec["id"], [tuple(r) for r in rec["r"]], None)
+        self._assign()
+        with self._mu:
+            self.state, self.error = "running", None
+        while not self._stop.is_set():
+            self._pump()
 
     def _client(self):
         from confluent_kafka import Consumer
@@ -199,8 +217,8 @@ class KafkaConsumerCore:
         try:
             return self._consumer.get_watermark_offsets(TopicPartition(self.src.topic, p), timeout=10)
         except KafkaException as exc:
-            raise SourceError(f"topic {self.src.topic!r} partition {p}: cannot read its offsets from "
-                              f"{self.src.bootstrap_servers} ({exc})") from None
+            raise _Unreachable(f"topic {self.src.topic!r} partition {p}: cannot read its offsets from "
+                               f"{self.src.bootstrap_servers} ({exc})") from None
 
     def _exists(self, p: int, offset: int) -> bool:
         """Whether message ``offset`` of partition ``p`` can be read (a broker may under-report its

@@ -241,7 +241,9 @@ def wait_caught_up(session: Session, stream: str, timeout: float = 60.0) -> None
             return
         if time.monotonic() > deadline:
             lag = ", ".join(f"partition {p}: {n}" for p, n in sorted(behind.items()))
-            raise SourceError(f"stream {stream!r}: not caught up after {timeout}s (messages behind: {lag})")
+            why = next((f"; consumer {r['consumer']} is {r['state']}: {r['error']}" for r in rows
+                        if r.get("error")), "")
+            raise SourceError(f"stream {stream!r}: not caught up after {timeout}s (messages behind: {lag}){why}")
         time.sleep(0.01)
 
 
