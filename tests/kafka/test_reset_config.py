@@ -92,3 +92,39 @@ def test_config_subscribes_and_status_prints_lag(tmp_path, bootstrap, topic, cap
     assert cli(["status", "--path", str(tmp_path / "s")]) == 0  # reopens: the subscription resumes
     out = capsys.readouterr().out
     assert "Kafka subscriptions (2 partitions)" in out and topic in out and "lag" in out
+
+
+def test_named_store_consumers_outlive_the_driver_and_restart_with_the_store(tmp_path, bootstrap, topic):
+    create_topic(bootstrap, topic, 2)
+    name = f"k{topic[2:]}"
+    prod = Producer(bootstrap, topic)
+
+    def send(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            prod.send(i % 2, {"user": f"u{i % 5}", "ts": 100.0 + i})
+        prod.finish()
+
+    send(0, 40)
+    store = rayfs.FeatureStore.open(tmp_path / "s", shards=1, name=name)
+    store.register_stream("ev", entities=["user"], timestamp="ts")
+    store.register_feature(rayfs.Feature(name="n", stream="ev", entity="user", agg="count"))
+    store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=2))
+    pids = set(store.subscriptions()["pid"])
+    store.close()  # a named store's consumers are detached: they keep consuming without this driver
+    send(40, 70)
+    other = rayfs.connect(name, address=None)
+    try:
+        other.wait_caught_up("ev", timeout=60)
+        assert set(other.subscriptions()["pid"]) == pids
+        assert other.get_features("user", ["u0"], "n")["n"].iloc[0] == 14
+        other.stop()  # every actor of the store, consumers first
+        send(70, 100)
+        again = rayfs.FeatureStore.open(tmp_path / "s", name=name)  # the subscription restarts with the store
+        try:
+            again.wait_caught_up("ev", timeout=60)
+            assert again.subscriptions()["events"].sum() == 100
+            assert again.get_features("user", [f"u{i}" for i in range(5)], "n")["n"].tolist() == [20] * 5
+        finally:
+            again.stop()
+    finally:
+        other.close()
