@@ -355,13 +355,14 @@ class StoreConfig:
         streams: the streams, in file order.
         features: the ``[[features]]`` in file order, then the features of each ``[[sql]]`` statement.
         source: the file the config was read from (``"<string>"`` for :func:`parse_config` by default).
+        kafka: ``(stream, rayfs.KafkaSource)`` of each ``[streams.kafka]`` table, in file order.
     """
 
     store: StoreSettings
     streams: tuple[Stream, ...] = ()
     features: tuple[Feature, ...] = ()
     source: str = "<string>"
-    kafka: tuple[tuple[str, Any], ...] = ()  # (stream, rayfs.KafkaSource) of each [streams.kafka] table
+    kafka: tuple[tuple[str, Any], ...] = ()
 
     @property
     def stream_map(self) -> dict[str, Stream]:
