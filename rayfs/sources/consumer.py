@@ -269,6 +269,8 @@ class KafkaConsumerCore:
             return
 
         def batches() -> Iterator[pd.DataFrame]:
+            # The ingestor names the k-th batch it is handed f"{prefix}/{k}": k counts what is yielded, and
+            # each batch's intent records that very id (see _intent).
             b: _Batch | None = first
             k = 0
             while b is not None:
@@ -277,10 +279,10 @@ class KafkaConsumerCore:
                 else:
                     sent.append(b)
                     yield b.decoded.frame
+                    k += 1
                     # Asked for the next batch: the ingestor has every batch but the last one acknowledged.
                     while len(sent) > 1:
                         self._commit(sent.pop(0))
-                k += 1
                 b = None if self._stop.is_set() else self._next_batch(prefix, k)
 
         try:
@@ -323,9 +325,11 @@ class KafkaConsumerCore:
                 deadline = time.monotonic() + src.max_delay
         if not got:
             return None
-        return self._intent(f"{prefix}/{k}", got)
+        return self._intent(prefix, k, got)
 
-    def _intent(self, bid: str, msgs: list) -> _Batch | None:
+    def _intent(self, prefix: str, k: int, msgs: list) -> _Batch | None:
+        """Decode a micro-batch and log its intent. Its id is ``f"{prefix}/{k}"``, the id the ingestor
+        gives the ``k``-th batch it is handed, unless nothing of it goes to the shards (only dead letters)."""
         n = len(msgs)
         parts = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=n)
         offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=n)
@@ -344,6 +348,7 @@ class KafkaConsumerCore:
         ends = np.flatnonzero(np.diff(parts)).tolist() + [len(parts) - 1]
         ranges = [(int(parts[e]), nxt[int(parts[e])], int(offs[e]) + 1) for e in ends]
         decoded, ts_ms = self._decode(msgs)
+        bid = f"{prefix}/{k}" if len(decoded.frame) else f"{prefix}/{k}/dead-{int(offs[0])}-{ranges[0][0]}"
         events: dict[int, int] = {}
         for p, k in zip(*np.unique(parts[decoded.rows], return_counts=True), strict=True):
             events[int(p)] = int(k)
