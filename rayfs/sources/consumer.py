@@ -385,11 +385,15 @@ class KafkaConsumerCore:
             m.rate.set(b.n / since, tags=m.tags)
         if len(good):
             sample = b.ts_ms[good[:: max(1, len(good) // 50)]]
-            for ms in sample:
+            for ms in sample[sample > 0]:  # (a message without a timestamp has -1)
                 m.fresh.observe(max(0.0, now - ms / 1000.0), tags=m.tags)
         for p, _first, end in b.ranges:
-            hw = self._consumer.get_watermark_offsets(_tp(self.src.topic, p), cached=True)[1] \
-                if self._consumer is not None else -1
+            hw = -1
+            if self._consumer is not None:
+                try:  # the high watermark of the last fetch (no call to the brokers)
+                    hw = self._consumer.get_watermark_offsets(_tp(self.src.topic, p), cached=True)[1]
+                except Exception:  # noqa: BLE001 - not fetched yet: the lag gauge waits for the next batch
+                    hw = -1
             if hw is not None and hw >= 0:
                 self.hw[p] = max(self.hw.get(p, 0), hw)
             m.lag.set(max(0, self.hw.get(p, end) - end), tags={**m.tags, "partition": str(p)})
