@@ -27,6 +27,7 @@ from rayfs.errors import (
     OptionError,
     RayfsError,
     SchemaError,
+    SourceError,
     SqlError,
     StoreClosedError,
     StoreNotFoundError,
@@ -44,7 +45,7 @@ __version__ = "0.2.0"
 
 # name -> the module that defines it, imported on first access (see the module docstring)
 _LAZY = {"FeatureStore": "rayfs.store", "connect": "rayfs.store", "iter_batches": "rayfs.sources.files",
-         "write_table": "rayfs.sources.files"}
+         "write_table": "rayfs.sources.files", "KafkaSource": "rayfs.model.kafka"}
 
 
 def __getattr__(name: str):
@@ -68,10 +69,12 @@ __all__ = [
     "FeatureStore",
     "FileFormatError",
     "HttpRequestError",
+    "KafkaSource",
     "LogCorruptionError",
     "OptionError",
     "RayfsError",
     "SchemaError",
+    "SourceError",
     "SqlError",
     "StoreClosedError",
     "StoreConfig",

@@ -175,6 +175,8 @@ def _apply(cfg, store) -> None:
             store.register_feature(f, progress=bar.update)
         finally:
             bar.close()
+    for stream, source in cfg.kafka:  # [streams.kafka] tables
+        store.subscribe(stream, source)
 
 
 class _Bar:
@@ -284,6 +286,11 @@ def _status(args) -> int:
             print(f"\n{len(feats)} feature versions")
             if len(feats):
                 print(feats[["key", "stream", "entity", "agg", "column", "window", "where"]].to_string(index=False))
+            subs = store.subscriptions()
+            if len(subs):
+                print(f"\nKafka subscriptions ({len(subs)} partitions)")
+                print(subs[["stream", "topic", "partition", "next_offset", "high_watermark", "lag", "events",
+                            "dead_letters", "state", "pid"]].to_string(index=False))
     finally:
         store.close()
     return 0

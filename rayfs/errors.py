@@ -129,3 +129,7 @@ class HttpRequestError(RayfsError):
 
 class TokenError(RayfsError):
     """The configured bearer token cannot be found (an unset environment variable) or is empty."""
+
+
+class SourceError(RayfsError):
+    """An event source (a Kafka subscription) is misconfigured, unreachable, or lost offsets it needs."""

@@ -44,6 +44,11 @@ Schema (every table rejects keys it does not list; every value's type is checked
 * ``[store]`` (required): ``path`` (string, required); ``name`` (identifier); ``shards`` (integer >= 1);
   ``durability`` (``"sync"``, ``"group"`` or ``"none"``); ``namespace`` (non-empty string).
 * ``[[streams]]``: ``name``, ``entities`` (array of strings), ``timestamp`` -- all required.
+* ``[streams.kafka]`` (optional, after a ``[[streams]]`` table): subscribes that stream to a Kafka topic;
+  ``topic``, ``bootstrap_servers`` (required strings); ``format``, ``start``, ``timestamp``,
+  ``on_offset_reset`` (strings); ``consumers``, ``max_batch_rows`` (integers); ``max_delay`` (number);
+  ``consumer_config`` (a table of librdkafka settings). These are :class:`rayfs.KafkaSource`'s arguments;
+  :meth:`FeatureStore.apply <rayfs.store.FeatureStore.apply>` and ``rayfs serve`` subscribe the stream.
 * ``[[features]]``: ``name``, ``stream``, ``entity``, ``agg`` (required strings); ``column``, ``window``
   (``"30s"``, ``"15m"``, ``"3h"``, ``"7d"``), ``where``, ``description``, ``owner`` (strings); ``k``
   (integer); ``q`` (number); ``tags`` (array of strings). These are :class:`~rayfs.model.definitions.Feature`'s
@@ -378,6 +383,7 @@ class StoreConfig:
         features: the ``[[features]]`` in file order, then the features of each ``[[sql]]`` statement.
         source: the file the config was read from (``"<string>"`` for :func:`parse_config` by default).
         serve: the ``[serve]`` settings (defaults when the table is absent).
+        kafka: ``(stream, rayfs.KafkaSource)`` of each ``[streams.kafka]`` table, in file order.
     """
 
     store: StoreSettings
@@ -385,6 +391,7 @@ class StoreConfig:
     features: tuple[Feature, ...] = ()
     source: str = "<string>"
     serve: ServeSettings = ServeSettings()
+    kafka: tuple[tuple[str, Any], ...] = ()
 
     @property
     def stream_map(self) -> dict[str, Stream]:
@@ -583,11 +590,14 @@ class _Parser:
             raise self.error(("store",), f"expected a table ([store]), got {_type_name(doc['store'])}")
         store = self.store(doc["store"], base_dir)
         streams: dict[str, Stream] = {}
+        kafka: list[tuple[str, Any]] = []
         seen: dict[str, Path] = {}
         for i, entry in enumerate(self.array(doc, "streams")):
             s = self.stream(entry, ("streams", i))
             self.unique(s.name, ("streams", i, "name"), seen, "stream")
             streams[s.name] = s
+            if "kafka" in entry:
+                kafka.append((s.name, self.kafka(entry["kafka"], ("streams", i, "kafka"), s.name)))
         features: list[Feature] = []
         seen = {}
         for i, entry in enumerate(self.array(doc, "features")):
@@ -600,7 +610,7 @@ class _Parser:
                 features.append(f)
         serve = self.serve(doc["serve"]) if "serve" in doc else ServeSettings()
         return StoreConfig(store=store, streams=tuple(streams.values()), features=tuple(features),
-                           source=self.source, serve=serve)
+                           source=self.source, serve=serve, kafka=tuple(kafka))
 
     def unique(self, name: str, path: Path, seen: dict[str, Path], what: str) -> None:
         if name in seen:
@@ -649,7 +659,7 @@ class _Parser:
                              num_replicas=replicas)
 
     def stream(self, doc: dict, p: Path) -> Stream:
-        self.table(doc, p, _STREAM_KEYS, _STREAM_KEYS)
+        self.table(doc, p, (*_STREAM_KEYS, "kafka"), _STREAM_KEYS)
         name = self.string(doc, p, "name")
         self.name(name, p + ("name",), "stream")
         entities = self.strings(doc, p, "entities")
@@ -662,6 +672,26 @@ class _Parser:
         except RayfsError as exc:
             key = "timestamp" if "timestamp" in str(exc) else "entities"
             raise self.error(p + (key,), str(exc)) from None
+
+    def kafka(self, doc: Any, p: Path, stream: str):
+        """A ``[streams.kafka]`` table: the arguments of :class:`rayfs.KafkaSource`."""
+        # KafkaSource is a plain, Ray-free description; its own checks give the reasons.
+        from rayfs.model.kafka import KafkaSource  # late: a config without Kafka needs none of it
+
+        if not isinstance(doc, dict):
+            raise self.error(p, f"expected a table ([streams.kafka]), got {_type_name(doc)}")
+        keys = tuple(KafkaSource.__dataclass_fields__)
+        self.table(doc, p, keys, ("topic", "bootstrap_servers"))
+        for k in ("topic", "bootstrap_servers", "format", "start", "timestamp", "on_offset_reset"):
+            self.string(doc, p, k)
+        for k, kind in (("consumers", int), ("max_batch_rows", int), ("max_delay", (int, float)),
+                        ("consumer_config", dict)):
+            self.typed(doc, p, k, kind)
+        try:
+            return KafkaSource(**doc)
+        except RayfsError as exc:
+            key = next((k for k in keys if f" {k} " in f" {exc} " or f"{k} must" in str(exc)), None)
+            raise self.error(p + ((key,) if key in doc else ()), f"stream {stream!r}: {exc}") from None
 
     def feature(self, doc: dict, p: Path, streams: Mapping[str, Stream]) -> Feature:
         self.table(doc, p, _FEATURE_KEYS, ("name", "stream", "entity", "agg"))
@@ -793,9 +823,20 @@ def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = 
     if config.serve != ServeSettings():
         out += ["", "[serve]"] + [f"{k} = {_toml_value(getattr(config.serve, k), f'serve: {k}')}" for k in _SERVE_KEYS
                                   if getattr(config.serve, k) is not None]
+    kafka = dict(config.kafka)
     for s in config.streams:
         out += ["", "[[streams]]"] + [f"{k} = {_toml_value(v, f'stream {s.name!r}: {k}')}"
                                          for k, v in s.to_dict().items()]
+        if s.name in kafka:
+            out += ["", "[streams.kafka]"]
+            for k, v in kafka[s.name].to_dict().items():
+                where = f"stream {s.name!r}: kafka.{k}"
+                if k == "consumer_config":
+                    if v:
+                        out.append(f"{k} = {{ " + ", ".join(f"{_toml_str(a)} = {_toml_value(b, where)}"
+                                                              for a, b in v.items()) + " }")
+                elif v is not None:
+                    out.append(f"{k} = {_toml_value(v, where)}")
     for f in config.features:
         out += ["", "[[features]]"]
         for k in _FEATURE_KEYS:

@@ -75,6 +75,7 @@ class FeatureStore:
         self._ingestor = Ingestor(conn.session)
         self._obs = ObservationStreams(self.path, conn.session.settings.durability)
         self._reader = Reader(conn.session, self._obs)
+        self._resume_subscriptions()
 
     # ------------------------------------------------------------------------------------- lifecycle
     @classmethod
@@ -118,6 +119,8 @@ class FeatureStore:
         if self._closed:
             return
         self._closed = True
+        if self._owns:  # consumers go before the shards (they would retry against stopped shards)
+            self._stop_subscriptions()
         lifecycle.close(self._conn, stop=self._owns, local=(self._ingestor.close, self._obs.close))
 
     def stop(self) -> None:
@@ -211,11 +214,15 @@ class FeatureStore:
     def apply(self, config) -> dict:
         """Register the streams and features of a config (a path or a :class:`rayfs.model.config.StoreConfig`).
 
-        Returns ``{"streams": [...], "features": [...]}`` with what was registered (no-ops included).
+        Returns ``{"streams": [...], "features": [...], "subscriptions": [...]}`` with what was registered
+        (no-ops included); a stream with a ``[streams.kafka]`` table is subscribed to its topic.
         """
         cfg = definitions.as_config(config)
         streams = [self.register_stream(s.name, s.entities, s.timestamp) for s in cfg.streams]
-        return {"streams": streams, "features": [self.register_feature(f) for f in cfg.features]}
+        features = [self.register_feature(f) for f in cfg.features]
+        for stream, source in cfg.kafka:
+            self.subscribe(stream, source)
+        return {"streams": streams, "features": features, "subscriptions": [s for s, _ in cfg.kafka]}
 
     # ------------------------------------------------------------------------------------- ingest
     @_actors
@@ -358,6 +365,89 @@ class FeatureStore:
             One row per feature: ``feature, entity, checked, mismatches, examples``.
         """
         return monitor.audit(self._session, self._reader.resolve(features, None), n, seed)
+
+    # ------------------------------------------------------------------------------------- Kafka subscriptions
+    def subscribe(self, stream: str, source) -> None:
+        """Feed ``stream`` from a Kafka topic, exactly once; returns once the subscription is recorded and
+        its consumers run.
+
+        The subscription is kept in the store's folder and restarts whenever the store is opened (or a
+        consumer's process dies): reading resumes at the first offset not acknowledged by every shard, so
+        no message is lost and none is folded twice. Subscribing again with the same source is a no-op.
+
+        Args:
+            stream: a registered event stream.
+            source: a :class:`rayfs.KafkaSource`; each message value is one event.
+
+        Raises:
+            SourceError: the topic cannot be reached, or the stream is subscribed to another source.
+            UnknownStreamError: ``stream`` is not registered.
+        """
+        from rayfs.store import subscriptions
+
+        self._check_open()
+        subscriptions.subscribe(self._session, stream, source)
+
+    def unsubscribe(self, stream: str) -> None:
+        """Stop feeding ``stream`` from Kafka (batches in flight are finished first) and forget its offsets."""
+        from rayfs.store import subscriptions
+
+        self._check_open()
+        subscriptions.unsubscribe(self._session, stream)
+
+    def subscriptions(self) -> pd.DataFrame:
+        """One row per subscribed partition: ``stream, topic, partition, next_offset`` (the first offset not
+        acknowledged), ``high_watermark, lag, events, dead_letters, state`` (``starting``, ``running``,
+        ``retrying`` (brokers unreachable), ``restarting``, ``failed``, ``stopped``, ``not running``),
+        ``pid`` (the consumer's process), ``consumer, error``, and ``skipped``: the ``(from, to)`` offset
+        jumps made where offsets vanished (``on_offset_reset``)."""
+        from rayfs.store import subscriptions
+
+        self._check_open()
+        return subscriptions.subscriptions(self._session)
+
+    def wait_caught_up(self, stream: str, timeout: float = 60.0) -> None:
+        """Block until every message below each partition's high watermark (as of this call) is folded,
+        durable and visible online.
+
+        Raises:
+            SourceError: a consumer failed (e.g. its offsets vanished from Kafka), or ``timeout`` passed.
+        """
+        from rayfs.store import subscriptions
+
+        self._check_open()
+        subscriptions.wait_caught_up(self._session, stream, timeout)
+
+    def dead_letters(self, stream: str) -> pd.DataFrame:
+        """The messages of ``stream``'s topic that were not events: ``topic, partition, offset, key, value``
+        (bytes), ``reason, timestamp_ms``, in (partition, offset) order (the newest 10,000 per consumer)."""
+        from rayfs.store import subscriptions
+
+        self._check_open()
+        return subscriptions.dead_letters(self._session, stream)
+
+    def _resume_subscriptions(self) -> None:
+        """Start the consumers of the store's subscriptions that are not running (on open and connect)."""
+        from rayfs.sources.offsets import load_subscriptions
+
+        if not load_subscriptions(self.path):
+            return
+        from rayfs.store import subscriptions
+
+        try:
+            subscriptions.resume(self._session)
+        except Exception as exc:  # noqa: BLE001 - the store opens; subscriptions() shows what is not running
+            warnings.warn(f"store {self.path}: Kafka subscriptions not resumed: {exc}", RuntimeWarning,
+                          stacklevel=3)
+
+    def _stop_subscriptions(self) -> None:
+        """Stop the consumers before the shards (a consumer would retry against stopped shards)."""
+        from rayfs.sources.offsets import load_subscriptions
+
+        if os.path.isdir(self.path) and load_subscriptions(self.path):
+            from rayfs.store import subscriptions
+
+            subscriptions.stop(self._session)
 
 
 def connect(name: str, *, address: str | None = "auto", namespace: str = cluster.NAMESPACE) -> FeatureStore:
