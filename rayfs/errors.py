@@ -7,9 +7,9 @@ field, feature, file) and the operation leaves nothing half-applied.
 from __future__ import annotations
 
 __all__ = ["AggregateError", "ConfigError", "DefinitionError", "FileFormatError", "HttpRequestError",
-           "LogCorruptionError", "OptionError", "RayfsError", "SchemaError", "SqlError", "StoreClosedError",
-           "StoreNotFoundError", "StoreOpenError", "TimestampError", "TokenError", "UnknownFeatureError",
-           "UnknownStreamError", "WindowError"]
+           "LogCorruptionError", "OptionError", "RayfsError", "SchemaError", "SourceError", "SqlError",
+           "StoreClosedError", "StoreNotFoundError", "StoreOpenError", "TimestampError", "TokenError",
+           "UnknownFeatureError", "UnknownStreamError", "WindowError"]
 
 
 class RayfsError(Exception):

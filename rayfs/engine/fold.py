@@ -36,6 +36,9 @@ from rayfs.engine.columns import TS, Batch, null_mask
 from rayfs.errors import SchemaError
 from rayfs.model.definitions import Feature, Stream
 
+__all__ = ["MAX_BATCH_ROWS", "SEQ", "SEQ_ROW_BITS", "TS", "CompiledFeature", "StateTable", "WindowEvents",
+           "compile_feature", "feature_rows", "fold_into", "slot_column", "value_kind"]
+
 SEQ_ROW_BITS = 24  # seq = log offset << 24 | row: batches are capped at 2**24 rows
 MAX_BATCH_ROWS = 1 << SEQ_ROW_BITS
 SEQ = "__seq"

@@ -13,6 +13,8 @@ from typing import Any
 
 from rayfs.errors import SourceError
 
+__all__ = ["FORMATS", "KafkaSource", "MAX_BATCH_ROWS", "RESERVED_CONFIG", "RESETS", "STARTS"]
+
 FORMATS = ("json", "msgpack")
 STARTS = ("earliest", "latest")
 RESETS = (None, "earliest", "latest")

@@ -38,6 +38,8 @@ from rayfs.sources.offsets import OffsetsLog, consumer_dir
 from rayfs.storage.locks import wait_lock
 from rayfs.storage.wal import WriteAheadLog
 
+__all__ = ["KafkaConsumerActor", "KafkaConsumerCore", "actor_name", "my_partitions"]
+
 IDLE = 0.02  # seconds without a message after which an idle loop finishes the batches in flight
 POLL = 0.002  # seconds per poll while a batch has no message yet
 PROBE = 2.0  # seconds to wait for one message when checking that a stored offset still exists

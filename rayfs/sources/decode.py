@@ -29,7 +29,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pj
 
+from rayfs.errors import SourceError
 from rayfs.model.definitions import Stream
+
+__all__ = ["Decoded", "decode", "locate_bad", "parse", "validate"]
 
 _BLOCK = 4 << 20  # bytes per block of Arrow's JSON reader (blocks parse in parallel)
 
@@ -120,7 +123,7 @@ def parse(values: Sequence[bytes | None], fmt: str) -> tuple[pd.DataFrame, np.nd
         recs, rows, dead = _records(values, lambda v: msgpack.unpackb(v, raw=False, strict_map_key=False),
                                     "msgpack")
         return _frame(recs), np.asarray(rows, dtype=np.int64), dead
-    raise ValueError(f"unknown format {fmt!r}")
+    raise SourceError(f"unknown message format {fmt!r}; one of json, msgpack")
 
 
 def _unpack_all(values: Sequence[bytes | None]) -> list | None:

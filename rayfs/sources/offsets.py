@@ -32,7 +32,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from rayfs.errors import SourceError
 from rayfs.storage.log import SegmentedLog, _fsync_dir
+
+__all__ = ["OffsetsLog", "consumer_dir", "load_subscriptions", "save_subscriptions", "stream_dir", "subscriptions_path"]
 
 KAFKA_DIR = "kafka"
 SUBSCRIPTIONS = "subscriptions.json"
@@ -150,7 +153,7 @@ class OffsetsLog:
             self.resets = list(rec["resets"])
             self.pending = OrderedDict((r["id"], r) for r in rec["pending"])
         else:
-            raise ValueError(f"{self.dir}: unknown offsets record type {t!r}")
+            raise SourceError(f"{self.dir}: unknown offsets record type {t!r} (written by a newer rayfs?)")
 
     def acked(self, p: int) -> int:
         """The first offset of partition ``p`` not yet acknowledged by every shard."""

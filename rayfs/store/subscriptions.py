@@ -24,6 +24,8 @@ from rayfs.sources.consumer import KafkaConsumerActor, actor_name, my_partitions
 from rayfs.sources.offsets import load_subscriptions, save_subscriptions, stream_dir
 from rayfs.store.session import Session
 
+__all__ = ["dead_letters", "resume", "stop", "subscribe", "subscriptions", "unsubscribe", "wait_caught_up"]
+
 CALL_TIMEOUT = 30.0
 STATUS_COLUMNS = ["stream", "topic", "partition", "next_offset", "high_watermark", "lag", "events",
                   "dead_letters", "state", "pid", "consumer", "error", "skipped"]
