@@ -89,7 +89,7 @@ def check(store: rayfs.FeatureStore, ev: pd.DataFrame, context: str) -> None:
 
 def consumer_pid(store: rayfs.FeatureStore, i: int, timeout: float = 60.0) -> int:
     """The pid of consumer ``i`` of stream ``ev`` (waiting while Ray restarts it)."""
-    a = ray.get_actor(actor_name(store._session.settings["store_id"], "ev", i), namespace="rayfs")
+    a = ray.get_actor(actor_name(store._session.settings.store_id, "ev", i), namespace="rayfs")
     deadline = time.monotonic() + timeout
     while True:
         try:
