@@ -93,6 +93,17 @@ class ShardService(ShardCore):
         read of a few keys costs more than the read itself."""
         return pickle.dumps(self.get(*pickle.loads(args)), protocol=pickle.HIGHEST_PROTOCOL)
 
+    def get_online_packed(self, args: bytes) -> bytes:
+        """Online values from the shard's online table, without taking the shard's lock: a read never waits
+        for an ingest, a snapshot or a backfill of other features. Arguments and answer as
+        :meth:`get_packed`; a feature not in the table (being backfilled) is read by :meth:`ShardCore.get`,
+        which waits for it."""
+        entity, keys, names = pickle.loads(args)
+        out = self.online_view.read(entity, keys.tolist(), names)
+        if out is None:
+            out = self.get(entity, keys, names)
+        return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+
     def replay(self, *args, **kwargs) -> dict:
         out = super().replay(*args, **kwargs)
         self._export()

@@ -45,6 +45,7 @@ import functools
 import os
 import threading
 import time
+import uuid
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -168,6 +169,9 @@ class ShardCore:
         self.schema: dict[str, dict[str, str]] = {s: {} for s in self.streams}
         self.applied: OrderedDict[str, int] = OrderedDict()
         self.since_snapshot = 0
+        # Which state the in-memory state descends from: the token of the snapshot it was restored from or
+        # last saved to, "log" when folded from the log alone (the online table is kept only if it agrees).
+        self.lineage = "log"
         self.windows = WindowBuffers(self.features, self.compiled)
         self.replays = ReplayCache(self.log, self._decode)
         self.backfill = Backfill(self.lock, define=self._define, features=self.features, compiled=self.compiled,
@@ -236,6 +240,7 @@ class ShardCore:
             self.tables[name] = StateTable(cf.agg, st, fp["size"])
         for bid, off in snap["ids"]:
             self.applied[bid] = off
+        self.lineage = str(meta.get("token") or f"snapshot@{meta['offset']}")
         return int(meta["offset"])
 
     @_locked
@@ -254,10 +259,13 @@ class ShardCore:
             feats[name] = {"fingerprint": cf.feature.fingerprint(), "kind": cf.kind, "size": table.size}
         windows, buffers = self.windows.to_snapshot()
         entries.update(buffers)
+        token = uuid.uuid4().hex
         meta = {"offset": self.log.next_offset, "schema": self.schema, "local_max": windows["local_max"],
                 "watermark": self.watermark, "counts": self.counts, "features": feats,
-                "buffer_window": windows["buffer_window"]}
+                "buffer_window": windows["buffer_window"], "token": token}
         written = self.snap.save(meta, entries)
+        self.lineage = token
+        self._refresh_online()  # records the new lineage
         self.since_snapshot = self.events_since_snapshot = 0
         self.snapshot_time = time.time()
         return {"offset": self.log.next_offset, "bytes": written}
@@ -616,7 +624,7 @@ class ShardCore:
                 "watermark": dict(self.watermark), "catalog_version": self.catalog_version,
                 "log_truncated_bytes": self.log.truncated_bytes,
                 "log_bytes": self.log.size_bytes(), "since_snapshot": self.since_snapshot,
-                "schema": {s: dict(k) for s, k in self.schema.items()}}
+                "schema": {s: dict(k) for s, k in self.schema.items()}, "online_table": self.online_view.path}
 
     @_locked
     def flush(self) -> dict:

@@ -16,9 +16,10 @@ Invariants:
 * A group ``(stream, entity field)``'s layout is the sorted keys of its features that are not being
   backfilled. When it changes (a feature registered, dropped, finished backfilling) or a feature is
   recompiled (a column's kind first seen), the whole group is rewritten in that same transaction.
-* On open the table is kept only if it reflects exactly the recovered state (same log offset, catalog
-  version and layouts); otherwise it is rebuilt in one transaction, so readers see the old table or the new
-  one, never an empty one.
+* On open the table is kept only if it reflects exactly the recovered state: same log offset, catalog
+  version, layouts and lineage (the snapshot the state was restored from, or "log"; a snapshot written
+  later records its token in the table). Otherwise it is rebuilt in one transaction, so readers see the old
+  table or the new one, never an empty one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from rayfs.engine.fold import CompiledFeature, slot_column
 from rayfs.engine.keyindex import KeyIndex
 from rayfs.model.definitions import Feature, Stream
-from rayfs.storage.online import OnlineTable
+from rayfs.storage.online import OnlineTable, rows_to_values
 
 __all__ = ["OnlineView"]
 
@@ -47,6 +48,7 @@ class _Shard(Protocol):
     keys: dict[tuple[str, str], KeyIndex]
     watermark: dict[str, int]
     catalog_version: int
+    lineage: str
 
     def online(self, key: str, slots: np.ndarray) -> np.ndarray: ...
 
@@ -82,7 +84,8 @@ class OnlineView:
 
     def _meta(self) -> dict[str, Any]:
         s = self._shard
-        return {"watermark": dict(s.watermark), "cv": s.catalog_version, "offset": s.log_offset()}
+        return {"watermark": dict(s.watermark), "cv": s.catalog_version, "offset": s.log_offset(),
+                "lineage": s.lineage}
 
     def _group(self, stream: str, entity: str, layout: list[str], slots: np.ndarray) -> tuple:
         s = self._shard
@@ -96,6 +99,7 @@ class OnlineView:
         meta, _ = self.table.read([])
         layouts = {f"{s}\x1f{e}": self._layout(s, e)[0] for s, e in self._groups()}
         if (meta.get("offset") == self._shard.log_offset() and meta.get("cv") == self._shard.catalog_version
+                and meta.get("lineage") == self._shard.lineage
                 and meta.get("watermark") == self._shard.watermark
                 and {k: v for k, v in meta.get("layouts", {}).items() if k in layouts} == layouts):
             self._written = {(s, e): self._layout(s, e) for s, e in self._groups()}
@@ -172,25 +176,3 @@ class OnlineView:
 
     def close(self) -> None:
         self.table.close()
-
-
-def rows_to_values(meta: dict, streams: dict[str, list[str]], entity: str, rows: list[list]) -> dict | None:
-    """Turn table rows into ``{"cv": version, "values": {feature key: (present, values)}}``: ``present`` a
-    mask over the keys asked for (False: a key the shard never saw, which gets the empty value), ``values``
-    the list of values of the present keys. ``None`` if a feature is not in its group's layout."""
-    layouts = meta.get("layouts", {})
-    values: dict[str, Any] = {}
-    for (stream, names), group in zip(streams.items(), rows, strict=True):
-        layout = layouts.get(f"{stream}\x1f{entity}")
-        if layout is None:
-            if any(r is not None for r in group):
-                return None
-            layout = []
-        index = {k: j for j, k in enumerate(layout)}
-        if any(n not in index for n in names):
-            return None
-        mask = np.fromiter((r is not None for r in group), bool, len(group))
-        for n in names:
-            j = index[n]
-            values[n] = (mask, [r[j] for r in group if r is not None])
-    return {"cv": meta.get("cv", 0), "values": values}

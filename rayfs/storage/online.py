@@ -32,8 +32,9 @@ from typing import Any
 
 import lmdb
 import msgpack
+import numpy as np
 
-__all__ = ["OnlineReader", "OnlineTable", "encode_key", "row_prefix"]
+__all__ = ["OnlineReader", "OnlineTable", "encode_key", "row_prefix", "rows_to_values"]
 
 _MAP_SIZE = 1 << 40  # address space only; the file grows with use
 _MAX_KEY = 400  # LMDB's default key limit is 511 bytes; the prefix needs room too
@@ -178,3 +179,25 @@ def _drop_prefix(txn, prefix: bytes) -> None:
         while cur.key().startswith(prefix):
             if not cur.delete():
                 break
+
+
+def rows_to_values(meta: dict, streams: dict[str, list[str]], entity: str, rows: list[list]) -> dict | None:
+    """Turn table rows into ``{"cv": version, "values": {feature key: (present, values)}}``: ``present`` a
+    mask over the keys asked for (False: a key the shard never saw, which gets the empty value), ``values``
+    the list of values of the present keys. ``None`` if a feature is not in its group's layout."""
+    layouts = meta.get("layouts", {})
+    values: dict[str, Any] = {}
+    for (stream, names), group in zip(streams.items(), rows, strict=True):
+        layout = layouts.get(f"{stream}\x1f{entity}")
+        if layout is None:
+            if any(r is not None for r in group):
+                return None
+            layout = []
+        index = {k: j for j, k in enumerate(layout)}
+        if any(n not in index for n in names):
+            return None
+        mask = np.fromiter((r is not None for r in group), bool, len(group))
+        for n in names:
+            j = index[n]
+            values[n] = (mask, [r[j] for r in group if r is not None])
+    return {"cv": meta.get("cv", 0), "values": values}

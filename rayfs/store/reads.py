@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import copy
 import pickle
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, TypeVar
 
+import lmdb
 import numpy as np
 import pandas as pd
 import ray
@@ -33,6 +35,7 @@ from rayfs.errors import DefinitionError, SchemaError, UnknownFeatureError
 from rayfs.model.definitions import Feature
 from rayfs.model.timeutil import to_micros
 from rayfs.storage.observations import ObservationStreams
+from rayfs.storage.online import OnlineReader, rows_to_values
 from rayfs.store.session import Session
 
 __all__ = ["OUTPUTS", "Reader", "Request", "fan_out"]
@@ -56,46 +59,85 @@ class Request(NamedTuple):
     defaults: dict[str, np.ndarray]  # feature key -> output pre-filled with its empty value; filled in place
 
 
-def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: tuple = ()) -> int:
+def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: tuple = (),
+            tables: Sequence | None = None, streams: dict[str, str] | None = None) -> int:
     """Call ``method`` on every shard owning some keys of each request and scatter the answers back.
 
     Every call of every request is submitted before any answer is awaited, so the shards work while the
     driver routes the next entity field's keys, and each shard runs its calls back to back.
+
+    Online reads (``"get"``) are answered from the shards' online tables: read here directly for a shard
+    whose table this process can open (``tables[s]``, a shard on this node), else by the shard's actor
+    from its table without waiting for its ingests; a feature not in a table yet (being backfilled) is read
+    the exact way, :meth:`rayfs.shard.core.ShardCore.get`.
 
     Args:
         handles: shard actor handles, index = shard id.
         method: ``"replay"`` (extra = [times]) or ``"get"`` (extra = []).
         requests: one per entity field; ``defaults`` are filled in place (and may be widened to object).
         tail: extra positional arguments appended to each call.
+        tables: per shard, an :class:`~rayfs.storage.online.OnlineReader` of its online table or ``None``.
+        streams: feature key -> its stream (for reads from online tables).
 
     Returns:
         The newest catalog version the shards reported (so the caller can tell its catalog is stale).
     """
-    calls, where = [], []
+    calls, where, local = [], [], []
     for req in requests:
         names = list(req.defaults)
         owner = shard_of(req.keys, len(handles))
         for s in np.unique(owner[owner >= 0]).tolist():
             pos = np.flatnonzero(owner == s)
+            if method == "get" and tables is not None and tables[s] is not None:
+                local.append((req, pos, s, names))
+                continue
             args = [req.entity, req.keys[pos], *[e[pos] for e in req.extra], names, *tail]
-            if method == "get":  # small: one buffer each way (see rayfs.shard.actor.ShardService.get_packed)
-                calls.append(handles[s].get_packed.remote(pickle.dumps(tuple(args), protocol=pickle.HIGHEST_PROTOCOL)))
+            if method == "get":  # small: one buffer each way (see rayfs.shard.actor.ShardService.get_online_packed)
+                calls.append(handles[s].get_online_packed.remote(
+                    pickle.dumps(tuple(args), protocol=pickle.HIGHEST_PROTOCOL)))
             else:
                 calls.append(getattr(handles[s], method).remote(*args))
             where.append((req, pos))
     cv = 0
+    for req, pos, s, names in local:  # while the remote calls run
+        by_stream: dict[str, list[str]] = {}
+        for n in names:
+            by_stream.setdefault(streams[n], []).append(n)
+        meta, rows = tables[s].read([(st, req.entity, req.keys[pos].tolist()) for st in by_stream])
+        res = rows_to_values(meta, by_stream, req.entity, rows)
+        if res is None:  # a feature not in the table: the shard answers (waiting for its backfill)
+            args = (req.entity, req.keys[pos], names)
+            calls.append(handles[s].get_online_packed.remote(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)))
+            where.append((req, pos))
+            continue
+        cv = max(cv, res["cv"])
+        _scatter(req.defaults, res["values"], pos)
     for (req, pos), res in zip(where, ray.get(calls), strict=True):
-        if isinstance(res, bytes):  # a small answer packed into one buffer (ShardService.get_packed)
+        if isinstance(res, bytes):  # a small answer packed into one buffer
             res = pickle.loads(res)
         cv = max(cv, res["cv"])
         _scatter(req.defaults, res["values"], pos)
     return cv
 
 
+def _values(values: list) -> np.ndarray:
+    """Values read from an online table as an array: numeric when they all are numbers, else objects."""
+    if all(type(v) in (int, float) for v in values):
+        return np.array(values)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> None:
     for n in list(defaults):
         col = defaults[n]
-        vals = res[n]
+        vals, at = res[n], pos
+        if isinstance(vals, tuple):  # from an online table: (present, values of the present keys)
+            present, values = vals
+            if not values:
+                continue
+            vals, at = _values(values), pos[present]
         if col.dtype == object and vals.dtype.kind == "f":
             # A shard that never saw a non-null value of a string column answers NaN: make it None.
             vals = np.where(np.isnan(vals), None, vals.astype(object))
@@ -106,7 +148,7 @@ def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> Non
             col = defaults[n] = wide
         elif col.dtype != vals.dtype and col.dtype != object:
             vals = vals.astype(col.dtype)
-        col[pos] = vals
+        col[at] = vals
 
 
 def _column(values: np.ndarray, index: pd.Index) -> pd.Series:
@@ -123,6 +165,48 @@ def _repeat(one: np.ndarray, n: int) -> np.ndarray:
     return np.repeat(one, n)
 
 
+_OPEN: dict[str, OnlineReader] = {}  # path -> reader: LMDB opens an environment once per process
+_OPEN_LOCK = threading.Lock()
+
+
+class LocalTables:
+    """The online tables of a store's shards that this process can read directly: those of shards running on
+    this node (their folders are local here; LMDB must not be shared over a network filesystem).
+
+    Which shard runs where is asked once per shard actor (a re-created shard is a new actor, asked again).
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._node: str | None = None
+        self._by_actor: dict[object, OnlineReader | None] = {}
+
+    def readers(self, handles: Sequence) -> list[OnlineReader | None]:
+        """Per shard: a reader of its online table, or ``None`` (another node, or no table yet)."""
+        new = [(i, h) for i, h in enumerate(handles) if h._actor_id not in self._by_actor]
+        if new:
+            if self._node is None:
+                self._node = ray.get_runtime_context().get_node_id()
+            infos = ray.get([h.info.remote() for _, h in new])
+            for (_, h), info in zip(new, infos, strict=True):
+                reader = None
+                if info.get("node_id") == self._node and info.get("online_table"):
+                    reader = _open_reader(info["online_table"])
+                self._by_actor[h._actor_id] = reader
+        return [self._by_actor[h._actor_id] for h in handles]
+
+
+def _open_reader(path: str) -> OnlineReader | None:
+    with _OPEN_LOCK:
+        reader = _OPEN.get(path)
+        if reader is None:
+            try:
+                reader = _OPEN[path] = OnlineReader(path)
+            except lmdb.Error:  # not created yet, or not readable from here: the actor path answers
+                return None
+        return reader
+
+
 class Reader:
     """The read path of one session: resolving names, empty values, fan-out and result assembly.
 
@@ -135,6 +219,7 @@ class Reader:
         self.session = session
         self.observations = observations
         self._empties: dict[tuple, np.ndarray] = {}
+        self._tables = LocalTables(session)
 
     def resolve(self, features: Iterable[str] | str | None, entity: str | None) -> Resolved:
         """(requested name, feature version) pairs; a name unknown to the cached catalog refreshes it once.
@@ -243,7 +328,13 @@ class Reader:
             requests.append(Request(entity, keys, extra, vals))
         if n and any(r.defaults for r in requests):
             try:
-                cv = self.session.call(lambda hs: fan_out(hs, method, [r for r in requests if r.defaults]))
+                asked = [r for r in requests if r.defaults]
+                if method == "get":
+                    streams = {f.key: f.stream for fs, *_ in groups for _, f in fs}
+                    cv = self.session.call(lambda hs: fan_out(hs, method, asked, tables=self._tables.readers(hs),
+                                                              streams=streams))
+                else:
+                    cv = self.session.call(lambda hs: fan_out(hs, method, asked))
             except UnknownFeatureError:  # a version this driver's catalog still has was dropped elsewhere
                 self.session.refresh()
                 if final:
