@@ -17,26 +17,11 @@ import socket
 import subprocess
 import time
 import uuid
-import warnings
 from collections.abc import Iterable
 
 import pytest
 
-warnings.filterwarnings("ignore", message=".*token.*authentication.*")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def ray_session():
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        ray.init(address="local", namespace="rayfs", include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False, num_cpus=2)
-        started = True
-    yield
-    if started:
-        ray.shutdown()
+from tests.ray.conftest import ray_session  # noqa: F401 - the same one private local Ray per session
 
 
 def _free_port() -> int:
