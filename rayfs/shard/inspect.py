@@ -25,6 +25,7 @@ from rayfs.engine.featurestats import partial_stats
 from rayfs.engine.fold import CompiledFeature
 from rayfs.engine.pit import EventIndex
 from rayfs.model.definitions import Feature
+from rayfs.shard.online import OnlineView
 from rayfs.shard.replay_cache import ReplayCache
 from rayfs.storage.log import SegmentedLog
 
@@ -42,6 +43,7 @@ class ShardView(Protocol):
     watermark: dict[str, int]
     features: Mapping[str, Feature]
     replays: ReplayCache
+    online_view: OnlineView
     snapshot_time: float
     events_since_snapshot: int
     since_snapshot: int
@@ -108,7 +110,11 @@ class Inspection:
             return [keys[i] for i in sorted(pick.tolist())]
 
     def audit(self, entity: str, keys: np.ndarray, names: list[str]) -> dict:
-        """Online values and a fresh replay from the on-disk log at the same instant, for ``keys``.
+        """Served online values and a fresh replay from the on-disk log at the same instant, for ``keys``.
+
+        The online values are the shard's state, except where the state agrees with the log and the online
+        table readers get values from does not (a key without a row there reads as the empty value): then
+        the table's, so that either kind of disagreement with the log shows.
 
         Returns ``{"online": {name: values}, "replay": {name: values}, "at": {name: replay time}}``.
         """
@@ -116,6 +122,7 @@ class Inspection:
         with s.lock:
             s.await_backfills(names)
             online = s.get(entity, keys, names)["values"]
+            table = s.online_view.read(entity, keys.tolist(), names)
             fresh = s.replays.read_log()
             replay, at = {}, {}
             indexes: dict[str, EventIndex] = {}
@@ -127,4 +134,25 @@ class Inspection:
                 t = s.watermark.get(f.stream, -(2**62)) + 1
                 at[n] = t
                 replay[n] = indexes[f.stream].evaluate([s.compiled_feature(n)], slots, np.full(len(keys), t))[0]
+            for n in names if table is not None else ():
+                present, values = table["values"][n]
+                served = s.online(n, np.full(len(keys), -1, dtype=np.int64)).tolist()  # no row: empty
+                for i, v in zip(np.flatnonzero(present).tolist(), values, strict=True):
+                    served[i] = v
+                state, want = online[n].tolist(), replay[n].tolist()
+                # Report the state, unless it agrees with the log and what readers get does not.
+                shown = [t if _equal(st, w) and not _equal(t, w) else st
+                         for t, st, w in zip(served, state, want, strict=True)]
+                if any(not _equal(x, st) for x, st in zip(shown, state, strict=True)):
+                    online[n] = np.empty(len(keys), dtype=object)
+                    for i, x in enumerate(shown):  # element by element: list values must not broadcast
+                        online[n][i] = x
             return {"online": online, "replay": replay, "at": at}
+
+
+def _equal(a, b) -> bool:
+    """Values equal as served (NaN equals NaN)."""
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return type(a) is type(b) and a == b or (isinstance(a, int | float) and isinstance(b, int | float)
+                                              and not isinstance(a, bool) and a == b)

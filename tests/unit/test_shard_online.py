@@ -112,3 +112,23 @@ def test_a_reader_sees_the_shards_table(tmp_path):
     assert meta["offset"] == 1 and rows[1] is None and rows[0] is not None
     assert np.isfinite(meta["watermark"]["ev"])
     reader.close()
+
+
+def test_the_audit_sees_a_table_that_disagrees_with_the_log(tmp_path):
+    c = core(tmp_path, feats=FEATS[:3])
+    c.ingest(record(events(6, 80), "a"))
+    keys = key_column(pd.Series(["u0", "u1", "never"], dtype=object), what="keys")
+    names = [f.key for f in FEATS[:3] if f.entity == "user"]
+
+    def mismatches(res) -> dict:
+        return {n: [i for i, (a, b) in enumerate(zip(res["online"][n], res["replay"][n], strict=True))
+                    if repr(np.asarray(a).tolist()) != repr(np.asarray(b).tolist())] for n in names}
+
+    assert mismatches(c.inspection.audit("user", keys, names)) == {n: [] for n in names}
+    meta, (rows,) = c.online_view.table.read([("ev", "user", ["u0"])])
+    layout = meta["layouts"]["ev\x1fuser"]
+    wrong = list(rows[0])
+    wrong[layout.index("n")] += 100
+    c.online_view.table.write([("ev", "user", layout, ["u0"], [[v] for v in wrong])], meta)
+    assert mismatches(c.inspection.audit("user", keys, names)) == {"n": [0], "n_6h": [], "sx": []}
+    c.close()
