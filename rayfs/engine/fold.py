@@ -212,7 +212,7 @@ def fold_into(table: StateTable, cf: CompiledFeature, cols: Batch) -> None:
 
 
 class WindowEvents:
-    """The counted events of one windowed feature in (part of) a window buffer, sorted by (slot, ts, seq).
+    """The counted events of one windowed feature in (part of) a window buffer, grouped by slot.
 
     A shard keeps a feature's buffered events as a few such sorted runs (one per recent batch, merged as
     they accumulate), so an online read costs a binary search per key and run plus the events of those
@@ -231,7 +231,9 @@ class WindowEvents:
         self._sort(slots, ts, seq, vals)
 
     def _sort(self, slots: np.ndarray, ts: np.ndarray, seq: np.ndarray, vals: np.ndarray | None) -> None:
-        order = np.lexsort((seq, ts, slots))
+        # By slot only: a fold is order-independent (aggregates order events by (ts, seq) themselves), and a
+        # stable sort of concatenated runs is a linear merge (timsort finds the runs).
+        order = np.argsort(slots, kind="stable")
         self.slots, self.ts, self.seq = slots[order], ts[order], seq[order]
         self.vals = None if vals is None else vals[order]
 

@@ -15,6 +15,7 @@ Example (``configs/reddit.toml`` in the repository is a longer one)::
     shards = 4                # optional (default: 4 for a new store, the existing count on reopen)
     durability = "sync"       # optional: "sync" (default) | "group" | "none"
     namespace = "rayfs"       # optional: the Ray namespace of the store's actors (default "rayfs")
+    online_table = true       # optional: shards keep an online table reads never wait behind (default)
 
     [[streams]]
     name = "upvotes"
@@ -120,7 +121,7 @@ DURABILITY = ("sync", "group", "none")
 DEFAULT_NAMESPACE = "rayfs"
 
 _TOP_KEYS = ("store", "streams", "features", "sql", "serve")
-_STORE_KEYS = ("name", "path", "shards", "durability", "namespace")
+_STORE_KEYS = ("name", "path", "shards", "durability", "namespace", "online_table")
 _STREAM_KEYS = ("name", "entities", "timestamp")
 _FEATURE_KEYS = ("name", "stream", "entity", "agg", "column", "window", "where", "k", "q", "description",
                  "owner", "tags")
@@ -320,6 +321,8 @@ class StoreSettings:
         namespace: the Ray namespace of the store's actors.
         segment_bytes: the log segment size at which a shard starts a new segment file.
         snapshot_every: a shard snapshots its state every this many batches (and on close).
+        online_table: whether shards keep an online table (LMDB) that online reads use without waiting
+            for ingests (see the README's "Online serving"); without it reads go through the shards' state.
     """
 
     path: str
@@ -329,6 +332,7 @@ class StoreSettings:
     namespace: str = DEFAULT_NAMESPACE
     segment_bytes: int = 64 << 20
     snapshot_every: int = 200
+    online_table: bool = True
 
     @property
     def store_id(self) -> str:
@@ -341,13 +345,13 @@ class StoreSettings:
 
     def open_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``FeatureStore.open``: ``path``, ``shards``, ``name``, ``namespace``,
-        ``durability``.
+        ``durability``, ``online_table``.
 
         >>> StoreSettings(path="/tmp/s", shards=2).open_kwargs()["shards"]
         2
         """
         return {"path": self.path, "shards": self.shards, "name": self.name, "namespace": self.namespace,
-                "durability": self.durability}
+                "durability": self.durability, "online_table": self.online_table}
 
 
 @dataclass(frozen=True)
@@ -634,7 +638,9 @@ class _Parser:
         if durability not in DURABILITY:
             raise self.error(p + ("durability",), f"must be one of {', '.join(DURABILITY)}, not {durability!r}")
         namespace = self.string(doc, p, "namespace", DEFAULT_NAMESPACE)
-        return StoreSettings(path=path, name=name, shards=shards, durability=durability, namespace=namespace)
+        online_table = self.typed(doc, p, "online_table", bool, True)
+        return StoreSettings(path=path, name=name, shards=shards, durability=durability, namespace=namespace,
+                             online_table=online_table)
 
     def serve(self, doc: Any) -> ServeSettings:
         p: Path = ("serve",)
@@ -820,6 +826,8 @@ def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = 
     if st.shards is not None:
         out.append(f"shards = {st.shards}")
     out += [f"durability = {_toml_str(st.durability)}", f"namespace = {_toml_str(st.namespace)}"]
+    if not st.online_table:
+        out.append("online_table = false")
     if config.serve != ServeSettings():
         out += ["", "[serve]"] + [f"{k} = {_toml_value(getattr(config.serve, k), f'serve: {k}')}" for k in _SERVE_KEYS
                                   if getattr(config.serve, k) is not None]

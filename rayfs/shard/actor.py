@@ -99,7 +99,7 @@ class ShardService(ShardCore):
         :meth:`get_packed`; a feature not in the table (being backfilled) is read by :meth:`ShardCore.get`,
         which waits for it."""
         entity, keys, names = pickle.loads(args)
-        out = self.online_view.read(entity, keys.tolist(), names)
+        out = self.online_view.read(entity, keys.tolist(), names) if self.online_view is not None else None
         if out is None:
             out = self.get(entity, keys, names)
         return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)

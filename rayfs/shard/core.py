@@ -124,6 +124,7 @@ class ShardCore:
             ``"none"``.
         segment_bytes: size at which the log starts a new segment file.
         snapshot_every: batches between snapshots.
+        online_table: keep the online table (:mod:`rayfs.shard.online`) current.
 
     Raises:
         StoreOpenError: another live process holds the shard's directory.
@@ -131,7 +132,7 @@ class ShardCore:
 
     def __init__(self, root: str, shard_id: int, n_shards: int, streams: list[dict], features: list[dict],
                  *, durability: str = "sync", segment_bytes: int = 64 << 20,
-                 snapshot_every: int = 200) -> None:
+                 snapshot_every: int = 200, online_table: bool = True) -> None:
         self.shard_id, self.n_shards = shard_id, n_shards
         self.dir = os.path.join(root, "shards", f"shard-{shard_id:03d}")
         os.makedirs(self.dir, exist_ok=True)
@@ -178,9 +179,10 @@ class ShardCore:
                                  tables=self.tables, counts=self.counts, windows=self.windows,
                                  replays=self.replays, log=self.log, decode=self._decode)
         self.inspection = Inspection(self)
-        self.online_view = OnlineView(self.dir, self)
+        self.online_view = OnlineView(self.dir, self) if online_table else None
         self._recover()
-        self.online_view.open()
+        if self.online_view is not None:
+            self.online_view.open()
 
     # ------------------------------------------------------------------------------------- recovery
     def _recover(self) -> None:
@@ -385,8 +387,8 @@ class ShardCore:
             raise
         self.counters["bytes_ingested"] += self.log.size_bytes() - size
         old = self.watermark.get(stream)
-        expiring = self.online_view.expiring(stream, old, max(old if old is not None else _NEVER,
-                                                               self._batch_watermark(record, n)))
+        expiring = None if self.online_view is None else self.online_view.expiring(
+            stream, old, max(old if old is not None else _NEVER, self._batch_watermark(record, n)))
         if n:
             self._fold(stream, cols, self._lifetime(stream), buffer=True, plan=plan)
             self.replays.add(stream, cols)
@@ -407,6 +409,8 @@ class ShardCore:
         The batch is logged and folded by now: a failure here must not fail its ingest (a retry would be
         dropped as a duplicate), so it is reported and the table rewritten whole at the next chance.
         """
+        if self.online_view is None:
+            return
         try:
             self.online_view.after_batch(stream, cols, expiring or {})
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk; the state and the log are intact
@@ -624,7 +628,8 @@ class ShardCore:
                 "watermark": dict(self.watermark), "catalog_version": self.catalog_version,
                 "log_truncated_bytes": self.log.truncated_bytes,
                 "log_bytes": self.log.size_bytes(), "since_snapshot": self.since_snapshot,
-                "schema": {s: dict(k) for s, k in self.schema.items()}, "online_table": self.online_view.path}
+                "schema": {s: dict(k) for s, k in self.schema.items()},
+                "online_table": self.online_view.path if self.online_view is not None else None}
 
     @_locked
     def flush(self) -> dict:
@@ -637,7 +642,8 @@ class ShardCore:
             self.group.close()
         self.snapshot()
         self.log.close()
-        self.online_view.close()
+        if self.online_view is not None:
+            self.online_view.close()
         self._dir_lock.close()  # releases the flock
         self.snap.close()
 

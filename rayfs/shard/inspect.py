@@ -43,7 +43,7 @@ class ShardView(Protocol):
     watermark: dict[str, int]
     features: Mapping[str, Feature]
     replays: ReplayCache
-    online_view: OnlineView
+    online_view: OnlineView | None
     snapshot_time: float
     events_since_snapshot: int
     since_snapshot: int
@@ -122,7 +122,7 @@ class Inspection:
         with s.lock:
             s.await_backfills(names)
             online = s.get(entity, keys, names)["values"]
-            table = s.online_view.read(entity, keys.tolist(), names)
+            table = s.online_view.read(entity, keys.tolist(), names) if s.online_view is not None else None
             fresh = s.replays.read_log()
             replay, at = {}, {}
             indexes: dict[str, EventIndex] = {}

@@ -72,6 +72,7 @@ class OnlineView:
         self.table = OnlineTable(self.path)
         self._shard = shard
         self._written: dict[tuple[str, str], tuple[list[str], tuple]] = {}  # group -> (layout, compiled ids)
+        self._encoded: dict[tuple[str, str], list[tuple[bytes, bool]]] = {}  # group -> LMDB key per slot
 
     def _groups(self) -> list[tuple[str, str]]:
         return [(s, e) for s, st in self._shard.streams.items() for e in st.entities]
@@ -90,9 +91,12 @@ class OnlineView:
     def _group(self, stream: str, entity: str, layout: list[str], slots: np.ndarray) -> tuple:
         s = self._shard
         known = s.keys[(stream, entity)].keys() if (stream, entity) in s.keys else []
+        encoded = self._encoded.setdefault((stream, entity), [])
+        if len(encoded) < len(known):  # slots are dense and never reused: encode each key once
+            encoded += self.table.encode_keys(stream, entity, known[len(encoded):])
         slot_list = slots.tolist()
         return (stream, entity, layout, [known[i] for i in slot_list],
-                [s.online(k, slots).tolist() for k in layout])
+                [s.online(k, slots).tolist() for k in layout], [encoded[i] for i in slot_list])
 
     def open(self) -> None:
         """After recovery: keep the table if it reflects the recovered state, else rebuild it."""

@@ -80,14 +80,21 @@ class OnlineTable:
         with self._env.begin(write=True) as txn:
             txn.drop(self._env.open_db(), delete=False)
 
-    def write(self, groups: Iterable[tuple[str, str, Sequence[str], Sequence[Any], Sequence[Sequence[Any]]]],
-              meta: dict[str, Any], *, replace: bool = False) -> int:
+    @staticmethod
+    def encode_keys(stream: str, entity: str, keys: Sequence[Any]) -> list[tuple[bytes, bool]]:
+        """The LMDB keys of ``keys``' rows (and whether each is a digest), for a caller to cache and pass to
+        :meth:`write` as ``encoded``."""
+        prefix = row_prefix(stream, entity)
+        return [_db_key(prefix, k) for k in keys]
+
+    def write(self, groups: Iterable[tuple], meta: dict[str, Any], *, replace: bool = False) -> int:
         """Write rows and the meta entry in one transaction; returns the number of rows written.
 
         Args:
-            groups: ``(stream, entity, layout, keys, columns)``: ``columns[j][i]`` is the value of feature
-                ``layout[j]`` for ``keys[i]``. A group whose layout differs from the stored one must
-                carry every key of the group (the caller rewrites the group; old rows are dropped).
+            groups: ``(stream, entity, layout, keys, columns)`` or ``(..., columns, encoded)``:
+                ``columns[j][i]`` is the value of feature ``layout[j]`` for ``keys[i]``; ``encoded[i]`` is
+                :meth:`encode_keys` of ``keys[i]`` when the caller has it. A group whose layout differs from
+                the stored one must carry every key of the group (it is rewritten; old rows are dropped).
             meta: watermark, catalog version and offset; the layouts are added here.
             replace: drop every row first (in the same transaction: readers never see an empty table).
         """
@@ -97,18 +104,17 @@ class OnlineTable:
                 txn.drop(self._env.open_db(), delete=False)
             old = _load_meta(txn)
             layouts = dict(old.get("layouts", {})) if old else {}
-            for stream, entity, layout, keys, columns in groups:
+            pack = msgpack.Packer(use_bin_type=True).pack
+            for stream, entity, layout, keys, columns, *known in groups:
                 prefix = row_prefix(stream, entity)
                 name = f"{stream}\x1f{entity}"
                 if layouts.get(name) != list(layout):
                     _drop_prefix(txn, prefix)
                     layouts[name] = list(layout)
+                encoded = known[0] if known else [_db_key(prefix, k) for k in keys]
                 rows = zip(*columns, strict=True) if columns else ([] for _ in keys)
-                items = []
-                for key, row in zip(keys, rows, strict=True):
-                    db_key, hashed = _db_key(prefix, key)
-                    items.append((db_key, msgpack.packb([key, *row] if hashed else list(row),
-                                                        use_bin_type=True)))
+                items = [(db_key, pack([key, *row] if hashed else list(row)))
+                         for key, (db_key, hashed), row in zip(keys, encoded, rows, strict=True)]
                 with txn.cursor() as cur:
                     cur.putmulti(items)
                 n += len(items)

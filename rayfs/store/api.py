@@ -82,7 +82,7 @@ class FeatureStore:
     @classmethod
     def open(cls, path: str | os.PathLike, shards: int | None = None, *, name: str | None = None,
              address: str | None = None, namespace: str = cluster.NAMESPACE, durability: str = "sync",
-             segment_bytes: int = 64 << 20, snapshot_every: int = 200) -> FeatureStore:
+             segment_bytes: int = 64 << 20, snapshot_every: int = 200, online_table: bool = True) -> FeatureStore:
         """Open (or create) the store at ``path``.
 
         Args:
@@ -101,10 +101,13 @@ class FeatureStore:
                 survives a process crash, may lose the last seconds on power loss).
             segment_bytes: log segment size at which a new segment file is started.
             snapshot_every: a shard snapshots its state every this many batches (and on close).
+            online_table: shards keep an online table that reads use without ever waiting for an ingest
+                (see the README's "Online serving"); ``False`` saves its cost on ingest, and reads then go
+                through the shards' state, waiting for the batch being folded.
         """
         return cls(lifecycle.open_store(path, shards, name=name, address=address, namespace=namespace,
                                         durability=durability, segment_bytes=segment_bytes,
-                                        snapshot_every=snapshot_every))
+                                        snapshot_every=snapshot_every, online_table=online_table))
 
     @classmethod
     def connect(cls, name: str, *, address: str | None = "auto", namespace: str = cluster.NAMESPACE) -> FeatureStore:

@@ -119,7 +119,8 @@ def _create_shard(path: str, settings: StoreSettings, i: int, streams: list[dict
         name=shard_names(settings)[i], namespace=settings.namespace,
         lifetime="detached" if settings.name else None, get_if_exists=True, scheduling_strategy=strategy,
     ).remote(path, i, settings.shards, streams, features, durability=settings.durability,
-             segment_bytes=settings.segment_bytes, snapshot_every=settings.snapshot_every)
+             segment_bytes=settings.segment_bytes, snapshot_every=settings.snapshot_every,
+             online_table=settings.online_table)
 
 
 def revive(settings: StoreSettings, handles: list, timeout: float = 30.0) -> list:

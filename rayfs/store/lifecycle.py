@@ -41,7 +41,8 @@ class Connection(NamedTuple):
 
 
 def open_store(path: str | os.PathLike, shards: int | None, *, name: str | None, address: str | None,
-               namespace: str, durability: str, segment_bytes: int, snapshot_every: int) -> Connection:
+               namespace: str, durability: str, segment_bytes: int, snapshot_every: int,
+               online_table: bool = True) -> Connection:
     """Open (or create) the store at ``path``; see :meth:`rayfs.FeatureStore.open` for the arguments.
 
     A failed open leaves no actor behind and shuts down a Ray it started.
@@ -52,7 +53,8 @@ def open_store(path: str | os.PathLike, shards: int | None, *, name: str | None,
     if name is not None:
         check_name(name, "store")
     settings = StoreSettings(path=path, name=name, shards=shards, durability=durability, namespace=namespace,
-                             segment_bytes=segment_bytes, snapshot_every=snapshot_every)
+                             segment_bytes=segment_bytes, snapshot_every=snapshot_every,
+                             online_table=bool(online_table))
     return _in_ray(address, namespace, lambda started: _open(settings, started))
 
 

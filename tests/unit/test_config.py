@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rayfs.errors import ConfigError, DefinitionError
-from rayfs.model.config import KeyLines, StoreConfig, StoreSettings, load_config, parse_config
+from rayfs.model.config import KeyLines, StoreConfig, StoreSettings, dump_config, load_config, parse_config
 from rayfs.model.definitions import Feature, Stream
 from rayfs.model.sql import features_from_sql
 
@@ -99,7 +99,15 @@ def test_minimal_config_defaults() -> None:
     assert cfg.store == StoreSettings(path="/abs/store", name=None, shards=None, durability="sync", namespace="rayfs")
     assert cfg.streams == () and cfg.features == ()
     assert cfg.store.open_kwargs() == {"path": "/abs/store", "shards": None, "name": None, "namespace": "rayfs",
-                                       "durability": "sync"}
+                                       "durability": "sync", "online_table": True}
+
+
+def test_online_table_can_be_turned_off_and_round_trips() -> None:
+    cfg = parse('[store]\npath = "/abs/store"\nonline_table = false\n')
+    assert cfg.store.online_table is False and cfg.store.open_kwargs()["online_table"] is False
+    assert parse(dump_config(cfg)).store == cfg.store
+    with pytest.raises(ConfigError, match="online_table"):
+        parse('[store]\npath = "/abs/store"\nonline_table = "no"\n')
 
 
 def test_feature_parameters_k_q_and_int_q() -> None:

@@ -69,7 +69,8 @@ def stop_without_snapshot(c: ShardCore) -> None:
     """Simulate a shard that stops (e.g. is killed) without its closing snapshot."""
     c.log.close()
     c.snap.close()
-    c.online_view.close()  # LMDB opens an environment once per process: a restarted shard opens it again
+    if c.online_view is not None:  # LMDB opens an environment once per process: a restart opens it again
+        c.online_view.close()
     c._dir_lock.close()  # a dead process holds no lock
 
 
