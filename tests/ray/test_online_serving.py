@@ -63,7 +63,7 @@ def test_reads_from_the_tables_the_actors_and_the_state_all_equal_the_oracle(tmp
     finally:
         on.close()
         off.close()
-    again = rayfs.FeatureStore.open(tmp_path / "on")  # reopened: the table is kept or rebuilt, still exact
+    again = rayfs.FeatureStore.open(tmp_path / "on", online_table=True)  # the table kept or rebuilt: exact
     try:
         assert_features_equal(again.get_features("user", USERS, names), want, names, context="reopened")
     finally:

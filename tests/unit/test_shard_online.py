@@ -47,7 +47,7 @@ def assert_table_matches(c, feats=FEATS, context="") -> int:
 
 def test_table_equals_get_after_every_batch_out_of_order(tmp_path):
     df = events(3, 300).sample(frac=1.0, random_state=4)  # shuffled: late events, expiring windows
-    c = core(tmp_path, snapshot_every=5)
+    c = core(tmp_path, online_table=True, snapshot_every=5)
     for i, b in enumerate(batches(df, 17)):
         c.ingest(record(b, f"b{i}"))
         rows = assert_table_matches(c, context=f"after batch {i}")
@@ -58,7 +58,7 @@ def test_table_equals_get_after_every_batch_out_of_order(tmp_path):
 def test_windows_expire_in_the_table_when_only_time_moves_on(tmp_path):
     """A batch whose events belong to other keys (or an empty part carrying only a newer watermark) still
     updates the rows of keys whose windowed events left the window."""
-    c = core(tmp_path)
+    c = core(tmp_path, online_table=True)
     early = pd.DataFrame({"user": ["u0", "u1"], "item": [0, 1], "ts": [1_700_000_000, 1_700_000_100],
                           "x": [1.0, 2.0], "s": ["p", "q"]})
     c.ingest(record(early, "a"))
@@ -78,7 +78,7 @@ def test_windows_expire_in_the_table_when_only_time_moves_on(tmp_path):
 def test_definitions_and_restarts_keep_the_table_exact(tmp_path):
     df = events(5, 240)
     parts = batches(df, 40)
-    c = core(tmp_path, feats=FEATS[:4])
+    c = core(tmp_path, online_table=True, feats=FEATS[:4])
     for i, b in enumerate(parts[:3]):
         c.ingest(record(b, f"b{i}"))
     late = [feat("late_max", "max", "x"), feat("late_cd_1d", "count_distinct", "s", window="1d")]
@@ -91,11 +91,11 @@ def test_definitions_and_restarts_keep_the_table_exact(tmp_path):
     assert_table_matches(c, feats, "after drop")
     c.ingest(record(parts[3], "b3"))
     c.close()
-    c = core(tmp_path, feats=feats)  # a clean reopen keeps the table as it is
+    c = core(tmp_path, online_table=True, feats=feats)  # a clean reopen keeps the table as it is
     assert_table_matches(c, feats, "after reopen")
     c.ingest(record(parts[4], "b4"))
     stop_without_snapshot(c)  # a crash: the table must be rebuilt to what recovery restores
-    c = core(tmp_path, feats=feats)
+    c = core(tmp_path, online_table=True, feats=feats)
     assert_table_matches(c, feats, "after crash")
     c.close()
 
@@ -103,7 +103,7 @@ def test_definitions_and_restarts_keep_the_table_exact(tmp_path):
 def test_a_reader_sees_the_shards_table(tmp_path):
     """The read-only reader other processes use (here the same files through a second environment handle
     is not allowed by LMDB in one process, so the shard's own read stands in for the values)."""
-    c = core(tmp_path)
+    c = core(tmp_path, online_table=True)
     c.ingest(record(events(2, 50), "a"))
     path = c.online_view.path
     c.close()
@@ -115,7 +115,7 @@ def test_a_reader_sees_the_shards_table(tmp_path):
 
 
 def test_the_audit_sees_a_table_that_disagrees_with_the_log(tmp_path):
-    c = core(tmp_path, feats=FEATS[:3])
+    c = core(tmp_path, online_table=True, feats=FEATS[:3])
     c.ingest(record(events(6, 80), "a"))
     keys = key_column(pd.Series(["u0", "u1", "never"], dtype=object), what="keys")
     names = [f.key for f in FEATS[:3] if f.entity == "user"]
