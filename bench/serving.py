@@ -242,7 +242,12 @@ def load_worker(shards: int, n_events: int, out_json: str) -> None:
     ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     tmp = tempfile.mkdtemp(prefix="rayfs-bench-load-")
     try:
-        store = rayfs.FeatureStore.open(os.path.join(tmp, "store"), shards=shards)
+        import inspect
+
+        # Online tables on where this rayfs has the setting (the baseline revision keeps none).
+        params = inspect.signature(rayfs.FeatureStore.open).parameters
+        table = {"online_table": True} if "online_table" in params else {}
+        store = rayfs.FeatureStore.open(os.path.join(tmp, "store"), shards=shards, **table)
         store.register_stream("upvotes", entities=["user", "post"], timestamp="ts")
         for f in _features():
             store.register_feature(f)
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     store = None
     try:
         path = os.path.join(tmp, "store")
-        store = rayfs.FeatureStore.open(path, shards=args.shards, name=NAME)
+        store = rayfs.FeatureStore.open(path, shards=args.shards, name=NAME, online_table=True)
         store.register_stream("upvotes", entities=["user", "post"], timestamp="ts")
         for f in _features():
             store.register_feature(f)
