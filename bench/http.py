@@ -38,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import loadgen
+
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "benchhttp"
 TOKEN = "bench-token-0123456789"
-BATCH = 25_000
 FEATURES = ["user_upvotes", "user_upvotes_7d", "user_distinct_subreddits", "user_mean_score_30d",
             "user_last_subreddit"]
 
@@ -101,52 +102,6 @@ def wrk(url: str, script: str, connections: int, duration: int) -> dict:
             "p50_ms": r["p50_us"] / 1e3, "p90_ms": r["p90_us"] / 1e3, "p99_ms": r["p99_us"] / 1e3,
             "max_ms": r["max_us"] / 1e3, "mean_ms": round(r["mean_us"] / 1e3, 3), "non_2xx": r["non_2xx"],
             "timeouts": r["timeouts"], "socket_errors": r["socket_errors"]}
-
-
-# ------------------------------------------------------------------------------------------ ingest process
-def ingest_worker(address: str, rate: float, seed: int, n_users: int, start: float, log: str, stop: str) -> None:
-    """Ingest paced batches into the named store until the file ``stop`` exists; log ``(time, events)``."""
-    import rayfs
-    from rayfs.workload import reddit_upvotes
-
-    warnings.filterwarnings("ignore")
-    store = rayfs.connect(NAME, address=address)
-    events = reddit_upvotes(1_000_000, seed=seed, n_users=n_users, start=start, days=30)
-    span = 31 * 86_400.0
-    total, loop = 0, 0
-    t0 = time.perf_counter()
-
-    def paced(fh, loop):
-        """Batches of one round, held to ``rate``; each is logged when handed over (acks follow in order)."""
-        nonlocal total
-        for lo in range(0, len(events), BATCH):
-            if os.path.exists(stop):
-                return
-            batch = events.iloc[lo:lo + BATCH]
-            if loop:
-                batch = batch.assign(ts=batch["ts"] + loop * span)  # later rounds move forward in time
-            yield batch
-            total += len(batch)
-            fh.write(f"{time.time()} {total}\n")
-            fh.flush()
-            ahead = total / rate - (time.perf_counter() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-
-    with open(log, "a") as fh:
-        while not os.path.exists(stop):
-            store.ingest("upvotes", paced(fh, loop))  # pipelined: batch k+1 is prepared while k folds
-            loop += 1
-    store.close()
-
-
-def _rate(log: str, t0: float, t1: float) -> float:
-    rows = [tuple(map(float, ln.split())) for ln in Path(log).read_text().splitlines() if ln.strip()]
-    inside = [(t, n) for t, n in rows if t0 <= t <= t1]
-    if len(inside) < 2:
-        return 0.0
-    (ta, na), (tb, nb) = inside[0], inside[-1]
-    return (nb - na) / max(tb - ta, 1e-9)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -230,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.ingest_worker:
         a = args.ingest_worker
-        ingest_worker(a[0], float(a[1]), int(a[2]), int(a[3]), float(a[4]), a[5], args.stop_file)
+        loadgen.ingest_worker(NAME, a[0], float(a[1]), int(a[2]), int(a[3]), float(a[4]), a[5], args.stop_file)
         return 0
     if shutil.which("wrk") is None:
         print("bench.http needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
@@ -297,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                         r = wrk(url, script, c, args.duration)
                         r.update(condition=condition, keys=k, connections=c)
                         if log:
-                            r["ingest_eps"] = round(_rate(log, t0, time.time()))
+                            r["ingest_eps"] = round(loadgen.rate_between(log, t0, time.time()))
                         out["runs"].append(r)
                         extra = f", ingest {r['ingest_eps']:,} ev/s" if log else ""
                         print(f"{condition:6} keys={k:<4} conns={c:<3} {r['rps']:>8,.0f} req/s  "

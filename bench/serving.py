@@ -45,10 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import loadgen
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "benchserving"
-BATCH = 25_000
 FEATURES = ["user_upvotes", "user_upvotes_7d", "user_distinct_subreddits", "user_mean_score_30d",
             "user_last_subreddit"]
 FEAST_TYPES = {"user_upvotes": "Int64", "user_upvotes_7d": "Int64", "user_distinct_subreddits": "Int64",
@@ -178,54 +179,6 @@ def agree(rayfs_df, feast_sample: dict) -> int:
     return bad
 
 
-# ------------------------------------------------------------------------------------------ ingest process
-def ingest_worker(address: str, rate: float, seed: int, n_users: int, start: float, log: str, stop: str) -> None:
-    """Ingest paced batches into the named store until the file ``stop`` exists; log ``(time, events)``."""
-    import rayfs
-    from rayfs.workload import reddit_upvotes
-
-    warnings.filterwarnings("ignore")
-    store = rayfs.connect(NAME, address=address)
-    events = reddit_upvotes(1_000_000, seed=seed, n_users=n_users, start=start, days=30)
-    span = 31 * 86_400.0
-    total, loop = 0, 0
-    t0 = time.perf_counter()
-
-    def paced(fh, loop):
-        nonlocal total
-        for lo in range(0, len(events), BATCH):
-            if os.path.exists(stop):
-                return
-            batch = events.iloc[lo:lo + BATCH]
-            if loop:
-                batch = batch.assign(ts=batch["ts"] + loop * span)  # later rounds move forward in time
-            yield batch
-            total += len(batch)
-            fh.write(f"{time.time()} {total}\n")
-            fh.flush()
-            ahead = total / rate - (time.perf_counter() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-
-    with open(log, "a") as fh:
-        while not os.path.exists(stop):
-            store.ingest("upvotes", paced(fh, loop))  # pipelined: batch k+1 is prepared while k folds
-            loop += 1
-    store.close()
-
-
-def _rate(log: str, t0: float, t1: float) -> float:
-    """Events/s handed over between the last log line at or before ``t0`` and the first at or after ``t1``
-    (a window shorter than a batch still spans two lines; with no line after ``t1``, up to ``t1``)."""
-    rows = [tuple(map(float, ln.split())) for ln in Path(log).read_text().splitlines() if ln.strip()]
-    before = [r for r in rows if r[0] <= t0] or rows[:1]
-    after = [r for r in rows if r[0] >= t1] or [(t1, rows[-1][1])] if rows else []  # none since: up to t1
-    if not before or not after or after[0][0] <= before[-1][0]:
-        return 0.0
-    (ta, na), (tb, nb) = before[-1], after[0]
-    return (nb - na) / (tb - ta)
-
-
 # ------------------------------------------------------------------------------------------ ingest cost
 def load_worker(shards: int, n_events: int, out_json: str) -> None:
     """Pipelined ingest of the workload into a fresh store in a private Ray; events/s into ``out_json``.
@@ -325,7 +278,7 @@ def measure(store, pool: np.ndarray, condition: str, budget_s: float, log: str |
             reads.LocalTables.readers = original
         r.update(condition=condition, path=path)
         if log:
-            r["ingest_eps"] = round(_rate(log, t0, time.time()))
+            r["ingest_eps"] = round(loadgen.rate_between(log, t0, time.time()))
         out.append(r)
         extra = f"  ingest {r['ingest_eps']:,} ev/s" if log else ""
         print(f"rayfs {condition:6} {path:5} keys={k:<5} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
@@ -360,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.ingest_worker:
         a = args.ingest_worker
-        ingest_worker(a[0], float(a[1]), int(a[2]), int(a[3]), float(a[4]), a[5], args.stop_file)
+        loadgen.ingest_worker(NAME, a[0], float(a[1]), int(a[2]), int(a[3]), float(a[4]), a[5], args.stop_file)
         return 0
     warnings.filterwarnings("ignore")
     cost = ingest_cost(args.shards, args.events, args.baseline_rev, args.rounds) if args.rounds > 0 else {}
@@ -435,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2.0)
             t0 = time.time()
             out["runs"] += measure(store, pool, "ingest", args.budget, log)
-            out["ingest_eps_while_reading"] = round(_rate(log, t0, time.time()))
+            out["ingest_eps_while_reading"] = round(loadgen.rate_between(log, t0, time.time()))
         finally:
             Path(stop).touch()
             try:
