@@ -294,3 +294,15 @@ def test_sketches_beyond_their_exact_range(tmp_path):
                               context="reopened: lifetime sketches restored from the snapshot")
         for f in feats:  # windowed KLL folds at read time: same bound, not necessarily the same value
             assert approx_error(f.agg, again[f.name][0], on_scope[f.name][0], f.q) is None, f.name
+
+
+def test_the_differential_suites_cover_every_registered_aggregate():
+    """Training sets use each aggregate's range_query, online reads its folds: the end-to-end comparisons with
+    the oracle (this file and test_oracle_differential.py) must exercise every aggregate in the registry."""
+    from rayfs.aggregates import REGISTRY
+    from tests.ray import test_oracle_differential as basic
+
+    covered = {f.agg for seed in (21, 22, 23) for kind in ("str", "int", "mixed")
+               for f in feature_set(np.random.default_rng(seed), kind)}
+    covered |= {f.agg for seed in range(3) for f in basic.feature_set(seed)}
+    assert covered == set(REGISTRY), sorted(set(REGISTRY) - covered)
