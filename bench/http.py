@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -231,18 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         for condition in ("idle", "ingest"):
             proc = stop = log = None
             if condition == "ingest":
-                log, stop = os.path.join(tmp, "ingest.log"), os.path.join(tmp, "ingest.stop")
-                address = ray.get_runtime_context().gcs_address
-                start = float(events["ts"].max()) + 1.0
-                proc = subprocess.Popen([sys.executable, "-m", "bench.http", "--ingest-worker", address,
-                                         str(args.ingest_rate), "11", str(len(pool)), str(start), log,
-                                         "--stop-file", stop], cwd=Path(__file__).resolve().parent.parent)
-                deadline = time.monotonic() + 120
-                while not (os.path.exists(log) and os.path.getsize(log) > 0):  # ingesting: measure now
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("the ingesting process did not start")
-                    time.sleep(0.2)
-                time.sleep(2.0)
+                proc, log, stop = loadgen.start("bench.http", ray.get_runtime_context().gcs_address,
+                                                args.ingest_rate, len(pool), float(events["ts"].max()) + 1.0, tmp)
             try:
                 for k in scripts:  # the same reads through the Python API, for scale
                     out["python_api"].append({"condition": condition, **python_api(store, pool, k)})
@@ -261,12 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                               flush=True)
             finally:
                 if proc is not None:
-                    Path(stop).touch()
-                    try:
-                        proc.wait(timeout=120)
-                    except subprocess.TimeoutExpired:
-                        proc.send_signal(signal.SIGKILL)
-                        proc.wait()
+                    loadgen.stop_worker(proc, stop)
         out["serve_floor"] = serve_floor(url, tmp, [int(c) for c in args.connections.split(",")], args.duration)
         stop_http(NAME)
     finally:
@@ -274,12 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             store.stop()
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    base = RESULTS / f"http-{out['stamp']}"
-    base.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(out, base.with_suffix(".png"))
-    shutil.copy(base.with_suffix(".json"), RESULTS / "http.json")
-    shutil.copy(base.with_suffix(".png"), RESULTS / "http.png")
+    base = loadgen.save_results(RESULTS, "http", out, plot)
     print(f"wrote {base}.json and .png")
     return 0
 

@@ -57,3 +57,51 @@ def rate_between(log: str, t0: float, t1: float) -> float:
         return 0.0
     (ta, na), (tb, nb) = before[-1], after[0]
     return (nb - na) / (tb - ta)
+
+
+def start(module: str, address: str, rate: float, n_users: int, after_ts: float, tmp: str):
+    """Start ``python -m <module> --ingest-worker`` (which calls :func:`ingest_worker`) against the Ray at
+    ``address``; return ``(process, log, stop file)`` once it is ingesting."""
+    import subprocess
+    import sys
+
+    log, stop = os.path.join(tmp, "ingest.log"), os.path.join(tmp, "ingest.stop")
+    proc = subprocess.Popen([sys.executable, "-m", module, "--ingest-worker", address, str(rate), "11",
+                             str(n_users), str(after_ts), log, "--stop-file", stop],
+                            cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 120
+    while not (os.path.exists(log) and os.path.getsize(log) > 0):  # ingesting: measure now
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_worker(proc, stop)
+            raise RuntimeError("the ingesting process did not start")
+        time.sleep(0.2)
+    time.sleep(2.0)
+    return proc, log, stop
+
+
+def stop_worker(proc, stop: str) -> None:
+    """Ask the ingesting process to stop (its batches in flight finish), kill it if it does not."""
+    import signal
+    import subprocess
+
+    Path(stop).touch()
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def save_results(results: Path, name: str, out: dict, plot) -> Path:
+    """``<results>/<name>-<stamp>.json`` and ``.png`` (drawn by ``plot(out, path)``), copied to
+    ``<name>.json`` and ``<name>.png``; returns the stamped base path."""
+    import json
+    import shutil
+
+    results.mkdir(exist_ok=True)
+    base = results / f"{name}-{out['stamp']}"
+    base.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+    plot(out, base.with_suffix(".png"))
+    shutil.copy(base.with_suffix(".json"), results / f"{name}.json")
+    shutil.copy(base.with_suffix(".png"), results / f"{name}.png")
+    return base

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -373,29 +372,14 @@ def main(argv: list[str] | None = None) -> int:
 
         out["runs"] += measure(store, pool, "idle", args.budget, None)
 
-        log, stop = os.path.join(tmp, "ingest.log"), os.path.join(tmp, "ingest.stop")
-        address = ray.get_runtime_context().gcs_address
-        start = float(events["ts"].max()) + 1.0
-        proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--ingest-worker", address,
-                                 str(args.ingest_rate), "11", str(len(pool)), str(start), log,
-                                 "--stop-file", stop], cwd=ROOT)
+        proc, log, stop = loadgen.start("bench.serving", ray.get_runtime_context().gcs_address,
+                                        args.ingest_rate, len(pool), float(events["ts"].max()) + 1.0, tmp)
         try:
-            deadline = time.monotonic() + 120
-            while not (os.path.exists(log) and os.path.getsize(log) > 0):  # ingesting: measure now
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the ingesting process did not start")
-                time.sleep(0.2)
-            time.sleep(2.0)
             t0 = time.time()
             out["runs"] += measure(store, pool, "ingest", args.budget, log)
             out["ingest_eps_while_reading"] = round(loadgen.rate_between(log, t0, time.time()))
         finally:
-            Path(stop).touch()
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+            loadgen.stop_worker(proc, stop)
         tables = sorted(Path(path, "shards").glob("*/online.lmdb"))
         out["online_table_after_ingest"] = {"bytes": _du(tables)}
     finally:
@@ -403,12 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             store.stop()
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    base = RESULTS / f"serving-{out['stamp']}"
-    base.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(out, base.with_suffix(".png"))
-    shutil.copy(base.with_suffix(".json"), RESULTS / "serving.json")
-    shutil.copy(base.with_suffix(".png"), RESULTS / "serving.png")
+    base = loadgen.save_results(RESULTS, "serving", out, plot)
     print(f"wrote {base}.json and .png")
     return 0
 
