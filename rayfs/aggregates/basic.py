@@ -462,13 +462,19 @@ class Variance(Aggregate):
         return {"n": np.zeros(n, dtype=np.int64), "mean": np.zeros(n, dtype=np.float64),
                 "m2": np.zeros(n, dtype=np.float64)}
 
+    @np.errstate(over="ignore", invalid="ignore")  # overflow gives inf (or NaN with inf inputs), as it should
     def _reduce(self, slots, values, ts, seq):
         order, starts, uniq = segments(slots)
         v = values[order]
         n = run_lengths(starts, len(v))
-        mean = np.add.reduceat(v, starts) / n
-        dev = v - np.repeat(mean, n)
-        return uniq, {"n": n, "mean": mean, "m2": np.add.reduceat(dev * dev, starts)}
+        # Shift each slot's values by its first finite one (variance is shift-invariant), so equal huge
+        # values ([1e308, 1e308]) give 0 as the range query does, not an overflowed sum's inf.
+        first = v[starts]
+        shift = np.repeat(np.where(np.isfinite(first), first, 0.0), n)
+        y = v - shift
+        mean_y = np.add.reduceat(y, starts) / n
+        dev = y - np.repeat(mean_y, n)
+        return uniq, {"n": n, "mean": mean_y + shift[starts], "m2": np.add.reduceat(dev * dev, starts)}
 
     def merge(self, a: State, b: State) -> State:
         na, nb = a["n"], b["n"]

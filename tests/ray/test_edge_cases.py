@@ -140,6 +140,10 @@ def test_one_entitys_huge_values_leave_other_entities_alone(store, huge):
         assert train[f].iloc[0] == pytest.approx(online[f].iloc[0], rel=1e-15), f
         assert train[f].iloc[2] == pytest.approx({"sum": 3.0, "mean": 1.5, "stddev": 0.5**0.5,
                                                   "variance": 0.5}[a], rel=1e-15), f
+    # The huge entity itself: the training set and the online value agree (0 for equal huge values).
+    online_a = store.get_features("k", ["a"], features=feats)
+    for f in feats:
+        np.testing.assert_array_equal(train[f].iloc[1], online_a[f].iloc[0], err_msg=f)
 
 
 # 8 -------------------------------------------------------------------------------------------------------
