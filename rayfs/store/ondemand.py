@@ -74,7 +74,7 @@ class OnDemandReads:
         """
         cat = self.session.catalog
         if refs is None:
-            stored = [r for r, _ in self.reader.resolve(None, entity)]
+            stored = [r for r, f in self.reader.resolve(None, entity) if entity_ok(f.entity)]
             ods = [(n, cat.latest_on_demand(n)) for n in dict.fromkeys(f.name for f in cat.on_demand.values())]
             ods = [(n, f) for n, f in ods if set(f.request) <= available and entity_ok(cat.on_demand_entity(f))]
             names = stored + [n for n, _ in ods]
