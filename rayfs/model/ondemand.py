@@ -297,14 +297,15 @@ class OnDemandFeature:
                                 "column(s); return one value per row (a Series or an array)")
         if isinstance(out, pd.Series | pd.Index):
             values = out.to_numpy()
-        elif out is None or np.ndim(out) == 0:
+        elif _scalar(out):
             values = np.empty(len(frame), dtype=object) if out is None else np.full(len(frame), out)
         else:
             try:
                 values = np.asarray(out)
             except ValueError:  # ragged lists: one object per row
                 values = np.empty(len(out), dtype=object)
-                values[:] = list(out)
+                for i, v in enumerate(out):
+                    values[i] = v
         if values.ndim != 1 or len(values) != len(frame):
             raise OnDemandError(f"on-demand feature {self.key!r}: returned {values.shape} values for "
                                 f"{len(frame)} rows (one value per row expected)")
@@ -338,6 +339,15 @@ def on_demand(name: str, *, inputs: Sequence[str] | str = (), request: Sequence[
     return wrap
 
 
+def _scalar(v: Any) -> bool:
+    """One value (for every row), as opposed to a sequence of one per row."""
+    if isinstance(v, list | tuple):  # ragged lists too (np.ndim would refuse them)
+        return False
+    if v is None or isinstance(v, str | bytes | dict):
+        return True
+    return not hasattr(v, "__len__") or np.ndim(v) == 0
+
+
 def _values_list(values: Any) -> list:
     """Values as a list of Python objects (numpy scalars become Python ones)."""
     if isinstance(values, pd.Series | pd.Index | np.ndarray):
@@ -366,7 +376,7 @@ def request_columns(feature: OnDemandFeature, request: Mapping[str, Any] | pd.Da
             given = [] if request is None else sorted(map(str, request.keys()))
             raise OnDemandError(f"on-demand feature {feature.key!r}: missing request field {r!r} (given: {given})")
         v = request[r]
-        if isinstance(v, str | bytes) or np.ndim(v) == 0:
+        if _scalar(v):
             out[r] = [v.item() if isinstance(v, np.generic) else v] * n
             continue
         vals = _values_list(v)
