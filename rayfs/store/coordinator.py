@@ -137,9 +137,13 @@ class Coordinator:
         """Tell the shards the catalog version of a change they hold nothing of (an on-demand feature), so
         they echo it in their answers and drivers with an older copy refresh it (see
         :meth:`rayfs.store.session.Session.seen`). Re-adding a known stream changes nothing else on a shard."""
-        if self.catalog.streams:
-            s = next(iter(self.catalog.streams.values()))
+        if not self.catalog.streams:
+            return
+        s = next(iter(self.catalog.streams.values()))
+        try:
             ray.get([h.add_stream.remote(s.to_dict(), version) for h in self.handles()])
+        except ray.exceptions.RayError:
+            pass  # a shard that is down reads the saved catalog, with this version, when it restarts
 
     def drop_feature(self, ref: str) -> tuple[dict, dict]:
         """Drop one feature version (``name@v``, or the latest for a bare name), stored or on-demand."""

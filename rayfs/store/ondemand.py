@@ -9,7 +9,8 @@ they are observation columns and the inputs are point-in-time values. Both paths
 :func:`rayfs.model.ondemand.request_columns`) into the frame the same way, so one function sees the same
 shape and dtypes in both, and a model trained on a training set meets the same values when served.
 
-A read without on-demand features is handed to the reader as it is, at no extra cost.
+A read that names no on-demand feature (as far as the cached catalog knows) is handed to the reader as it
+is; if the reader then finds a name unknown, its refreshed catalog is asked again whether it is on-demand.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pandas as pd
 import ray
 
 from rayfs.engine import columns as C
-from rayfs.errors import DefinitionError, OnDemandError, SchemaError
+from rayfs.errors import DefinitionError, OnDemandError, SchemaError, UnknownFeatureError
 from rayfs.model.ondemand import OnDemandFeature, input_frame, request_columns
 from rayfs.store.reads import OUTPUTS, Reader
 
@@ -53,17 +54,16 @@ class OnDemandReads:
             return None
         return [features] if isinstance(features, str) else list(features)
 
-    def _has_on_demand(self, refs: list[str] | None) -> bool:
-        """Whether the read names an on-demand feature (refreshing once for a name the cache lacks)."""
+    def _stored_only(self, refs: list[str] | None) -> bool:
+        """Whether the read names no on-demand feature, as far as the cached catalog knows (cheap: it runs
+        before every read)."""
         cat = self.session.catalog
+        if not cat.on_demand:
+            return True
         if refs is None:
-            return bool(cat.on_demand)
-        names = {r.partition("@")[0] if isinstance(r, str) else r for r in refs}
-        known = {f.name for f in cat.features.values()} | {f.name for f in cat.on_demand.values()}
-        if not names <= known:
-            self.session.refresh()
-            cat = self.session.catalog
-        return any(cat.is_on_demand(r) for r in refs if isinstance(r, str))
+            return False
+        names = {f.name for f in cat.on_demand.values()}
+        return not any(isinstance(r, str) and r.partition("@")[0] in names for r in refs)
 
     def _plan(self, refs: list[str] | None, entity: str | None, available: set[str],
               entity_ok: Callable[[str | None], bool]) -> Plan:
@@ -73,6 +73,11 @@ class OnDemandReads:
         feature whose entity passes ``entity_ok`` and whose request fields are all in ``available``.
         """
         cat = self.session.catalog
+        if refs is not None:
+            names = {r.partition("@")[0] for r in refs if isinstance(r, str)}
+            if not names <= {f.name for f in (*cat.features.values(), *cat.on_demand.values())}:
+                self.session.refresh()  # registered by another driver since this one took its copy
+                cat = self.session.catalog
         if refs is None:
             stored = [r for r, f in self.reader.resolve(None, entity) if entity_ok(f.entity)]
             ods = [(n, cat.latest_on_demand(n)) for n in dict.fromkeys(f.name for f in cat.on_demand.values())]
@@ -106,8 +111,14 @@ class OnDemandReads:
         if request is not None and not isinstance(request, Mapping | pd.DataFrame):
             raise OnDemandError(f"request must be a dict of request fields or a DataFrame, not "
                                 f"{type(request).__name__}")
-        if not self._has_on_demand(refs):
-            return self.reader.get_features(entity, keys, features)
+        if not hasattr(keys, "__len__"):
+            keys = list(keys)  # a generator: read it once
+        if self._stored_only(refs):
+            try:
+                return self.reader.get_features(entity, keys, features)
+            except UnknownFeatureError:
+                if self._stored_only(refs):  # the reader refreshed the catalog: a name unknown everywhere
+                    raise
         keys = list(keys)
         n = len(keys)
         if isinstance(request, pd.DataFrame) and len(request) != n:
@@ -134,8 +145,12 @@ class OnDemandReads:
     def training_set(self, observations, features: Iterable[str] | str | None, timestamp: str, output: str):
         """See :meth:`rayfs.FeatureStore.training_set`."""
         refs = self._refs(features)
-        if not self._has_on_demand(refs):
-            return self.reader.training_set(observations, features, timestamp, output)
+        if self._stored_only(refs):
+            try:
+                return self.reader.training_set(observations, features, timestamp, output)
+            except UnknownFeatureError:
+                if self._stored_only(refs):  # the reader refreshed the catalog: a name unknown everywhere
+                    raise
         if output not in OUTPUTS:
             raise DefinitionError(f"output must be one of {OUTPUTS}, not {output!r}")
         obs = self.reader.observations.read(observations) if isinstance(observations, str) else observations

@@ -164,9 +164,20 @@ def test_versions_persist_reopen_connect_from_another_process_list_and_drop(tmp_
         assert (f1.version, f1.key) == (1, "scaled")
         assert s.register_on_demand("scaled", scaled, inputs=["n"], owner="ann").version == 1  # no-op
         assert s.register_on_demand("scaled", scaled, inputs=["n"], owner="bob").version == 1  # metadata
+        other = rayfs.connect(name)  # another driver: its catalog is taken now
+        n = other.get_features("user", USERS[:5], "n")["n"]
+        assert other.get_features("user", USERS[:5], "scaled")["scaled"].tolist() == (n * 10).tolist()
         scale = 100.0
         f2 = s.register_on_demand("scaled", scaled, inputs=["n"], owner="bob")
         assert f2.key == "scaled@2"
+        s.register_on_demand("plus", lambda df: df.n_1d + 1, inputs=["n_1d"])
+        # The other driver's stale catalog: the shards' answers tell it to refresh, and a name it does not
+        # know is looked up again.
+        assert other.get_features("user", USERS[:5], "scaled")["scaled"].tolist() == (n * 100).tolist()
+        got = other.get_features("user", USERS[:5], ["scaled", "plus"])
+        assert got["scaled"].tolist() == (n * 100).tolist() and (got["plus"] >= 1).all()
+        other.close()
+        s.drop_feature("plus")
         with pytest.raises(DefinitionError, match="'n'.*on-demand feature 'scaled"):
             s.drop_feature("n")  # an input of an on-demand feature
         with pytest.raises(DefinitionError, match="'scaled'.*shared"):
