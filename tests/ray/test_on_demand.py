@@ -7,6 +7,7 @@ the feature and leave nothing registered.
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 import ray
 
 import rayfs
+from rayfs.cli import main
 from rayfs.errors import DefinitionError, OnDemandError
 from rayfs.testing import assert_features_equal, oracle_online
 
@@ -146,7 +148,7 @@ def test_every_feature_default_arrow_output_and_request_only_features(store):
     assert ts.column("double").to_pylist() == [6, 8]
 
 
-def test_versions_persist_reopen_connect_from_another_process_list_and_drop(tmp_path):
+def test_versions_persist_reopen_connect_from_another_process_list_and_drop(tmp_path, capsys):
     name = "od" + uuid.uuid4().hex[:8]
     path = tmp_path / "s"
     s = rayfs.FeatureStore.open(path, shards=2, name=name, durability="none")
@@ -192,6 +194,13 @@ def test_versions_persist_reopen_connect_from_another_process_list_and_drop(tmp_
         assert set(lf[lf.kind == "stored"]["key"]) == {"n", "n_1d"}
         d = s.describe("scaled@1")
         assert d["kind"] == "on_demand" and "df.n * scale" in d["source"] and len(d["versions"]) == 2
+        assert main(["features", "list", "--name", name]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split()[:4] == ["name", "version", "key", "kind"]
+        assert [ln.split()[2:4] for ln in table[1:]] == [["n", "stored"], ["n_1d", "stored"],
+                                                         ["scaled", "on_demand"], ["scaled@2", "on_demand"]]
+        assert main(["features", "describe", "scaled", "--name", name]) == 0
+        assert json.loads(capsys.readouterr().out)["inputs"] == ["n"]
 
         want = s.get_features("user", USERS[:5], ["n", "scaled", "scaled@1"])
         assert (want["scaled"] == want["n"] * 100).all() and (want["scaled@1"] == want["n"] * 10).all()
