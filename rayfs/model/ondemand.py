@@ -397,11 +397,12 @@ def input_frame(feature: OnDemandFeature, inputs: Mapping[str, np.ndarray], requ
     ['int64', 'float64']
     """
     index = pd.RangeIndex(n)
-    cols: dict[str, pd.Series] = {}
+    cols: dict[str, Any] = {}
     for i in feature.inputs:
-        a = np.asarray(inputs[i])
-        # Object columns stay object (pandas would turn strings into its str dtype and None into NaN).
-        cols[i] = pd.Series(a, index=index, dtype=object if a.dtype == object else None, copy=True)
+        a = np.array(inputs[i])  # a copy: the function may change its frame
+        # Object columns stay object (pandas would turn strings into its str dtype and None into NaN);
+        # numeric arrays go in as they are (a Series per column costs more than a small read).
+        cols[i] = pd.Series(a, index=index, dtype=object) if a.dtype == object else a
     for r in feature.request:
-        cols[r] = pd.Series(request[r], index=index, dtype=object if not request[r] else None)
-    return pd.DataFrame(cols, index=index)
+        cols[r] = request[r]  # inferred by pandas from Python values, the same way in every path
+    return pd.DataFrame(cols, index=index, copy=False)

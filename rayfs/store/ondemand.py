@@ -138,7 +138,8 @@ class OnDemandReads:
                   for (r, f), req in zip(ods, reqs, strict=True)}
         out = {entity: frame[entity]}
         for r in names:
-            out[r] = _column(values[r], frame.index) if r in values else frame[r]
+            v = values[r] if r in values else frame[r].to_numpy()
+            out[r] = _column(v, frame.index) if v.dtype == object else v  # numeric arrays as they are
         return pd.DataFrame(out, copy=False)
 
     # ------------------------------------------------------------------------------------- training sets
