@@ -17,9 +17,10 @@ Invariants:
   per request field, named as given, a ``RangeIndex``) and returns one value per row (a Series, an array, a
   list or a scalar for every row); values are taken by position. A wrong length or an exception is an
   :class:`~rayfs.errors.OnDemandError` naming the feature.
-* The function travels with the catalog as a cloudpickle blob (so any process of the store can apply it:
-  functions of the user's own modules are pickled by value, installed packages by reference) plus its
-  source text for people. It is unpickled only where it is applied, on first use.
+* The function travels with the catalog as a cloudpickle blob plus its source text for people. Its own
+  module is pickled by value unless it is installed (standard library, site-packages), so any process of
+  the store can apply it without importing the user's code; other modules it calls are referenced by name.
+  It is unpickled only where it is applied, on first use.
 * The fingerprint covers the inputs, the request fields, the function's code (its source text, or its
   bytecode for a lambda or when no source exists) and the values it closes over or reads from module
   globals; registering a definition with another fingerprint makes a new version, as for stored features.

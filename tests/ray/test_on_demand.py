@@ -146,6 +146,11 @@ def test_every_feature_default_arrow_output_and_request_only_features(store):
     ts = s.training_set(obs, timestamp="ts", output="arrow")
     assert ts.column_names == ["post", "ts", "amount", "post_n", "double"]
     assert ts.column("double").to_pylist() == [6, 8]
+    # An observation stream's columns are request fields alike.
+    stream = "obs" + uuid.uuid4().hex[:6]
+    s.append_observation(stream, obs)
+    got = s.training_set(stream, ["post_n", "double"], timestamp="ts")
+    assert got["double"].tolist() == [6, 8] and got["post_n"].tolist() == ts.column("post_n").to_pylist()
 
 
 def test_versions_persist_reopen_connect_from_another_process_list_and_drop(tmp_path, capsys):
