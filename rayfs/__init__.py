@@ -24,6 +24,7 @@ from rayfs.errors import (
     FileFormatError,
     HttpRequestError,
     LogCorruptionError,
+    OnDemandError,
     OptionError,
     RayfsError,
     SchemaError,
@@ -40,6 +41,7 @@ from rayfs.errors import (
 )
 from rayfs.model.config import StoreConfig, load_config
 from rayfs.model.definitions import Feature, Stream
+from rayfs.model.ondemand import OnDemandFeature, on_demand
 
 __version__ = "0.2.0"
 
@@ -71,6 +73,8 @@ __all__ = [
     "HttpRequestError",
     "KafkaSource",
     "LogCorruptionError",
+    "OnDemandError",
+    "OnDemandFeature",
     "OptionError",
     "RayfsError",
     "SchemaError",
@@ -90,5 +94,6 @@ __all__ = [
     "connect",
     "iter_batches",
     "load_config",
+    "on_demand",
     "write_table",
 ]

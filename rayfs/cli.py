@@ -285,7 +285,8 @@ def _status(args) -> int:
             feats = store.list_features()
             print(f"\n{len(feats)} feature versions")
             if len(feats):
-                print(feats[["key", "stream", "entity", "agg", "column", "window", "where"]].to_string(index=False))
+                cols = ["key", "kind", "stream", "entity", "agg", "column", "window", "where"]
+                print(feats[cols].to_string(index=False))
             subs = store.subscriptions()
             if len(subs):
                 print(f"\nKafka subscriptions ({len(subs)} partitions)")

@@ -7,7 +7,7 @@ field, feature, file) and the operation leaves nothing half-applied.
 from __future__ import annotations
 
 __all__ = ["AggregateError", "ConfigError", "DefinitionError", "FileFormatError", "HttpRequestError",
-           "LogCorruptionError", "OptionError", "RayfsError", "SchemaError", "SourceError", "SqlError",
+           "LogCorruptionError", "OnDemandError", "OptionError", "RayfsError", "SchemaError", "SourceError", "SqlError",
            "StoreClosedError", "StoreNotFoundError", "StoreOpenError", "TimestampError", "TokenError",
            "UnknownFeatureError", "UnknownStreamError", "WindowError"]
 
@@ -50,6 +50,12 @@ class SqlError(DefinitionError):
 
 class LogCorruptionError(RayfsError):
     """A log segment is damaged before its tail; names the file and byte offset."""
+
+
+class OnDemandError(RayfsError):
+    """An on-demand feature cannot be registered or computed: its function cannot be serialised or loaded,
+    raised, or returned the wrong number of values; an input is unknown or of another entity; a request
+    field is missing. The message names the on-demand feature."""
 
 
 class StoreClosedError(RayfsError):

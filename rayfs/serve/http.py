@@ -3,7 +3,8 @@
 Routes (request and response bodies: :mod:`rayfs.serve.protocol`):
 
 * ``POST /get-online-features``: ``{"features": [...], "entities": {"user": ["u1", "u2"]}}`` answers
-  Feast-shaped JSON with the values of ``store.get_features(entity, keys, features)``.
+  Feast-shaped JSON with the values of ``store.get_features(entity, keys, features)``; on-demand features
+  take their request fields from ``"request_context": {"field": [one value per key]}``.
 * ``GET /health``: ``200 {"status": "ok", "store": ..., "features": <count>}`` while the store runs, ``503``
   with ``"status": "unavailable"`` and the reason otherwise. It never asks for a token, so load balancers
   and orchestrators can probe it; it tells nothing beyond whether the store is up and how many features
@@ -110,7 +111,7 @@ class FeatureServer:
         """The JSON answer to ``req`` (blocking: runs in a worker thread of the replica)."""
         store = self._connect()
         try:
-            frame = store.get_features(req.entity, req.keys, req.features)
+            frame = store.get_features(req.entity, req.keys, req.features, request=req.request or None)
         except _UNAVAILABLE:
             self._forget(store)
             raise

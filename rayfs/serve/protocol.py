@@ -11,6 +11,8 @@ Request (``POST /get-online-features``), shaped like Feast's feature server::
   ``name@version`` for an older one), all grouped by the one entity of ``entities``.
 * ``entities``: an object with exactly one entity name mapping to an array of keys (strings or
   integers; at most ``max_keys`` of them).
+* ``request_context`` (optional): the request fields of on-demand features, Feast's name for request data:
+  an object mapping each field to an array of one value per key, or to one value for every key.
 * ``full_feature_names``: accepted (a boolean) for Feast clients and ignored: rayfs feature names are
   unique in a store, so a column is always named as requested.
 
@@ -39,7 +41,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,16 +52,17 @@ DEFAULT_MAX_KEYS = 1000
 """Keys one request may ask for unless the server is configured otherwise."""
 TOKEN_ENV = "RAYFS_HTTP_TOKEN"
 """The environment variable a bearer token is read from when the config names none."""
-_TOP_KEYS = ("features", "entities", "full_feature_names")
+_TOP_KEYS = ("features", "entities", "request_context", "full_feature_names")
 
 
 @dataclass(frozen=True)
 class OnlineRequest:
-    """A parsed ``get-online-features`` request: ``store.get_features(entity, keys, features)``."""
+    """A parsed ``get-online-features`` request: ``store.get_features(entity, keys, features, request=request)``."""
 
     entity: str
     keys: list
     features: list[str]
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 def _type_name(v: Any) -> str:
@@ -82,7 +85,9 @@ def parse_request(body: bytes, *, max_keys: int = DEFAULT_MAX_KEYS) -> OnlineReq
             keys.
 
     >>> parse_request(b'{"features": ["n"], "entities": {"user": ["u1", 7]}}')
-    OnlineRequest(entity='user', keys=['u1', 7], features=['n'])
+    OnlineRequest(entity='user', keys=['u1', 7], features=['n'], request={})
+    >>> parse_request(b'{"features": ["d"], "entities": {"user": ["u1"]}, "request_context": {"lat": [48.8]}}').request
+    {'lat': [48.8]}
     >>> parse_request(b'{"features": ["n"], "entities": {"user": ["u1", 2.5]}}')
     Traceback (most recent call last):
     ...
@@ -131,7 +136,18 @@ def parse_request(body: bytes, *, max_keys: int = DEFAULT_MAX_KEYS) -> OnlineReq
         if isinstance(k, bool) or not isinstance(k, str | int):
             raise HttpRequestError(400, f"entities.{entity}[{i}]: expected a string or an integer key, got "
                                         f"{_type_name(k)} ({k!r})")
-    return OnlineRequest(entity=entity, keys=keys, features=list(features))
+    context = doc.get("request_context", {})
+    if not isinstance(context, dict):
+        raise HttpRequestError(400, f"request_context: expected an object mapping request fields to values, got "
+                                    f"{_type_name(context)}")
+    for name, values in context.items():
+        if isinstance(values, dict):
+            raise HttpRequestError(400, f"request_context.{name}: expected an array of one value per key or one "
+                                        "value, got an object")
+        if isinstance(values, list) and len(values) != len(keys):
+            raise HttpRequestError(400, f"request_context.{name}: {len(values)} values for {len(keys)} keys (give "
+                                        "one value per key, or one value)")
+    return OnlineRequest(entity=entity, keys=keys, features=list(features), request=context)
 
 
 # ------------------------------------------------------------------------------------------ tokens

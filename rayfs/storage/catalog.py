@@ -17,12 +17,14 @@ from rayfs.engine import routing
 from rayfs.errors import (
     AggregateError,
     DefinitionError,
+    OnDemandError,
     RayfsError,
     SqlError,
     UnknownFeatureError,
     UnknownStreamError,
 )
 from rayfs.model.definitions import Feature, Stream
+from rayfs.model.ondemand import OnDemandFeature
 
 __all__ = ["Catalog", "FILE"]
 
@@ -35,6 +37,9 @@ class Catalog:
     Features are keyed by :attr:`Feature.key` (``name`` for version 1, ``name@v`` after): every version
     stays live on the shards until dropped. ``version`` counts catalog changes, so a copy can tell it is
     stale.
+
+    On-demand features (:attr:`on_demand`, keyed the same way) share the names and version numbers of
+    stored features but live only here: shards never compute them, readers apply them.
     """
 
     def __init__(self, root: str, shards: int) -> None:
@@ -43,6 +48,7 @@ class Catalog:
         self.version = 0
         self.streams: dict[str, Stream] = {}
         self.features: dict[str, Feature] = {}
+        self.on_demand: dict[str, OnDemandFeature] = {}
         self.schema: dict[str, dict[str, str]] = {}
         self.next_version: dict[str, int] = {}  # a dropped version number is never reused
 
@@ -65,16 +71,18 @@ class Catalog:
         cat.version = d.get("version", 0)
         cat.streams = {s["name"]: Stream.from_dict(s) for s in d["streams"]}
         cat.features = {f.key: f for f in map(Feature.from_dict, d["features"])}
+        cat.on_demand = {f.key: f for f in map(OnDemandFeature.from_dict, d.get("on_demand", []))}
         cat.schema = d["schema"]
         cat.next_version = dict(d.get("next_version", {}))
-        for f in cat.features.values():
+        for f in [*cat.features.values(), *cat.on_demand.values()]:
             cat.next_version[f.name] = max(cat.next_version.get(f.name, 1), f.version + 1)
         return cat
 
     def to_dict(self) -> dict:
         return {"format": 1, "routing": routing.fingerprint(), "shards": self.shards, "version": self.version,
                 "streams": [s.to_dict() for s in self.streams.values()],
-                "features": [f.to_dict() for f in self.features.values()], "schema": self.schema,
+                "features": [f.to_dict() for f in self.features.values()],
+                "on_demand": [f.to_dict() for f in self.on_demand.values()], "schema": self.schema,
                 "next_version": self.next_version}
 
     def save(self) -> None:
@@ -144,10 +152,96 @@ class Catalog:
         return new, "new"
 
     def drop_feature(self, ref: str) -> Feature:
-        """Remove one version (``name@v``, or the latest for a bare name); returns it."""
+        """Remove one version (``name@v``, or the latest for a bare name); returns it.
+
+        Raises:
+            DefinitionError: an on-demand feature reads that version (see :meth:`check_drop`).
+        """
+        self.check_drop(ref)
         f = self.feature(ref)
         del self.features[f.key]
         return f
+
+    # ------------------------------------------------------------------------------------- on-demand features
+    def latest_on_demand(self, name: str) -> OnDemandFeature | None:
+        """The newest live version of on-demand feature ``name``."""
+        versions = [f for f in self.on_demand.values() if f.name == name]
+        return max(versions, key=lambda f: f.version) if versions else None
+
+    def on_demand_feature(self, ref: str) -> OnDemandFeature:
+        """The on-demand feature ``ref`` names: ``name`` (its latest version) or ``name@version``."""
+        name, _, v = ref.partition("@")
+        f = (self.on_demand.get(name if v == "1" else f"{name}@{v}") if v.isdigit() else None) if v \
+            else self.latest_on_demand(name)
+        if f is None:
+            names = sorted({f.name for f in self.on_demand.values()})
+            raise UnknownFeatureError(f"unknown on-demand feature {ref!r}; registered: {names}")
+        return f
+
+    def is_on_demand(self, ref: str) -> bool:
+        """Whether ``ref`` (``name`` or ``name@version``) names an on-demand feature."""
+        name = ref.partition("@")[0] if isinstance(ref, str) else ref
+        return any(f.name == name for f in self.on_demand.values())
+
+    def on_demand_entity(self, f: OnDemandFeature) -> str | None:
+        """The entity of ``f``'s inputs (``None`` for a feature of request fields only).
+
+        Raises:
+            OnDemandError: an input is unknown, is itself on-demand, or the inputs group by different entities.
+        """
+        entity = None
+        for i in f.inputs:
+            if self.is_on_demand(i):
+                raise OnDemandError(f"on-demand feature {f.name!r}: input {i!r} is an on-demand feature; inputs "
+                                    "are stored features (compute both in one function)")
+            try:
+                g = self.feature(i)
+            except UnknownFeatureError:
+                raise OnDemandError(f"on-demand feature {f.name!r}: unknown input feature {i!r}; stored features: "
+                                    f"{sorted({g.name for g in self.features.values()})}") from None
+            if entity is not None and g.entity != entity:
+                raise OnDemandError(f"on-demand feature {f.name!r}: input {i!r} groups by {g.entity!r}, others by "
+                                    f"{entity!r}; all inputs must be of one entity")
+            entity = g.entity
+        return entity
+
+    def add_on_demand(self, f: OnDemandFeature, created: str) -> tuple[OnDemandFeature, str]:
+        """Validate ``f`` and decide what registering it does (the caller saves); see :meth:`add_feature`."""
+        if self.latest(f.name) is not None:
+            raise DefinitionError(f"on-demand feature {f.name!r}: a stored feature has that name; feature names "
+                                  "are shared by stored and on-demand features")
+        self.on_demand_entity(f)
+        old = self.latest_on_demand(f.name)
+        if old is not None and old.same_definition(f):
+            if (old.description, old.owner, old.tags) == (f.description, f.owner, f.tags):
+                return old, "same"
+            new = replace(old, description=f.description, owner=f.owner, tags=f.tags)
+            self.on_demand[new.key] = new
+            return new, "metadata"
+        v = self.next_version.get(f.name, 1)
+        new = replace(f, version=v, created=created)
+        self.on_demand[new.key] = new
+        self.next_version[f.name] = v + 1
+        return new, "new"
+
+    def drop_on_demand(self, ref: str) -> OnDemandFeature:
+        """Remove one on-demand version (``name@v``, or the latest for a bare name); returns it."""
+        f = self.on_demand_feature(ref)
+        del self.on_demand[f.key]
+        return f
+
+    def check_drop(self, ref: str) -> None:
+        """Refuse to drop the stored feature version ``ref`` names while an on-demand feature reads it."""
+        f = self.feature(ref)
+        for od in self.on_demand.values():
+            for i in od.inputs:
+                try:
+                    used = self.feature(i).key == f.key
+                except UnknownFeatureError:
+                    continue
+                if used and (i != f.name or len(self.versions(f.name)) == 1):
+                    raise DefinitionError(f"feature {f.key!r} is an input of on-demand feature {od.key!r}; drop "
+                                          "that first")
 
     def required_columns(self, stream: str) -> dict[str, str]:
         """Columns every batch of ``stream`` must carry → the feature that needs it."""
@@ -166,6 +260,9 @@ class Catalog:
 
     def check_feature(self, f: Feature) -> None:
         """Validate ``f`` against the streams and the column kinds seen so far."""
+        if self.is_on_demand(f.name):
+            raise DefinitionError(f"feature {f.name!r}: an on-demand feature has that name; feature names are "
+                                  "shared by stored and on-demand features")
         s = self.stream(f.stream)
         if f.entity not in s.entities:
             raise DefinitionError(f"feature {f.name!r}: {f.entity!r} is not an entity of stream {s.name!r} "

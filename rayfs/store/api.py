@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 import ray
@@ -25,10 +25,12 @@ import ray
 from rayfs.engine.parts import is_batches
 from rayfs.errors import DefinitionError, StoreClosedError
 from rayfs.model.definitions import Feature, Stream
+from rayfs.model.ondemand import OnDemandFeature
 from rayfs.storage.catalog import Catalog
 from rayfs.storage.observations import ObservationStreams
 from rayfs.store import cluster, dataio, definitions, lifecycle, monitor
 from rayfs.store.ingest import Ingestor
+from rayfs.store.ondemand import OnDemandReads
 from rayfs.store.reads import Reader
 
 __all__ = ["FeatureStore", "connect"]
@@ -76,6 +78,7 @@ class FeatureStore:
         self._ingestor = Ingestor(conn.session)
         self._obs = ObservationStreams(self.path, conn.session.settings.durability)
         self._reader = Reader(conn.session, self._obs)
+        self._on_demand = OnDemandReads(self._reader)
         self._resume_subscriptions()
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -211,8 +214,55 @@ class FeatureStore:
         return definitions.register_sql(self._session, sql, window, description, metadata)
 
     @_actors
-    def drop_feature(self, name: str, version: int | None = None) -> Feature:
-        """Drop one version of a feature (the latest if ``version`` is None); its state is freed."""
+    def register_on_demand(self, feature: OnDemandFeature | str, function: Callable | None = None, *,
+                           inputs: Sequence[str] | str = (), request: Sequence[str] | str = (),
+                           description: str = "", owner: str = "", tags: Sequence[str] | str = ()) -> OnDemandFeature:
+        """Register an on-demand feature: a vectorised function of stored features and request fields,
+        computed when read, the same way by :meth:`get_features` and :meth:`training_set`.
+
+        Either ``register_on_demand(name, function, inputs=..., request=..., ...)`` or
+        ``register_on_demand(feature)`` with an :class:`~rayfs.OnDemandFeature` (e.g. made by
+        :func:`rayfs.on_demand`). ``function(frame)`` gets a DataFrame with one column per input and request
+        field (named as given, one row per key or observation) and returns one value per row.
+
+        The definition is kept in the store's catalog (the function as a cloudpickle and its source text), so
+        it survives a restart and every driver connected to the store applies it. Versions work as for stored
+        features: the same definition again is a no-op, other metadata updates it, another function or other
+        inputs make a new version (``name@2``). :meth:`drop_feature` drops a version; names are shared with
+        stored features.
+
+        Args:
+            feature: the name, or a whole :class:`~rayfs.OnDemandFeature` (then give nothing else).
+            function: ``f(frame) -> values``.
+            inputs: stored features it reads (``name`` for the latest version, or ``name@version``), all of
+                one entity.
+            request: request fields it reads: given to :meth:`get_features` with ``request=``, observation
+                columns in a training set.
+            description: free text for humans.
+            owner: who answers for the feature.
+            tags: labels for discovery.
+
+        Returns:
+            The registered feature (with its ``version`` and ``created`` time).
+
+        Raises:
+            OnDemandError: an input is unknown, on-demand, or of another entity than the other inputs; the
+                function cannot be serialised. Nothing is registered then.
+            DefinitionError: a bad name, a name a stored feature has, no input and no request field.
+        """
+        if isinstance(feature, OnDemandFeature):
+            if function is not None or inputs or request or description or owner or tags:
+                raise DefinitionError(f"register_on_demand({feature.name!r}): give an OnDemandFeature alone, or a "
+                                      "name with its function and fields")
+        else:
+            feature = OnDemandFeature(name=feature, function=function, inputs=inputs, request=request,
+                                      description=description, owner=owner, tags=tags)
+        return definitions.register_on_demand(self._session, feature)
+
+    @_actors
+    def drop_feature(self, name: str, version: int | None = None) -> Feature | OnDemandFeature:
+        """Drop one version of a feature, stored or on-demand (the latest if ``version`` is None); its state
+        is freed. A stored version an on-demand feature reads cannot be dropped before it (DefinitionError)."""
         return definitions.drop_feature(self._session, name, version)
 
     @_actors
@@ -271,14 +321,24 @@ class FeatureStore:
 
     # ------------------------------------------------------------------------------------- reads
     @_actors
-    def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None = None) -> pd.DataFrame:
+    def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None = None, *,
+                     request: Mapping[str, object] | pd.DataFrame | None = None) -> pd.DataFrame:
         """Online feature values for ``keys`` of ``entity``, one row per key in the order given.
 
         Values are as of just after the newest event ingested on each feature's stream; keys never seen
         get the empty value (0 for counts, null otherwise). ``features`` are names (latest version) or
         ``name@version``; each becomes a column named as given.
+
+        On-demand features (:meth:`register_on_demand`) are computed from the stored values read and
+        ``request``: a dict mapping each request field to one value (the same for every key) or to a
+        sequence of one value per key, or a DataFrame with one row per key. ``features=None`` includes the
+        on-demand features of ``entity`` whose request fields are all given.
+
+        Raises:
+            OnDemandError: a request field an on-demand feature needs is missing or of the wrong length, an
+                input is not of ``entity``, or the function raised or returned the wrong number of values.
         """
-        return self._reader.get_features(entity, keys, features)
+        return self._on_demand.get_features(entity, keys, features, request)
 
     @_actors
     def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None = None,
@@ -288,8 +348,10 @@ class FeatureStore:
         Args:
             observations: a DataFrame (or pyarrow Table) with the features' entity columns and ``timestamp``,
                 or the name of an observation stream filled by :meth:`append_observation`.
-            features: feature names (default: every feature whose entity column is in the observations);
-                ``name@version`` picks an older version.
+            features: feature names (default: every feature whose entity column is in the observations,
+                and every on-demand feature whose inputs' entity and request fields are);
+                ``name@version`` picks an older version. An on-demand feature's request fields are
+                observation columns and its inputs their point-in-time values.
             timestamp: the observation time column; a row at time ``t`` sees events with ``ts < t``
                 (and ``t - window <= ts`` for windowed features).
             output: ``"pandas"`` (a DataFrame), ``"arrow"`` (a pyarrow Table) or ``"ray"`` (a Ray Dataset,
@@ -298,7 +360,7 @@ class FeatureStore:
         Returns:
             The observation columns plus one column per feature: same rows, same order.
         """
-        return self._reader.training_set(observations, features, timestamp, output)
+        return self._on_demand.training_set(observations, features, timestamp, output)
 
     # ------------------------------------------------------------------------------------- observations
     def append_observation(self, name: str, rows, *, timestamp: str = "ts") -> int:

@@ -20,6 +20,7 @@ import ray
 from rayfs.errors import DefinitionError, SchemaError
 from rayfs.model.config import StoreSettings
 from rayfs.model.definitions import Feature, Stream
+from rayfs.model.ondemand import OnDemandFeature
 from rayfs.shard.actor import actor_name
 from rayfs.storage.catalog import Catalog
 
@@ -115,8 +116,44 @@ class Coordinator:
             raise
         return new.to_dict(), change, self.get_catalog(), done
 
+    def register_on_demand(self, feature: dict) -> tuple[dict, str, dict]:
+        """Register an on-demand feature version (the catalog only: shards never compute it).
+
+        Returns:
+            ``(registered feature, change, catalog)``, change as for :meth:`register_feature`.
+        """
+        f = OnDemandFeature.from_dict(feature)
+        created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        with self._lock:
+            new, change = self.catalog.add_on_demand(f, created)
+            if change != "same":
+                self.catalog.save()
+            version = self.catalog.version
+        if change != "same":
+            self._announce(version)
+        return new.to_dict(), change, self.get_catalog()
+
+    def _announce(self, version: int) -> None:
+        """Tell the shards the catalog version of a change they hold nothing of (an on-demand feature), so
+        they echo it in their answers and drivers with an older copy refresh it (see
+        :meth:`rayfs.store.session.Session.seen`). Re-adding a known stream changes nothing else on a shard."""
+        if not self.catalog.streams:
+            return
+        s = next(iter(self.catalog.streams.values()))
+        try:
+            ray.get([h.add_stream.remote(s.to_dict(), version) for h in self.handles()])
+        except ray.exceptions.RayError:
+            pass  # a shard that is down reads the saved catalog, with this version, when it restarts
+
     def drop_feature(self, ref: str) -> tuple[dict, dict]:
-        """Drop one feature version (``name@v``, or the latest for a bare name)."""
+        """Drop one feature version (``name@v``, or the latest for a bare name), stored or on-demand."""
+        if self.catalog.is_on_demand(ref):
+            with self._lock:
+                od = self.catalog.drop_on_demand(ref)
+                self.catalog.save()
+                version = self.catalog.version
+            self._announce(version)
+            return od.to_dict(), self.get_catalog()
         with self._lock:
             f = self.catalog.drop_feature(ref)
             self.catalog.save()

@@ -7,6 +7,7 @@ replaces its copy with the catalog the coordinator answers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import ray
@@ -14,9 +15,11 @@ import ray
 from rayfs.errors import DefinitionError
 from rayfs.model.config import StoreConfig, load_config
 from rayfs.model.definitions import Feature, Stream
+from rayfs.model.ondemand import OnDemandFeature
 from rayfs.store.session import Session
 
-__all__ = ["as_config", "drop_feature", "register_feature", "register_sql", "register_stream"]
+__all__ = ["as_config", "drop_feature", "register_feature", "register_on_demand", "register_sql",
+           "register_stream"]
 
 Progress = Callable[[int, int], None]
 
@@ -32,7 +35,8 @@ def register_stream(session: Session, name: str, entities: Sequence[str] | str, 
 def register_feature(session: Session, feature: Feature, progress: Progress | None = None) -> Feature:
     """See :meth:`rayfs.FeatureStore.register_feature`."""
     if not isinstance(feature, Feature):
-        raise DefinitionError(f"register_feature takes a rayfs.Feature, not {type(feature).__name__}")
+        hint = "; use register_on_demand" if isinstance(feature, OnDemandFeature) else ""
+        raise DefinitionError(f"register_feature takes a rayfs.Feature, not {type(feature).__name__}{hint}")
     session.fresh(lambda cat: cat.check_feature(feature))  # early, clear errors
     ref = session.coordinator.register_feature.remote(feature.to_dict())
     if progress is not None:
@@ -72,13 +76,24 @@ def register_sql(session: Session, sql: str, window, description: str, metadata:
     return [register_feature(session, f) for f in feats]
 
 
-def drop_feature(session: Session, name: str, version: int | None) -> Feature:
+def register_on_demand(session: Session, feature: OnDemandFeature) -> OnDemandFeature:
+    """See :meth:`rayfs.FeatureStore.register_on_demand`."""
+    if not isinstance(feature, OnDemandFeature):
+        raise DefinitionError(f"register_on_demand takes a rayfs.OnDemandFeature, not {type(feature).__name__}")
+    # The coordinator validates against the current catalog and changes nothing if the definition is refused.
+    d, _change, catalog = ray.get(session.coordinator.register_on_demand.remote(feature.to_dict()))
+    session.refresh(catalog)
+    # The registering process keeps the live function (the catalog's copy is unpickled only on first use).
+    return dataclasses.replace(OnDemandFeature.from_dict(d), function=feature.function)
+
+
+def drop_feature(session: Session, name: str, version: int | None) -> Feature | OnDemandFeature:
     """See :meth:`rayfs.FeatureStore.drop_feature`."""
     ref = name if version is None else f"{name}@{version}"
-    session.fresh(lambda cat: cat.feature(ref))
+    f = session.fresh(lambda cat: cat.on_demand_feature(ref) if cat.is_on_demand(ref) else cat.feature(ref))
     d, catalog = ray.get(session.coordinator.drop_feature.remote(ref))
     session.refresh(catalog)
-    return Feature.from_dict(d)
+    return OnDemandFeature.from_dict(d) if isinstance(f, OnDemandFeature) else Feature.from_dict(d)
 
 
 def as_config(config) -> StoreConfig:

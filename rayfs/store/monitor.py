@@ -13,7 +13,9 @@ import pandas as pd
 import ray
 
 from rayfs.engine.featurestats import FIELDS, merge_stats
+from rayfs.errors import OnDemandError
 from rayfs.model.definitions import Feature
+from rayfs.model.ondemand import KIND, OnDemandFeature
 from rayfs.store.session import Session
 
 __all__ = ["APPROXIMATE", "audit", "describe", "feature_sql", "feature_stats", "frame_feature_stats", "info",
@@ -58,16 +60,23 @@ def _ident(name: str) -> str:
 
 
 def list_features(session: Session) -> pd.DataFrame:
-    """Every live feature version, one row each (newest version of each name flagged ``latest``)."""
+    """Every live feature version, one row each (newest version of each name flagged ``latest``); ``kind``
+    is ``"stored"`` or ``"on_demand"`` (whose ``inputs`` and ``request`` fields are listed)."""
     cat = session.catalog
     rows = []
     for f in sorted(cat.features.values(), key=lambda f: (f.name, f.version)):
-        rows.append({"name": f.name, "version": f.version, "key": f.key, "latest": cat.latest(f.name) is f,
-                     "stream": f.stream, "entity": f.entity, "agg": f.agg, "column": f.column, "window": f.window,
-                     "where": f.where, **f.params, "owner": f.owner, "description": f.description,
-                     "tags": list(f.tags), "created": f.created})
-    cols = ["name", "version", "key", "latest", "stream", "entity", "agg", "column", "window", "where", "owner",
-            "description", "tags", "created"]
+        rows.append({"name": f.name, "version": f.version, "key": f.key, "kind": "stored",
+                     "latest": cat.latest(f.name) is f, "stream": f.stream, "entity": f.entity, "agg": f.agg,
+                     "column": f.column, "window": f.window, "where": f.where, **f.params, "owner": f.owner,
+                     "description": f.description, "tags": list(f.tags), "created": f.created})
+    for od in cat.on_demand.values():
+        rows.append({"name": od.name, "version": od.version, "key": od.key, "kind": KIND,
+                     "latest": cat.latest_on_demand(od.name) is od, "entity": _entity(cat, od),
+                     "inputs": list(od.inputs), "request": list(od.request), "owner": od.owner,
+                     "description": od.description, "tags": list(od.tags), "created": od.created})
+    rows.sort(key=lambda r: (r["name"], r["version"]))
+    cols = ["name", "version", "key", "kind", "latest", "stream", "entity", "agg", "column", "window", "where",
+            "owner", "description", "tags", "created"]
     return pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
 
 
@@ -78,11 +87,32 @@ def online_stats(session: Session, features: list[Feature]) -> dict[str, dict]:
     return {k: merge_stats([p[k] for p in parts if k in p]) for k in keys}
 
 
+def _entity(cat, od: OnDemandFeature) -> str | None:
+    try:
+        return cat.on_demand_entity(od)
+    except OnDemandError:  # listing shows what it can
+        return None
+
+
 def describe(session: Session, ref: str) -> dict:
-    """Definition, SQL, versions, metadata and live statistics of one feature."""
-    f = session.catalog.feature(ref)
+    """Definition, SQL, versions, metadata and live statistics of one feature (no SQL and no statistics for
+    an on-demand feature: its values exist only when read)."""
+    cat = session.catalog
+    if cat.is_on_demand(ref):
+        od = cat.on_demand_feature(ref)
+        definition = {k: v for k, v in od.to_dict().items() if k != "code"}
+        return {"name": od.name, "version": od.version, "key": od.key, "kind": KIND, "definition": definition,
+                "sql": None, "entity": _entity(cat, od), "inputs": list(od.inputs), "request": list(od.request),
+                "source": od.source, "owner": od.owner, "description": od.description, "tags": list(od.tags),
+                "created": od.created,
+                "versions": [{"version": v.version, "created": v.created, "fingerprint": v.fingerprint()}
+                             for v in sorted((g for g in cat.on_demand.values() if g.name == od.name),
+                                             key=lambda g: g.version)],
+                "stats": None}
+    f = cat.feature(ref)
     versions = session.catalog.versions(f.name)
-    return {"name": f.name, "version": f.version, "key": f.key, "definition": f.to_dict(), "sql": feature_sql(f),
+    return {"name": f.name, "version": f.version, "key": f.key, "kind": "stored", "definition": f.to_dict(),
+            "sql": feature_sql(f),
             "window": f.window, "stream": f.stream, "entity": f.entity, "owner": f.owner,
             "description": f.description, "tags": list(f.tags), "created": f.created,
             "versions": [{"version": v.version, "created": v.created, "sql": feature_sql(v), "window": v.window}

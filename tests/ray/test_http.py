@@ -189,6 +189,30 @@ def test_routes_methods_tokens_and_the_server_keeps_answering(served):
     assert status == 200 and doc["results"][1]["values"] == [want]
 
 
+def test_on_demand_features_take_request_context(served):
+    store, url = served
+    store.register_on_demand("x_scaled", lambda df: df.mean_x.fillna(0.0) * df.factor + df.bonus,
+                             inputs=["mean_x"], request=["factor", "bonus"])
+    try:
+        keys = ["u3", "unseen", "u5"]
+        body = {"features": ["n", "x_scaled"], "entities": {"user": keys},
+                "request_context": {"factor": [1.5, 2.0, -1.0], "bonus": 10}}
+        status, doc = request(url + "/get-online-features", json.dumps(body).encode())
+        assert status == 200, doc
+        want = store.get_features("user", keys, ["n", "x_scaled"], request={"factor": [1.5, 2.0, -1.0], "bonus": 10})
+        assert doc["metadata"]["feature_names"] == ["user", "n", "x_scaled"]
+        _same(doc["results"][2]["values"], want["x_scaled"])
+        assert doc["results"][2]["values"][1] == 10.0  # an unseen key: mean null, filled by the function
+        for context, words in (({"factor": [1.0, 1.0, 1.0]}, ["x_scaled", "bonus"]),
+                               ({"factor": [1.0, 2.0], "bonus": 1}, ["request_context.factor", "2 values for 3"]),
+                               ([1, 2], ["request_context", "object"])):
+            status, doc = request(url + "/get-online-features",
+                                  json.dumps({**body, "request_context": context}).encode())
+            assert status == 400 and all(w in doc["error"]["message"] for w in words), doc
+    finally:
+        store.drop_feature("x_scaled")
+
+
 CONFIG = """
 [store]
 name = "{name}"
