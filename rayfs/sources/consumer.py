@@ -16,6 +16,15 @@ On start (a new subscription, a reopened store, an actor restarted after its pro
 without a commit is re-read from Kafka for exactly its offsets and re-sent under its batch id (shards apply
 a batch id once), then reading resumes at the end of the last intent. Rows of a batch are in (partition,
 offset) order, so a re-read batch is the batch that was sent.
+
+A subscription of an *observation stream* (labels for training sets) runs the same loop, except that step 4
+appends the batch to the consumer's own observation log (:mod:`rayfs.storage.observations`), one fsynced
+record tagged with the batch id: a batch whose id is in that log already is not appended again, so an
+intent without a commit is completed exactly once here too. Its messages must carry the subscription's
+key columns and timestamp; the kind of a column (number or string) is decided per batch by its first value.
+
+While the store cannot take a batch (a shard restarting, the store's folder unwritable), the consumer
+retries it under the same id with a growing delay, in state ``retrying`` with the reason in ``error``.
 """
 
 from __future__ import annotations
@@ -32,10 +41,12 @@ import ray
 
 from rayfs.errors import RayfsError, SchemaError, SourceError, StoreClosedError
 from rayfs.model.config import StoreSettings
+from rayfs.model.definitions import Stream
 from rayfs.model.kafka import KafkaSource
 from rayfs.sources.decode import Decoded, decode, locate_bad
 from rayfs.sources.offsets import OffsetsLog, consumer_dir
 from rayfs.storage.locks import wait_lock
+from rayfs.storage.observations import ObservationStreams
 from rayfs.storage.wal import WriteAheadLog
 
 __all__ = ["KafkaConsumerActor", "KafkaConsumerCore", "actor_name", "my_partitions"]
@@ -94,7 +105,8 @@ class KafkaConsumerCore:
         settings: the store's settings (the consumer connects to the store like a Ray Data worker).
         stream: the subscribed stream.
         index: this consumer's number, ``0 <= index < source.consumers``.
-        sub: the subscription record (``source``, ``start`` offsets, ``partitions``).
+        sub: the subscription record (``source``, ``start`` offsets, ``partitions``, and for an observation
+            stream ``observations``: its ``keys`` and ``timestamp`` columns).
     """
 
     def __init__(self, settings: StoreSettings, stream: str, index: int, sub: dict) -> None:
@@ -113,6 +125,10 @@ class KafkaConsumerCore:
                               f"(its folder {self.dir} is locked)")
         self.offsets = OffsetsLog(self.dir, start)
         self.session = _reconnect(settings)
+        obs = sub.get("observations")
+        # An observation stream: what a message must carry, as a Stream (the decoder's checks take one).
+        self.obs_spec = Stream(name=stream, entities=tuple(obs["keys"]), timestamp=obs["timestamp"]) if obs else None
+        self.obs = ObservationStreams(settings.path, "sync", writer=f"kafka-{index}") if obs else None
         self.ingestor = Ingestor(self.session)
         # This process's write-ahead log need not be fsynced: a batch is durable in Kafka and its intent
         # (offsets, batch id) is fsynced before it is sent, so a batch a power failure takes from the WAL is
@@ -156,6 +172,8 @@ class KafkaConsumerCore:
                 self.state = "stopped"
             self.offsets.close()
         self.ingestor.close()
+        if self.obs is not None:
+            self.obs.close()
         if self._lock_fh is not None:
             self._lock_fh.close()
             self._lock_fh = None
@@ -188,7 +206,8 @@ class KafkaConsumerCore:
                     self._consumer = None
 
     def _start_and_consume(self) -> None:
-        self.ingestor.recover()  # batches a dead consumer (or driver) left in its write-ahead log
+        if self.obs is None:
+            self.ingestor.recover()  # batches a dead consumer (or driver) left in its write-ahead log
         self._consumer = self._client()
         self._check_offsets(self.parts)
         with self._mu:
@@ -269,6 +288,14 @@ class KafkaConsumerCore:
         sent: list[_Batch] = []  # yielded to the ingestor, not yet committed
         first = self._next_batch(prefix, 0)
         if first is None:
+            return
+        if self.obs is not None:  # one fsynced append per batch: nothing to pipeline
+            b: _Batch | None = first
+            k = 0
+            while b is not None:
+                self._complete(b.id, b.ranges, b)
+                k += 1
+                b = None if self._stop.is_set() else self._next_batch(prefix, k)
             return
 
         def batches() -> Iterator[pd.DataFrame]:
@@ -363,14 +390,52 @@ class KafkaConsumerCore:
         return _Batch(bid, ranges, decoded, ts_ms, len(msgs))
 
     def _decode(self, msgs: list) -> tuple[Decoded, np.ndarray]:
+        ts_ms = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
+        kafka_ts = ts_ms if self.src.timestamp == "kafka" else None
+        values = [m.value() for m in msgs]
+        if self.obs_spec is not None:  # no stored kinds: a batch decodes alike whenever it is re-read
+            decoded = decode(values, self.src.format, self.obs_spec, {}, kafka_ts=kafka_ts)
+            _epoch_seconds(decoded.frame, self.obs_spec.timestamp)
+            return decoded, ts_ms
         s = self.session.fresh(lambda cat: cat.stream(self.stream))
         cat = self.session.catalog
-        schema = cat.schema.get(self.stream, {})
-        ts_ms = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
-        decoded = decode([m.value() for m in msgs], self.src.format, s, schema,
-                         kafka_ts=ts_ms if self.src.timestamp == "kafka" else None,
+        decoded = decode(values, self.src.format, s, cat.schema.get(self.stream, {}), kafka_ts=kafka_ts,
                          required=list(cat.required_columns(self.stream)))
         return decoded, ts_ms
+
+    def _send(self, bid: str, frame: pd.DataFrame) -> None:
+        """Hand a batch to the store under its id: to the shards, or to this consumer's observation log."""
+        if self.obs is None:
+            self.ingestor.ingest(self.stream, frame, batch_id=bid)
+        else:
+            self.obs.append(self.stream, self._obs_times(frame), timestamp=self.obs_spec.timestamp,
+                            keys=self._obs_keys(), batch_id=bid)
+
+    def _acceptable(self, frame: pd.DataFrame) -> bool:
+        """Whether the store takes these rows (the checks of :meth:`_send`, nothing written)."""
+        try:
+            if self.obs is None:
+                s = self.session.fresh(lambda cat: cat.stream(self.stream))
+                self.ingestor.normalise(s, frame)
+            else:
+                self.obs.check(self.stream, self._obs_times(frame), timestamp=self.obs_spec.timestamp,
+                               keys=self._obs_keys())
+            return True
+        except RayfsError:
+            return False
+
+    def _obs_times(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Observation times as the kind the stream holds: datetimes if its earlier records hold datetimes,
+        else epoch seconds (what a decoded batch has)."""
+        ts = self.obs_spec.timestamp
+        if ts not in frame.columns or self.obs.kind(self.stream, ts) != "timestamp":
+            return frame
+        us = np.round(frame[ts].to_numpy(dtype=np.float64) * 1e6).astype(np.int64)
+        return frame.assign(**{ts: us.astype("datetime64[us]")})
+
+    def _obs_keys(self) -> set[str]:
+        """Columns an observation's checks treat as entity keys (as ``append_observation`` does)."""
+        return set(self.obs_spec.entities) | {e for s in self.session.catalog.streams.values() for e in s.entities}
 
     def _dead(self, m, why: str) -> dict:
         return {"topic": m.topic(), "partition": m.partition(), "offset": m.offset(), "key": m.key(),
@@ -420,19 +485,11 @@ class KafkaConsumerCore:
         delay = 0.1
         while len(frame):
             try:
-                self.ingestor.ingest(self.stream, frame, batch_id=bid)
+                self._send(bid, frame)
                 break
             except SchemaError:
-                s = self.session.fresh(lambda cat: cat.stream(self.stream))
-
-                def fine(idx: np.ndarray, s=s, frame=frame) -> bool:
-                    try:
-                        self.ingestor.normalise(s, frame.iloc[idx])
-                        return True
-                    except RayfsError:
-                        return False
-
-                bad = locate_bad(len(frame), fine)
+                bad = locate_bad(len(frame), lambda idx, frame=frame: self._acceptable(
+                    frame.iloc[idx].reset_index(drop=True)))
                 if src_msgs is None:
                     src_msgs = self._reread(ranges)
                 for i in bad:
@@ -442,11 +499,17 @@ class KafkaConsumerCore:
                 frame = frame.drop(index=frame.index[bad]).reset_index(drop=True)
             except StoreClosedError:
                 raise
-            except Exception:  # noqa: BLE001 - shards restarting: retry (the batch id makes it idempotent)
+            except Exception as exc:  # noqa: BLE001 - shards restarting: retry (the batch id makes it idempotent)
                 if self._stop.is_set():
                     raise
+                with self._mu:
+                    self.state = "retrying"
+                    self.error = f"batch {bid} not taken by the store, retrying: {type(exc).__name__}: {exc}"[:500]
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        with self._mu:
+            if self.state == "retrying":
+                self.state, self.error = "running", None
         self._commit(b, dead, refused)
 
     def _reread(self, ranges: list[tuple[int, int, int]]) -> list:
@@ -480,6 +543,15 @@ try:  # error codes that mean "this offset is not in the partition any more"
     _GONE = (_KE.OFFSET_OUT_OF_RANGE, _KE._AUTO_OFFSET_RESET)
 except ImportError:  # pragma: no cover - confluent-kafka is needed to consume at all
     pass
+
+
+def _epoch_seconds(frame: pd.DataFrame, ts: str) -> None:
+    """The timestamp column of decoded observations as epoch seconds (ISO times and Kafka timestamps too),
+    so that every batch holds one kind of value in it."""
+    col = frame.get(ts)
+    if col is not None and pd.api.types.is_datetime64_any_dtype(col.dtype):
+        us = col.to_numpy().astype("datetime64[us]").astype(np.int64)
+        frame[ts] = pd.Series(us / 1e6, index=frame.index)
 
 
 def _tp(topic: str, p: int):
