@@ -24,7 +24,8 @@ intent without a commit is completed exactly once here too. Its messages must ca
 key columns and timestamp; the kind of a column (number or string) is decided per batch by its first value.
 
 While the store cannot take a batch (a shard restarting, the store's folder unwritable), the consumer
-retries it under the same id with a growing delay, in state ``retrying`` with the reason in ``error``.
+retries it under the same id with a growing delay; its state reads ``retrying``, with the reason in
+``error``, from the first failure or once the batch waited :data:`STALL` seconds for an acknowledgement.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = ["KafkaConsumerActor", "KafkaConsumerCore", "actor_name", "my_partitio
 IDLE = 0.02  # seconds without a message after which an idle loop finishes the batches in flight
 POLL = 0.002  # seconds per poll while a batch has no message yet
 PROBE = 2.0  # seconds to wait for one message when checking that a stored offset still exists
+STALL = 5.0  # seconds a batch may wait for the store's acknowledgement before the state says "retrying"
 
 
 def actor_name(store_id: str, stream: str, i: int) -> str:
@@ -153,10 +155,20 @@ class KafkaConsumerCore:
         """One row per partition: offsets, counts, state (see :func:`rayfs.store.subscriptions.subscriptions`)."""
         with self._mu:
             off = self.offsets
+            state, error = self.state, self.error
+            if state == "running" and off.pending:
+                # A batch handed to the store waits for a shard's acknowledgement (a shard restarting waits
+                # for its process, the call is retried by Ray): say so once that lasts.
+                rec = next(iter(off.pending.values()))
+                waited = time.time() - max(rec.get("at", 0.0), self._last_commit)
+                if waited > STALL:
+                    state = "retrying"
+                    error = (f"batch {rec['id']} not acknowledged by the store for {waited:.0f}s (a shard down "
+                             "or restarting?); retrying it under its batch id")
             return [{"stream": self.stream, "topic": self.src.topic, "partition": p, "consumer": self.index,
                      "next_offset": off.acked(p), "read_offset": off.next[p], "high_watermark": self.hw.get(p),
                      "events": off.events.get(p, 0), "dead_letters": off.dead_count.get(p, 0),
-                     "state": self.state, "pid": os.getpid(), "error": self.error,
+                     "state": state, "pid": os.getpid(), "error": error,
                      "resets": [r for r in off.resets if r["p"] == p]} for p in self.parts]
 
     def dead_letters(self) -> list[dict]:

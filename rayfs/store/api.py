@@ -408,9 +408,10 @@ class FeatureStore:
     def subscriptions(self) -> pd.DataFrame:
         """One row per subscribed partition: ``stream, topic, partition, next_offset`` (the first offset not
         acknowledged), ``high_watermark, lag, events, dead_letters, state`` (``starting``, ``running``,
-        ``retrying`` (brokers unreachable), ``restarting``, ``failed``, ``stopped``, ``not running``),
-        ``pid`` (the consumer's process), ``consumer, error``, and ``skipped``: the ``(from, to)`` offset
-        jumps made where offsets vanished (``on_offset_reset``)."""
+        ``retrying`` (brokers unreachable, or a batch not taken by the store: ``error`` says which),
+        ``restarting``, ``failed``, ``stopped``, ``not running``), ``pid`` (the consumer's process),
+        ``consumer, error``, and ``skipped``: the ``(from, to)`` offset jumps made where offsets vanished
+        (``on_offset_reset``)."""
         from rayfs.store import subscriptions
 
         self._check_open()
