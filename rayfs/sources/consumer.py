@@ -55,6 +55,12 @@ __all__ = ["KafkaConsumerActor", "KafkaConsumerCore", "actor_name", "my_partitio
 IDLE = 0.02  # seconds without a message after which an idle loop finishes the batches in flight
 POLL = 0.002  # seconds per poll while a batch has no message yet
 PROBE = 2.0  # seconds to wait for one message when checking that a stored offset still exists
+# librdkafka fetching for throughput (a user's consumer_config overrides these). The prefetch queue must
+# not stall a partition: by default librdkafka stops fetching a partition once 100k messages of it wait in
+# its queue and then waits fetch.queue.backoff.ms (1 s) before fetching it again, which caps a catch-up at
+# about 200k messages/s per consumer; with the queue bounded by bytes only and no backoff it runs ~3x as fast.
+FETCH_CONFIG = {"fetch.wait.max.ms": 10, "queued.max.messages.kbytes": 262144, "queued.min.messages": 10_000_000,
+                "fetch.queue.backoff.ms": 0, "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20}
 STALL = 5.0  # seconds a batch may wait for the store's acknowledgement before the state says "retrying"
 
 
@@ -91,7 +97,8 @@ class _Unreachable(SourceError):
 
 
 class _Batch:
-    """A micro-batch on its way: its id, offsets, decoded rows, and the Kafka timestamps of its messages."""
+    """A micro-batch on its way: its id, offsets, decoded rows, and the Kafka timestamps (milliseconds) of
+    a sample of its good messages (for the freshness histogram)."""
 
     __slots__ = ("id", "ranges", "decoded", "ts_ms", "n")
 
@@ -144,6 +151,10 @@ class KafkaConsumerCore:
         self._mu = threading.Lock()  # the offsets log and the state, between the loop and status calls
         self._consumer = None
         self._last_commit = time.time()
+        # Seconds spent per stage of the loop (what a catch-up's time goes to): polling Kafka, reading the
+        # messages' fields, decoding, logging intents, and the whole loop (the rest is the store's ingest).
+        self._timings = dict.fromkeys(("poll", "fields", "decode", "intent", "loop"), 0.0)
+        self._timings["messages"] = 0
         self._thread = threading.Thread(target=self._run, name=f"kafka-{stream}-{index}", daemon=True)
         self._thread.start()
 
@@ -170,6 +181,11 @@ class KafkaConsumerCore:
                      "events": off.events.get(p, 0), "dead_letters": off.dead_count.get(p, 0),
                      "state": state, "pid": os.getpid(), "error": error,
                      "resets": [r for r in off.resets if r["p"] == p]} for p in self.parts]
+
+    def timings(self) -> dict:
+        """Seconds spent per stage of the loop so far, and the messages read (see ``__init__``)."""
+        with self._mu:
+            return dict(self._timings)
 
     def dead_letters(self) -> list[dict]:
         with self._mu:
@@ -230,13 +246,14 @@ class KafkaConsumerCore:
         with self._mu:
             self.state, self.error = "running", None
         while not self._stop.is_set():
+            t0 = time.perf_counter()
             self._pump()
+            self._timings["loop"] += time.perf_counter() - t0
 
     def _client(self):
         from confluent_kafka import Consumer
 
-        cfg = {"fetch.wait.max.ms": 10, "queued.max.messages.kbytes": 262144, **self.src.client_config()}
-        return Consumer(cfg)
+        return Consumer({**FETCH_CONFIG, **self.src.client_config()})
 
     def _assign(self) -> None:
         from confluent_kafka import TopicPartition
@@ -353,8 +370,10 @@ class KafkaConsumerCore:
                 break
             # consume() blocks for its whole timeout unless the count is reached: short waits until the
             # first message, so that the batch's window starts when it arrives.
+            t0 = time.perf_counter()
             msgs = self._consumer.consume(min(src.max_batch_rows - len(got), 100_000),
                                           wait if got else min(wait, POLL))
+            self._timings["poll"] += time.perf_counter() - t0
             for m in msgs:
                 err = m.error()
                 if err is None:
@@ -373,8 +392,11 @@ class KafkaConsumerCore:
         """Decode a micro-batch and log its intent. Its id is ``f"{prefix}/{k}"``, the id the ingestor
         gives the ``k``-th batch it is handed, unless nothing of it goes to the shards (only dead letters)."""
         n = len(msgs)
+        t0 = time.perf_counter()
         parts = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=n)
         offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=n)
+        self._timings["fields"] += time.perf_counter() - t0
+        self._timings["messages"] += n
         with self._mu:
             nxt = dict(self.offsets.next)
         floor = np.zeros(max(nxt) + 1 if nxt else 1, dtype=np.int64)
@@ -389,7 +411,10 @@ class KafkaConsumerCore:
             parts, offs = parts[order], offs[order]
         ends = np.flatnonzero(np.diff(parts)).tolist() + [len(parts) - 1]
         ranges = [(int(parts[e]), nxt[int(parts[e])], int(offs[e]) + 1) for e in ends]
+        t0 = time.perf_counter()
         decoded, ts_ms = self._decode(msgs)
+        t1 = time.perf_counter()
+        self._timings["decode"] += t1 - t0
         bid = f"{prefix}/{k}" if len(decoded.frame) else f"{prefix}/{k}/dead-{int(offs[0])}-{ranges[0][0]}"
         events: dict[int, int] = {}
         for p, k in zip(*np.unique(parts[decoded.rows], return_counts=True), strict=True):
@@ -397,22 +422,30 @@ class KafkaConsumerCore:
         dead = [self._dead(msgs[i], why) for i, why in decoded.dead]
         with self._mu:
             self.offsets.intent(bid, ranges, events, dead)
+        self._timings["intent"] += time.perf_counter() - t1
         if dead:
             self.metrics.dead.inc(len(dead), tags=self.metrics.tags)
         return _Batch(bid, ranges, decoded, ts_ms, len(msgs))
 
     def _decode(self, msgs: list) -> tuple[Decoded, np.ndarray]:
-        ts_ms = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
-        kafka_ts = ts_ms if self.src.timestamp == "kafka" else None
+        """The decoded batch, and the Kafka timestamps of a sample of its good messages."""
+        kafka_ts = None
+        if self.src.timestamp == "kafka":
+            kafka_ts = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
         values = [m.value() for m in msgs]
         if self.obs_spec is not None:  # no stored kinds: a batch decodes alike whenever it is re-read
             decoded = decode(values, self.src.format, self.obs_spec, {}, kafka_ts=kafka_ts)
             _epoch_seconds(decoded.frame, self.obs_spec.timestamp)
-            return decoded, ts_ms
-        s = self.session.fresh(lambda cat: cat.stream(self.stream))
-        cat = self.session.catalog
-        decoded = decode(values, self.src.format, s, cat.schema.get(self.stream, {}), kafka_ts=kafka_ts,
-                         required=list(cat.required_columns(self.stream)))
+        else:
+            s = self.session.fresh(lambda cat: cat.stream(self.stream))
+            cat = self.session.catalog
+            decoded = decode(values, self.src.format, s, cat.schema.get(self.stream, {}), kafka_ts=kafka_ts,
+                             required=list(cat.required_columns(self.stream)))
+        # Freshness needs a few timestamps, not one per message (a Python call each).
+        good = decoded.rows
+        sample = good[:: max(1, len(good) // 50)]
+        ts_ms = kafka_ts[sample] if kafka_ts is not None else np.fromiter(
+            (msgs[i].timestamp()[1] for i in sample.tolist()), dtype=np.int64, count=len(sample))
         return decoded, ts_ms
 
     def _send(self, bid: str, frame: pd.DataFrame) -> None:
@@ -457,14 +490,13 @@ class KafkaConsumerCore:
         with self._mu:
             self.offsets.commit(b.id, list(dead), refused)
         now = time.time()
-        good = b.decoded.rows
         m = self.metrics
         m.messages.inc(max(b.n, 1), tags=m.tags)
         since, self._last_commit = now - self._last_commit, now
         if since > 0:
             m.rate.set(b.n / since, tags=m.tags)
-        if len(good):
-            sample = b.ts_ms[good[:: max(1, len(good) // 50)]]
+        if len(b.ts_ms):
+            sample = b.ts_ms
             for ms in sample[sample > 0]:  # (a message without a timestamp has -1)
                 m.fresh.observe(max(0.0, now - ms / 1000.0), tags=m.tags)
         for p, _first, end in b.ranges:
@@ -528,7 +560,7 @@ class KafkaConsumerCore:
         """The messages of ``ranges`` ``[(partition, first, end)]``, in (partition, offset) order."""
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer(self.src.client_config())
+        c = Consumer({**FETCH_CONFIG, **self.src.client_config()})
         out = []
         try:
             for p, first, end in ranges:
