@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rayfs.engine import columns as C
-from rayfs.errors import SchemaError, UnknownStreamError
+from rayfs.errors import OptionError, SchemaError, UnknownStreamError
 from rayfs.model.definitions import check_name
 from rayfs.model.timeutil import to_micros
 from rayfs.storage.log import _HEADER, SegmentedLog
@@ -122,7 +122,7 @@ class ObservationStreams:
 
     def __init__(self, store_path: str, durability: str, writer: str | None = None) -> None:
         if writer is not None and not _WRITER.match(writer):
-            raise ValueError(f"observation writer must be 'kafka-<i>', not {writer!r}")
+            raise OptionError(f"observation writer must be 'kafka-<i>', not {writer!r}")
         self.root = os.path.join(store_path, "observations")
         self.durability = durability
         self.writer = writer
