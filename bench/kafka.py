@@ -149,12 +149,13 @@ def counts_of(store, users: list[str]) -> np.ndarray:
     return store.get_features("user", users, ["n"])["n"].to_numpy()
 
 
-def run_consume(store, bootstrap: str, topic: str, n: int, consumers: int, max_delay: float) -> dict:
+def run_consume(store, bootstrap: str, topic: str, n: int, consumers: int, max_delay: float,
+                consumer_config: dict) -> dict:
     import rayfs
 
     t0 = time.perf_counter()
     store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=consumers,
-                                            max_delay=max_delay))
+                                            max_delay=max_delay, consumer_config=consumer_config))
     t_sub = time.perf_counter() - t0
     store.wait_caught_up("ev", timeout=3600)
     dt = time.perf_counter() - t0
@@ -509,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
 
         store = open_store(os.path.join(tmp, "consume"), a.shards)
         try:
-            doc["consume"] = run_consume(store, bootstrap, topic, a.messages, a.consumers, a.max_delay)
+            doc["consume"] = run_consume(store, bootstrap, topic, a.messages, a.consumers, a.max_delay,
+                                         a.consumer_config)
             assert (counts_of(store, users) == expected).all(), "rayfs consume: counts differ from the generator's"
             print(f"consume from Kafka: {doc['consume']['messages_per_s']:,.0f} msg/s", flush=True)
             if not a.no_quix:  # before the freshness run: the topic holds exactly the N messages
