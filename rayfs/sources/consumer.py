@@ -16,6 +16,16 @@ On start (a new subscription, a reopened store, an actor restarted after its pro
 without a commit is re-read from Kafka for exactly its offsets and re-sent under its batch id (shards apply
 a batch id once), then reading resumes at the end of the last intent. Rows of a batch are in (partition,
 offset) order, so a re-read batch is the batch that was sent.
+
+A subscription of an *observation stream* (labels for training sets) runs the same loop, except that step 4
+appends the batch to the consumer's own observation log (:mod:`rayfs.storage.observations`), one fsynced
+record tagged with the batch id: a batch whose id is in that log already is not appended again, so an
+intent without a commit is completed exactly once here too. Its messages must carry the subscription's
+key columns and timestamp; the kind of a column (number or string) is decided per batch by its first value.
+
+While the store cannot take a batch (a shard restarting, the store's folder unwritable), the consumer
+retries it under the same id with a growing delay; its state reads ``retrying``, with the reason in
+``error``, from the first failure or once the batch waited :data:`STALL` seconds for an acknowledgement.
 """
 
 from __future__ import annotations
@@ -32,10 +42,12 @@ import ray
 
 from rayfs.errors import RayfsError, SchemaError, SourceError, StoreClosedError
 from rayfs.model.config import StoreSettings
+from rayfs.model.definitions import Stream
 from rayfs.model.kafka import KafkaSource
 from rayfs.sources.decode import Decoded, decode, locate_bad
 from rayfs.sources.offsets import OffsetsLog, consumer_dir
 from rayfs.storage.locks import wait_lock
+from rayfs.storage.observations import ObservationStreams
 from rayfs.storage.wal import WriteAheadLog
 
 __all__ = ["KafkaConsumerActor", "KafkaConsumerCore", "actor_name", "my_partitions"]
@@ -43,6 +55,14 @@ __all__ = ["KafkaConsumerActor", "KafkaConsumerCore", "actor_name", "my_partitio
 IDLE = 0.02  # seconds without a message after which an idle loop finishes the batches in flight
 POLL = 0.002  # seconds per poll while a batch has no message yet
 PROBE = 2.0  # seconds to wait for one message when checking that a stored offset still exists
+# librdkafka fetching for throughput (a user's consumer_config overrides these). The prefetch queue must
+# not stall a partition: by default librdkafka stops fetching a partition once 100k messages of it wait in
+# its queue and then waits fetch.queue.backoff.ms (1 s) before fetching it again, which caps a catch-up at
+# about 200k messages/s per consumer; with the queue bounded by bytes only and no backoff a consumer read
+# 300k-650k messages/s from the test broker here.
+FETCH_CONFIG = {"fetch.wait.max.ms": 10, "queued.max.messages.kbytes": 262144, "queued.min.messages": 10_000_000,
+                "fetch.queue.backoff.ms": 0, "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20}
+STALL = 5.0  # seconds a batch may wait for the store's acknowledgement before the state says "retrying"
 
 
 def actor_name(store_id: str, stream: str, i: int) -> str:
@@ -78,7 +98,8 @@ class _Unreachable(SourceError):
 
 
 class _Batch:
-    """A micro-batch on its way: its id, offsets, decoded rows, and the Kafka timestamps of its messages."""
+    """A micro-batch on its way: its id, offsets, decoded rows, and the Kafka timestamps (milliseconds) of
+    a sample of its good messages (for the freshness histogram)."""
 
     __slots__ = ("id", "ranges", "decoded", "ts_ms", "n")
 
@@ -94,7 +115,8 @@ class KafkaConsumerCore:
         settings: the store's settings (the consumer connects to the store like a Ray Data worker).
         stream: the subscribed stream.
         index: this consumer's number, ``0 <= index < source.consumers``.
-        sub: the subscription record (``source``, ``start`` offsets, ``partitions``).
+        sub: the subscription record (``source``, ``start`` offsets, ``partitions``, and for an observation
+            stream ``observations``: its ``keys`` and ``timestamp`` columns).
     """
 
     def __init__(self, settings: StoreSettings, stream: str, index: int, sub: dict) -> None:
@@ -113,6 +135,11 @@ class KafkaConsumerCore:
                               f"(its folder {self.dir} is locked)")
         self.offsets = OffsetsLog(self.dir, start)
         self.session = _reconnect(settings)
+        obs = sub.get("observations")
+        # An observation stream: what a message must carry, as a Stream (the decoder's checks take one).
+        self.obs_spec = Stream(name=stream, entities=tuple(obs["keys"]), timestamp=obs["timestamp"]) if obs else None
+        # Appends are fsynced whatever the store's durability: a record is the proof that its batch was applied.
+        self.obs = ObservationStreams(settings.path, "sync", writer=f"kafka-{index}") if obs else None
         self.ingestor = Ingestor(self.session)
         # This process's write-ahead log need not be fsynced: a batch is durable in Kafka and its intent
         # (offsets, batch id) is fsynced before it is sent, so a batch a power failure takes from the WAL is
@@ -126,6 +153,10 @@ class KafkaConsumerCore:
         self._mu = threading.Lock()  # the offsets log and the state, between the loop and status calls
         self._consumer = None
         self._last_commit = time.time()
+        # Seconds spent per stage of the loop (what a catch-up's time goes to): polling Kafka, reading the
+        # messages' fields, decoding, logging intents, and the whole loop (the rest is the store's ingest).
+        self._timings = dict.fromkeys(("poll", "fields", "decode", "intent", "loop"), 0.0)
+        self._timings["messages"] = 0
         self._thread = threading.Thread(target=self._run, name=f"kafka-{stream}-{index}", daemon=True)
         self._thread.start()
 
@@ -137,11 +168,26 @@ class KafkaConsumerCore:
         """One row per partition: offsets, counts, state (see :func:`rayfs.store.subscriptions.subscriptions`)."""
         with self._mu:
             off = self.offsets
+            state, error = self.state, self.error
+            if state == "running" and off.pending:
+                # A batch handed to the store waits for a shard's acknowledgement (a shard restarting waits
+                # for its process, the call is retried by Ray): say so once that lasts.
+                rec = next(iter(off.pending.values()))
+                waited = time.time() - max(rec.get("at", 0.0), self._last_commit)
+                if waited > STALL:
+                    state = "retrying"
+                    error = (f"batch {rec['id']} not acknowledged by the store for {waited:.0f}s (a shard down "
+                             "or restarting?); retrying it under its batch id")
             return [{"stream": self.stream, "topic": self.src.topic, "partition": p, "consumer": self.index,
                      "next_offset": off.acked(p), "read_offset": off.next[p], "high_watermark": self.hw.get(p),
                      "events": off.events.get(p, 0), "dead_letters": off.dead_count.get(p, 0),
-                     "state": self.state, "pid": os.getpid(), "error": self.error,
+                     "state": state, "pid": os.getpid(), "error": error,
                      "resets": [r for r in off.resets if r["p"] == p]} for p in self.parts]
+
+    def timings(self) -> dict:
+        """Seconds spent per stage of the loop so far, and the messages read (see ``__init__``)."""
+        with self._mu:
+            return dict(self._timings)
 
     def dead_letters(self) -> list[dict]:
         with self._mu:
@@ -156,6 +202,8 @@ class KafkaConsumerCore:
                 self.state = "stopped"
             self.offsets.close()
         self.ingestor.close()
+        if self.obs is not None:
+            self.obs.close()
         if self._lock_fh is not None:
             self._lock_fh.close()
             self._lock_fh = None
@@ -188,7 +236,8 @@ class KafkaConsumerCore:
                     self._consumer = None
 
     def _start_and_consume(self) -> None:
-        self.ingestor.recover()  # batches a dead consumer (or driver) left in its write-ahead log
+        if self.obs is None:
+            self.ingestor.recover()  # batches a dead consumer (or driver) left in its write-ahead log
         self._consumer = self._client()
         self._check_offsets(self.parts)
         with self._mu:
@@ -199,13 +248,14 @@ class KafkaConsumerCore:
         with self._mu:
             self.state, self.error = "running", None
         while not self._stop.is_set():
+            t0 = time.perf_counter()
             self._pump()
+            self._timings["loop"] += time.perf_counter() - t0
 
     def _client(self):
         from confluent_kafka import Consumer
 
-        cfg = {"fetch.wait.max.ms": 10, "queued.max.messages.kbytes": 262144, **self.src.client_config()}
-        return Consumer(cfg)
+        return Consumer({**FETCH_CONFIG, **self.src.client_config()})
 
     def _assign(self) -> None:
         from confluent_kafka import TopicPartition
@@ -270,6 +320,14 @@ class KafkaConsumerCore:
         first = self._next_batch(prefix, 0)
         if first is None:
             return
+        if self.obs is not None:  # one fsynced append per batch: nothing to pipeline
+            b: _Batch | None = first
+            k = 0
+            while b is not None:
+                self._complete(b.id, b.ranges, b)
+                k += 1
+                b = None if self._stop.is_set() else self._next_batch(prefix, k)
+            return
 
         def batches() -> Iterator[pd.DataFrame]:
             # The ingestor names the k-th batch it is handed f"{prefix}/{k}": k counts what is yielded, and
@@ -314,8 +372,10 @@ class KafkaConsumerCore:
                 break
             # consume() blocks for its whole timeout unless the count is reached: short waits until the
             # first message, so that the batch's window starts when it arrives.
+            t0 = time.perf_counter()
             msgs = self._consumer.consume(min(src.max_batch_rows - len(got), 100_000),
                                           wait if got else min(wait, POLL))
+            self._timings["poll"] += time.perf_counter() - t0
             for m in msgs:
                 err = m.error()
                 if err is None:
@@ -334,8 +394,11 @@ class KafkaConsumerCore:
         """Decode a micro-batch and log its intent. Its id is ``f"{prefix}/{k}"``, the id the ingestor
         gives the ``k``-th batch it is handed, unless nothing of it goes to the shards (only dead letters)."""
         n = len(msgs)
+        t0 = time.perf_counter()
         parts = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=n)
         offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=n)
+        self._timings["fields"] += time.perf_counter() - t0
+        self._timings["messages"] += n
         with self._mu:
             nxt = dict(self.offsets.next)
         floor = np.zeros(max(nxt) + 1 if nxt else 1, dtype=np.int64)
@@ -350,7 +413,10 @@ class KafkaConsumerCore:
             parts, offs = parts[order], offs[order]
         ends = np.flatnonzero(np.diff(parts)).tolist() + [len(parts) - 1]
         ranges = [(int(parts[e]), nxt[int(parts[e])], int(offs[e]) + 1) for e in ends]
+        t0 = time.perf_counter()
         decoded, ts_ms = self._decode(msgs)
+        t1 = time.perf_counter()
+        self._timings["decode"] += t1 - t0
         bid = f"{prefix}/{k}" if len(decoded.frame) else f"{prefix}/{k}/dead-{int(offs[0])}-{ranges[0][0]}"
         events: dict[int, int] = {}
         for p, k in zip(*np.unique(parts[decoded.rows], return_counts=True), strict=True):
@@ -358,19 +424,65 @@ class KafkaConsumerCore:
         dead = [self._dead(msgs[i], why) for i, why in decoded.dead]
         with self._mu:
             self.offsets.intent(bid, ranges, events, dead)
+        self._timings["intent"] += time.perf_counter() - t1
         if dead:
             self.metrics.dead.inc(len(dead), tags=self.metrics.tags)
         return _Batch(bid, ranges, decoded, ts_ms, len(msgs))
 
     def _decode(self, msgs: list) -> tuple[Decoded, np.ndarray]:
-        s = self.session.fresh(lambda cat: cat.stream(self.stream))
-        cat = self.session.catalog
-        schema = cat.schema.get(self.stream, {})
-        ts_ms = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
-        decoded = decode([m.value() for m in msgs], self.src.format, s, schema,
-                         kafka_ts=ts_ms if self.src.timestamp == "kafka" else None,
-                         required=list(cat.required_columns(self.stream)))
+        """The decoded batch, and the Kafka timestamps of a sample of its good messages."""
+        kafka_ts = None
+        if self.src.timestamp == "kafka":
+            kafka_ts = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
+        values = [m.value() for m in msgs]
+        if self.obs_spec is not None:  # no stored kinds: a batch decodes alike whenever it is re-read
+            decoded = decode(values, self.src.format, self.obs_spec, {}, kafka_ts=kafka_ts)
+            _epoch_seconds(decoded.frame, self.obs_spec.timestamp)
+        else:
+            s = self.session.fresh(lambda cat: cat.stream(self.stream))
+            cat = self.session.catalog
+            decoded = decode(values, self.src.format, s, cat.schema.get(self.stream, {}), kafka_ts=kafka_ts,
+                             required=list(cat.required_columns(self.stream)))
+        # Freshness needs a few timestamps, not one per message (a Python call each).
+        good = decoded.rows
+        sample = good[:: max(1, len(good) // 50)]
+        ts_ms = kafka_ts[sample] if kafka_ts is not None else np.fromiter(
+            (msgs[i].timestamp()[1] for i in sample.tolist()), dtype=np.int64, count=len(sample))
         return decoded, ts_ms
+
+    def _send(self, bid: str, frame: pd.DataFrame) -> None:
+        """Hand a batch to the store under its id: to the shards, or to this consumer's observation log."""
+        if self.obs is None:
+            self.ingestor.ingest(self.stream, frame, batch_id=bid)
+        else:
+            self.obs.append(self.stream, self._obs_times(frame), timestamp=self.obs_spec.timestamp,
+                            keys=self._obs_keys(), batch_id=bid)
+
+    def _acceptable(self, frame: pd.DataFrame) -> bool:
+        """Whether the store takes these rows (the checks of :meth:`_send`, nothing written)."""
+        try:
+            if self.obs is None:
+                s = self.session.fresh(lambda cat: cat.stream(self.stream))
+                self.ingestor.normalise(s, frame)
+            else:
+                self.obs.check(self.stream, self._obs_times(frame), timestamp=self.obs_spec.timestamp,
+                               keys=self._obs_keys())
+            return True
+        except RayfsError:
+            return False
+
+    def _obs_times(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Observation times as the kind the stream holds: datetimes if its earlier records hold datetimes,
+        else epoch seconds (what a decoded batch has)."""
+        ts = self.obs_spec.timestamp
+        if ts not in frame.columns or self.obs.kind(self.stream, ts) != "timestamp":
+            return frame
+        us = np.round(frame[ts].to_numpy(dtype=np.float64) * 1e6).astype(np.int64)
+        return frame.assign(**{ts: us.astype("datetime64[us]")})
+
+    def _obs_keys(self) -> set[str]:
+        """Columns an observation's checks treat as entity keys (as ``append_observation`` does)."""
+        return set(self.obs_spec.entities) | {e for s in self.session.catalog.streams.values() for e in s.entities}
 
     def _dead(self, m, why: str) -> dict:
         return {"topic": m.topic(), "partition": m.partition(), "offset": m.offset(), "key": m.key(),
@@ -380,14 +492,13 @@ class KafkaConsumerCore:
         with self._mu:
             self.offsets.commit(b.id, list(dead), refused)
         now = time.time()
-        good = b.decoded.rows
         m = self.metrics
         m.messages.inc(max(b.n, 1), tags=m.tags)
         since, self._last_commit = now - self._last_commit, now
         if since > 0:
             m.rate.set(b.n / since, tags=m.tags)
-        if len(good):
-            sample = b.ts_ms[good[:: max(1, len(good) // 50)]]
+        if len(b.ts_ms):
+            sample = b.ts_ms
             for ms in sample[sample > 0]:  # (a message without a timestamp has -1)
                 m.fresh.observe(max(0.0, now - ms / 1000.0), tags=m.tags)
         for p, _first, end in b.ranges:
@@ -420,19 +531,11 @@ class KafkaConsumerCore:
         delay = 0.1
         while len(frame):
             try:
-                self.ingestor.ingest(self.stream, frame, batch_id=bid)
+                self._send(bid, frame)
                 break
             except SchemaError:
-                s = self.session.fresh(lambda cat: cat.stream(self.stream))
-
-                def fine(idx: np.ndarray, s=s, frame=frame) -> bool:
-                    try:
-                        self.ingestor.normalise(s, frame.iloc[idx])
-                        return True
-                    except RayfsError:
-                        return False
-
-                bad = locate_bad(len(frame), fine)
+                bad = locate_bad(len(frame), lambda idx, frame=frame: self._acceptable(
+                    frame.iloc[idx].reset_index(drop=True)))
                 if src_msgs is None:
                     src_msgs = self._reread(ranges)
                 for i in bad:
@@ -442,18 +545,24 @@ class KafkaConsumerCore:
                 frame = frame.drop(index=frame.index[bad]).reset_index(drop=True)
             except StoreClosedError:
                 raise
-            except Exception:  # noqa: BLE001 - shards restarting: retry (the batch id makes it idempotent)
+            except Exception as exc:  # noqa: BLE001 - shards restarting: retry (the batch id makes it idempotent)
                 if self._stop.is_set():
                     raise
+                with self._mu:
+                    self.state = "retrying"
+                    self.error = f"batch {bid} not taken by the store, retrying: {type(exc).__name__}: {exc}"[:500]
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        with self._mu:
+            if self.state == "retrying":
+                self.state, self.error = "running", None
         self._commit(b, dead, refused)
 
     def _reread(self, ranges: list[tuple[int, int, int]]) -> list:
         """The messages of ``ranges`` ``[(partition, first, end)]``, in (partition, offset) order."""
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer(self.src.client_config())
+        c = Consumer({**FETCH_CONFIG, **self.src.client_config()})
         out = []
         try:
             for p, first, end in ranges:
@@ -480,6 +589,15 @@ try:  # error codes that mean "this offset is not in the partition any more"
     _GONE = (_KE.OFFSET_OUT_OF_RANGE, _KE._AUTO_OFFSET_RESET)
 except ImportError:  # pragma: no cover - confluent-kafka is needed to consume at all
     pass
+
+
+def _epoch_seconds(frame: pd.DataFrame, ts: str) -> None:
+    """The timestamp column of decoded observations as epoch seconds (ISO times and Kafka timestamps too),
+    so that every batch holds one kind of value in it."""
+    col = frame.get(ts)
+    if col is not None and pd.api.types.is_datetime64_any_dtype(col.dtype):
+        us = col.to_numpy().astype("datetime64[us]").astype(np.int64)
+        frame[ts] = pd.Series(us / 1e6, index=frame.index)
 
 
 def _tp(topic: str, p: int):

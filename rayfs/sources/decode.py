@@ -1,7 +1,7 @@
 """Message values → columns, vectorised; the messages that cannot be events become dead letters.
 
 A micro-batch of Kafka message values is decoded as a whole: JSON values are joined by newlines and parsed
-by Arrow's JSON reader (one C++ pass, no Python loop per message); msgpack values go through one streaming
+by Arrow's JSON reader (one C++ pass on one thread, no Python loop per message); msgpack values go through one streaming
 ``Unpacker``. Only when that fails (a value that is not one JSON object, a column whose type changes
 within the batch) are the values parsed one by one, to find the bad ones. Then every row is checked
 against the stream, column by column with array operations:
@@ -34,7 +34,7 @@ from rayfs.model.definitions import Stream
 
 __all__ = ["Decoded", "decode", "locate_bad", "parse", "validate"]
 
-_BLOCK = 4 << 20  # bytes per block of Arrow's JSON reader (blocks parse in parallel)
+_BLOCK = 4 << 20  # bytes per block of Arrow's JSON reader
 
 
 @dataclass
@@ -63,7 +63,9 @@ def _parse_json_fast(values: Sequence[bytes]) -> pd.DataFrame | None:
         return None
     longest = max(map(len, values))
     try:
-        table = pj.read_json(pa.BufferReader(buf), read_options=pj.ReadOptions(block_size=max(_BLOCK, 2 * longest + 2)))
+        # One thread: consumers and shards share the machine's cores; parsing threads only contend with them.
+        table = pj.read_json(pa.BufferReader(buf), read_options=pj.ReadOptions(
+            block_size=max(_BLOCK, 2 * longest + 2), use_threads=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     if table.num_rows != len(values):

@@ -5,26 +5,83 @@ append (columns encoded like event batches). Every append carries the timestamp 
 valid time in every row; other columns may be absent from an append (null there, NaT for datetimes). A
 column keeps one type across appends: timestamps stay timestamps; numbers and strings may mix (they can
 be entity keys).
+
+A process other than the drivers may feed a stream: the consumer ``i`` of a Kafka subscription writes its own
+log, ``<store>/observations/<name>/kafka-<i>/`` (a log has one writer), each record tagged with the id of
+the micro-batch it holds so that appending a batch twice is a no-op (:meth:`ObservationStreams.append`
+with ``batch_id``). :meth:`ObservationStreams.read` returns the stream's own records, then those of each
+writer's log (in writer order, each in append order), reading the latter as files another process may be
+appending to: a record not yet wholly written is not yet there.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
+import zlib
 from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
 
 from rayfs.engine import columns as C
-from rayfs.errors import SchemaError, UnknownStreamError
+from rayfs.errors import OptionError, SchemaError, UnknownStreamError
 from rayfs.model.definitions import check_name
 from rayfs.model.timeutil import to_micros
-from rayfs.storage.log import SegmentedLog
+from rayfs.storage.log import _HEADER, SegmentedLog
 
-__all__ = ["ObservationStreams"]
+__all__ = ["ObservationStreams", "read_committed", "writer_dirs"]
 
 _INT64_MAX = 2**63 - 1
+_SEGMENT = re.compile(r"^(\d{20})\.log$")
+_WRITER = re.compile(r"^kafka-(\d+)$")
+RECENT_BATCHES = 256  # records of a writer's log searched for a batch id (batches in flight are the newest)
+
+
+def read_committed(directory: str, start: int = 0):
+    """Yield the records from number ``start`` on of the log in ``directory``, read as files that another
+    process may be appending to (never opened for writing, never truncated).
+
+    A record that is incomplete or fails its CRC at the very end of the last segment is one being written:
+    reading stops there. Anywhere else it is damage (:class:`~rayfs.errors.LogCorruptionError`).
+    """
+    import msgpack
+
+    from rayfs.errors import LogCorruptionError
+
+    if not os.path.isdir(directory):
+        return
+    segs = sorted(int(m.group(1)) for m in map(_SEGMENT.match, os.listdir(directory)) if m)
+    n = 0
+    for j, base in enumerate(segs):
+        path = os.path.join(directory, f"{base:020d}.log")
+        last = j == len(segs) - 1
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            head = data[pos:pos + _HEADER.size]
+            length, crc = _HEADER.unpack(head) if len(head) == _HEADER.size else (0, 0)
+            payload = data[pos + _HEADER.size:pos + _HEADER.size + length]
+            if not length or len(payload) != length or zlib.crc32(payload) != crc:
+                if last:
+                    return  # the tail a writer is appending (or a torn tail its recovery drops)
+                raise LogCorruptionError(f"observation log {path}: bad record at byte {pos}")
+            if n >= start:
+                yield msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            n += 1
+            pos += _HEADER.size + length
+
+
+def writer_dirs(stream_dir: str) -> list[str]:
+    """The logs of the processes other than drivers that feed a stream (``kafka-<i>``), in writer order."""
+    try:
+        names = os.listdir(stream_dir)
+    except FileNotFoundError:
+        return []
+    found = sorted((int(m.group(1)), n) for n in names if (m := _WRITER.match(n)))
+    return [os.path.join(stream_dir, n) for _, n in found if os.path.isdir(os.path.join(stream_dir, n))]
 
 
 def _kind(col: np.ndarray) -> str | None:
@@ -54,21 +111,57 @@ def _times(s: pd.Series, what: str) -> np.ndarray:
 
 
 class ObservationStreams:
-    """The observation streams of one store, as seen by one process."""
+    """The observation streams of one store, as seen by one process.
 
-    def __init__(self, store_path: str, durability: str) -> None:
+    Args:
+        store_path: the store's folder.
+        durability: of appends, ``"sync"`` or ``"none"`` (see :class:`~rayfs.storage.log.SegmentedLog`).
+        writer: ``None`` for a driver (appends go to a stream's own log); ``"kafka-<i>"`` for the consumer
+            ``i`` of a Kafka subscription (appends go to that writer's log in the stream's folder).
+    """
+
+    def __init__(self, store_path: str, durability: str, writer: str | None = None) -> None:
+        if writer is not None and not _WRITER.match(writer):
+            raise OptionError(f"observation writer must be 'kafka-<i>', not {writer!r}")
         self.root = os.path.join(store_path, "observations")
         self.durability = durability
+        self.writer = writer
         self._logs: dict[str, SegmentedLog] = {}
         self._kinds: dict[str, dict[str, str]] = {}
+        self._batches: dict[str, set[str]] = {}  # batch ids among the newest records of this writer's log
 
     def _log(self, name: str) -> SegmentedLog:
         if name not in self._logs:
             check_name(name, "observation stream")
-            self._logs[name] = SegmentedLog(os.path.join(self.root, name), durability=self.durability)
+            path = os.path.join(self.root, name)
+            if self.writer is not None:
+                path = os.path.join(path, self.writer)
+            self._logs[name] = SegmentedLog(path, durability=self.durability)
         return self._logs[name]
 
-    def append(self, name: str, rows, timestamp: str = "ts", keys: Collection[str] = ()) -> int:
+    def _records(self, name: str):
+        """Every record of the stream: its own log's, then each writer's (see the module docstring)."""
+        path = os.path.join(self.root, name)
+        if self.writer is None:
+            yield from (r for _, r in self._log(name).read(0))
+        else:
+            yield from read_committed(path)
+        for d in writer_dirs(path):
+            if self.writer is not None and os.path.basename(d) == self.writer:
+                yield from (r for _, r in self._log(name).read(0))
+            else:
+                yield from read_committed(d)
+
+    def has_batch(self, name: str, batch_id: str) -> bool:
+        """Whether this writer's log holds the batch ``batch_id`` among its newest records."""
+        if name not in self._batches:
+            log = self._log(name)
+            start = max(0, log.next_offset - RECENT_BATCHES)
+            self._batches[name] = {r["batch"] for _, r in log.read(start) if r.get("batch")}
+        return batch_id in self._batches[name]
+
+    def append(self, name: str, rows, timestamp: str = "ts", keys: Collection[str] = (), *,
+               batch_id: str | None = None) -> int:
         """Validate ``rows`` and append them as one record; nothing is written if any check fails.
 
         Args:
@@ -79,6 +172,8 @@ class ObservationStreams:
                 there (NaT for a datetime column).
             keys: columns that hold entity keys (e.g. every entity field of the store's streams): checked
                 as keys (strings or int64 integers) here rather than when a training set reads them.
+            batch_id: the id of the batch (a writer's appends only): a batch already in the writer's log
+                is not appended again, and 0 is returned.
 
         Returns:
             The number of rows appended.
@@ -88,6 +183,24 @@ class ObservationStreams:
                 earlier appends, or values that cannot be stored (naming the column).
             TimestampError: a missing or unreadable time in the timestamp column (naming the row).
         """
+        if batch_id is not None and self.has_batch(name, batch_id):
+            return 0
+        cols, kinds, known, n = self._columns(name, rows, timestamp, keys)
+        record = {"cols": C.encode_batch(cols)}
+        if batch_id is not None:
+            record["batch"] = batch_id
+        self._log(name).append(record)
+        if batch_id is not None:
+            self._batches[name].add(batch_id)
+        self._kinds[name] = {**known, **{c: k for c, k in kinds.items() if k is not None}}
+        return n
+
+    def check(self, name: str, rows, timestamp: str = "ts", keys: Collection[str] = ()) -> None:
+        """Raise what :meth:`append` would raise for ``rows``, writing nothing."""
+        self._columns(name, rows, timestamp, keys)
+
+    def _columns(self, name: str, rows, timestamp: str, keys: Collection[str]):
+        """Validated, stored columns of ``rows``, their kinds, the stream's known kinds, and the row count."""
         rows = [rows] if isinstance(rows, dict) else rows
         stream = f"observation stream {name!r}"
         df = C.to_frame(rows, what=stream)
@@ -121,25 +234,35 @@ class ObservationStreams:
             except SchemaError:
                 cols[c] = C.key_column(s, what=what)
         kinds = {c: _kind(v) for c, v in cols.items()}
-        known = self._kinds.get(name)
-        if known is None:  # every record: a column may first appear (or first hold values) in any of them
-            known = {}
-            for _, record in self._log(name).read(0):
-                for c, v in record["cols"].items():
-                    if known.get(c) is None:
-                        known[c] = _kind(C.decode(v))
+        known = self._known(name)
         for c, k in kinds.items():
             if k is not None and known.get(c, k) != k:
                 raise SchemaError(f"{stream} column {c!r}: holds {k} values but earlier "
                                   f"observations held {known[c]} values")
-        self._log(name).append({"cols": C.encode_batch(cols)})
-        self._kinds[name] = {**known, **{c: k for c, k in kinds.items() if k is not None}}
-        return len(df)
+        return cols, kinds, known, len(df)
+
+    def _known(self, name: str) -> dict[str, str | None]:
+        """The kind of each column of the stream's records so far (``"timestamp"``, ``"non-timestamp"``)."""
+        known = self._kinds.get(name)
+        if known is None:  # every record: a column may first appear (or first hold values) in any of them
+            known = {}
+            for record in self._records(name):
+                for c, v in record["cols"].items():
+                    if known.get(c) is None:
+                        known[c] = _kind(C.decode(v))
+            self._kinds[name] = known
+        return known
+
+    def kind(self, name: str, column: str) -> str | None:
+        """The kind of values ``column`` of stream ``name`` holds (``"timestamp"``, ``"non-timestamp"``), or
+        ``None`` while no record gave it a value."""
+        return self._known(name).get(column)
 
     def read(self, name: str) -> pd.DataFrame:
+        """Every observation of stream ``name``: its own appends, then each writer's (module docstring)."""
         if name not in self._logs and not os.path.isdir(os.path.join(self.root, name)):
             raise UnknownStreamError(f"unknown observation stream {name!r}")
-        batches = [C.decode_batch(r["cols"]) for _, r in self._log(name).read(0)]
+        batches = [C.decode_batch(r["cols"]) for r in self._records(name)]
         return pd.DataFrame(C.concat(batches)) if batches else pd.DataFrame()
 
     def close(self) -> None:

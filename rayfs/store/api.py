@@ -434,7 +434,8 @@ class FeatureStore:
         return monitor.audit(self._session, self._reader.resolve(features, None), n, seed)
 
     # ------------------------------------------------------------------------------------- Kafka subscriptions
-    def subscribe(self, stream: str, source) -> None:
+    def subscribe(self, stream: str, source, *, observation_keys: Sequence[str] | str | None = None,
+                  timestamp: str | None = None) -> None:
         """Feed ``stream`` from a Kafka topic, exactly once; returns once the subscription is recorded and
         its consumers run.
 
@@ -443,17 +444,21 @@ class FeatureStore:
         no message is lost and none is folded twice. Subscribing again with the same source is a no-op.
 
         Args:
-            stream: a registered event stream.
-            source: a :class:`rayfs.KafkaSource`; each message value is one event.
+            stream: a registered event stream, or (with ``observation_keys``) an observation stream.
+            source: a :class:`rayfs.KafkaSource`; each message value is one event (one observation).
+            observation_keys: makes ``stream`` an observation stream (labels for
+                ``training_set(stream, ...)``, as :meth:`append_observation` fills): the entity key columns
+                every message must carry.
+            timestamp: an observation stream's time column (default ``"ts"``).
 
         Raises:
             SourceError: the topic cannot be reached, or the stream is subscribed to another source.
-            UnknownStreamError: ``stream`` is not registered.
+            UnknownStreamError: ``stream`` is not registered (and is no observation stream).
         """
         from rayfs.store import subscriptions
 
         self._check_open()
-        subscriptions.subscribe(self._session, stream, source)
+        subscriptions.subscribe(self._session, stream, source, observation_keys, timestamp)
 
     def unsubscribe(self, stream: str) -> None:
         """Stop feeding ``stream`` from Kafka (batches in flight are finished first) and forget its offsets."""
@@ -465,9 +470,10 @@ class FeatureStore:
     def subscriptions(self) -> pd.DataFrame:
         """One row per subscribed partition: ``stream, topic, partition, next_offset`` (the first offset not
         acknowledged), ``high_watermark, lag, events, dead_letters, state`` (``starting``, ``running``,
-        ``retrying`` (brokers unreachable), ``restarting``, ``failed``, ``stopped``, ``not running``),
-        ``pid`` (the consumer's process), ``consumer, error``, and ``skipped``: the ``(from, to)`` offset
-        jumps made where offsets vanished (``on_offset_reset``)."""
+        ``retrying`` (brokers unreachable, or a batch not taken by the store: ``error`` says which),
+        ``restarting``, ``failed``, ``stopped``, ``not running``), ``pid`` (the consumer's process),
+        ``consumer, error``, and ``skipped``: the ``(from, to)`` offset jumps made where offsets vanished
+        (``on_offset_reset``)."""
         from rayfs.store import subscriptions
 
         self._check_open()

@@ -18,7 +18,8 @@ import time
 import pandas as pd
 import ray
 
-from rayfs.errors import SourceError
+from rayfs.errors import DefinitionError, SourceError
+from rayfs.model.definitions import Stream
 from rayfs.model.kafka import KafkaSource
 from rayfs.sources.consumer import KafkaConsumerActor, actor_name, my_partitions
 from rayfs.sources.offsets import load_subscriptions, save_subscriptions, stream_dir
@@ -109,19 +110,41 @@ def _running(session: Session, stream: str, sub: dict) -> list:
     return out
 
 
-def subscribe(session: Session, stream: str, source: KafkaSource) -> None:
+def _observations(session: Session, stream: str, keys, timestamp: str | None) -> dict | None:
+    """The observation part of a subscription record (``None`` for an event stream), checked."""
+    if keys is None:
+        if timestamp is not None:
+            raise SourceError(f"subscribe({stream!r}, ...): timestamp= is for observation streams (with "
+                              "observation_keys=); an event stream's timestamp is its definition's")
+        session.fresh(lambda cat: cat.stream(stream))
+        return None
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    if stream in session.catalog.streams:
+        raise DefinitionError(f"{stream!r} is an event stream; observation streams need their own name")
+    try:
+        spec = Stream(name=stream, entities=tuple(keys), timestamp="ts" if timestamp is None else timestamp)
+    except DefinitionError as exc:
+        raise SourceError(f"subscribe({stream!r}, ...) of an observation stream: {exc}") from None
+    return {"keys": list(spec.entities), "timestamp": spec.timestamp}
+
+
+def subscribe(session: Session, stream: str, source: KafkaSource, observation_keys=None,
+              timestamp: str | None = None) -> None:
     """See :meth:`rayfs.FeatureStore.subscribe`."""
     if not isinstance(source, KafkaSource):
         raise SourceError(f"subscribe({stream!r}, ...) takes a rayfs.KafkaSource, not {type(source).__name__}")
-    session.fresh(lambda cat: cat.stream(stream))
+    obs = _observations(session, stream, observation_keys, timestamp)
     subs = load_subscriptions(session.path)
     sub = subs.get(stream)
     if sub is not None:
-        if KafkaSource.from_dict(sub["source"]) != source:
+        if KafkaSource.from_dict(sub["source"]) != source or sub.get("observations") != obs:
             raise SourceError(f"stream {stream!r} is subscribed to topic {sub['source']['topic']!r} with other "
                               "settings; unsubscribe it first")
     else:
-        sub = subs[stream] = _record(stream, source)
+        sub = _record(stream, source)
+        if obs is not None:
+            sub["observations"] = obs
+        subs[stream] = sub
         save_subscriptions(session.path, subs)
     _actors(session, stream, sub)
 
@@ -129,7 +152,7 @@ def subscribe(session: Session, stream: str, source: KafkaSource) -> None:
 def resume(session: Session) -> None:
     """Start the consumers of every subscription of the store that are not running."""
     for stream, sub in load_subscriptions(session.path).items():
-        if stream in session.catalog.streams:
+        if stream in session.catalog.streams or sub.get("observations"):
             _actors(session, stream, sub)
 
 

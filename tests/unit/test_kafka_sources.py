@@ -241,3 +241,36 @@ def test_config_kafka_table_parses_and_round_trips():
 def test_config_kafka_errors_name_line_and_key(edit, match):
     with pytest.raises(ConfigError, match=match):
         parse_config(CONFIG.replace(*edit))
+
+
+def test_observation_writer_appends_a_batch_once_and_drivers_read_it_while_written(tmp_path):
+    """A Kafka consumer's observation log: a batch id already there is not appended again (after a crash
+    between the append and the commit), a driver reads the writer's records besides its own, and a record
+    still being written (a partial tail) is not read, nor truncated."""
+    from rayfs.storage.observations import ObservationStreams, read_committed, writer_dirs
+
+    store = str(tmp_path)
+    w = ObservationStreams(store, "sync", writer="kafka-0")
+    rows = pd.DataFrame({"user": ["a", "b"], "ts": [1.0, 2.0], "label": [1.0, 0.0]})
+    assert w.append("labels", rows, keys={"user"}, batch_id="k/0") == 2
+    w.close()
+    w = ObservationStreams(store, "sync", writer="kafka-0")  # a restarted consumer
+    assert w.append("labels", rows, keys={"user"}, batch_id="k/0") == 0  # applied already
+    assert w.append("labels", rows.assign(ts=[3.0, 4.0]), keys={"user"}, batch_id="k/1") == 2
+    w.close()
+    drv = ObservationStreams(store, "sync")
+    drv.append("labels", {"user": "c", "ts": 5.0, "label": 1.0})
+    got = drv.read("labels")
+    assert list(got["user"]) == ["c", "a", "b", "a", "b"] and list(got["ts"]) == [5.0, 1.0, 2.0, 3.0, 4.0]
+    (d,) = writer_dirs(os.path.join(store, "observations", "labels"))
+    seg = os.path.join(d, sorted(os.listdir(d))[0])
+    size = os.path.getsize(seg)
+    with open(seg, "ab") as f:  # a writer in the middle of its next record
+        f.write(b"\x40\x00\x00\x00\x01\x02")
+    assert len(list(read_committed(d))) == 2 and os.path.getsize(seg) == size + 6
+    assert len(drv.read("labels")) == 5
+    with pytest.raises(rayfs.SchemaError, match="'ts'"):  # the writer keeps the stream's kinds
+        drv.append("labels", {"user": "c", "ts": pd.Timestamp("2024-01-01"), "label": 1.0})
+    drv.close()
+    with pytest.raises(rayfs.OptionError, match="kafka-<i>"):
+        ObservationStreams(store, "sync", writer="elsewhere")
