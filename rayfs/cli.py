@@ -177,6 +177,8 @@ def _apply(cfg, store) -> None:
             bar.close()
     for stream, source in cfg.kafka:  # [streams.kafka] tables
         store.subscribe(stream, source)
+    for o in cfg.observations:  # [[observations]] tables
+        store.subscribe(o.name, o.source, observation_keys=list(o.keys), timestamp=o.timestamp)
 
 
 class _Bar:

@@ -50,6 +50,11 @@ Schema (every table rejects keys it does not list; every value's type is checked
   ``on_offset_reset`` (strings); ``consumers``, ``max_batch_rows`` (integers); ``max_delay`` (number);
   ``consumer_config`` (a table of librdkafka settings). These are :class:`rayfs.KafkaSource`'s arguments;
   :meth:`FeatureStore.apply <rayfs.store.FeatureStore.apply>` and ``rayfs serve`` subscribe the stream.
+* ``[[observations]]`` (optional): an observation stream (labels for ``training_set("name", ...)``) fed by a
+  Kafka topic: ``name``, ``keys`` (array of strings: the entity key columns every label carries) required;
+  ``timestamp`` (string, default ``"ts"``); and its ``[observations.kafka]`` table (required, the keys of
+  ``[streams.kafka]``). Applying the config subscribes it (see
+  :meth:`FeatureStore.subscribe <rayfs.store.FeatureStore.subscribe>`'s ``observation_keys``).
 * ``[[features]]``: ``name``, ``stream``, ``entity``, ``agg`` (required strings); ``column``, ``window``
   (``"30s"``, ``"15m"``, ``"3h"``, ``"7d"``), ``where``, ``description``, ``owner`` (strings); ``k``
   (integer); ``q`` (number); ``tags`` (array of strings). These are :class:`~rayfs.model.definitions.Feature`'s
@@ -120,7 +125,7 @@ DURABILITY = ("sync", "group", "none")
 """The store's durability modes (as :meth:`FeatureStore.open <rayfs.store.FeatureStore.open>` takes them)."""
 DEFAULT_NAMESPACE = "rayfs"
 
-_TOP_KEYS = ("store", "streams", "features", "sql", "serve")
+_TOP_KEYS = ("store", "streams", "features", "sql", "serve", "observations")
 _STORE_KEYS = ("name", "path", "shards", "durability", "namespace", "online_table")
 _STREAM_KEYS = ("name", "entities", "timestamp")
 _FEATURE_KEYS = ("name", "stream", "entity", "agg", "column", "window", "where", "k", "q", "description",
@@ -379,6 +384,23 @@ class ServeSettings:
 
 
 @dataclass(frozen=True)
+class ObservationSubscription:
+    """An ``[[observations]]`` table: an observation stream fed by a Kafka topic.
+
+    Attributes:
+        name: the observation stream (``training_set(name, ...)`` reads it).
+        keys: the entity key columns every label carries.
+        timestamp: the labels' time column.
+        source: the :class:`rayfs.KafkaSource` of its ``[observations.kafka]`` table.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    timestamp: str
+    source: Any
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """A parsed store config (see the module docstring).
 
@@ -389,6 +411,7 @@ class StoreConfig:
         source: the file the config was read from (``"<string>"`` for :func:`parse_config` by default).
         serve: the ``[serve]`` settings (defaults when the table is absent).
         kafka: ``(stream, rayfs.KafkaSource)`` of each ``[streams.kafka]`` table, in file order.
+        observations: the ``[[observations]]`` tables, in file order.
     """
 
     store: StoreSettings
@@ -397,6 +420,7 @@ class StoreConfig:
     source: str = "<string>"
     serve: ServeSettings = ServeSettings()
     kafka: tuple[tuple[str, Any], ...] = ()
+    observations: tuple[ObservationSubscription, ...] = ()
 
     @property
     def stream_map(self) -> dict[str, Stream]:
@@ -614,8 +638,14 @@ class _Parser:
                 self.unique(f.name, ("sql", i, "query"), seen, "feature")
                 features.append(f)
         serve = self.serve(doc["serve"]) if "serve" in doc else ServeSettings()
+        observations: list[ObservationSubscription] = []
+        seen = {}
+        for i, entry in enumerate(self.array(doc, "observations")):
+            o = self.observation(entry, ("observations", i), streams)
+            self.unique(o.name, ("observations", i, "name"), seen, "observation stream")
+            observations.append(o)
         return StoreConfig(store=store, streams=tuple(streams.values()), features=tuple(features),
-                           source=self.source, serve=serve, kafka=tuple(kafka))
+                           source=self.source, serve=serve, kafka=tuple(kafka), observations=tuple(observations))
 
     def unique(self, name: str, path: Path, seen: dict[str, Path], what: str) -> None:
         if name in seen:
@@ -680,13 +710,33 @@ class _Parser:
             key = "timestamp" if "timestamp" in str(exc) else "entities"
             raise self.error(p + (key,), str(exc)) from None
 
-    def kafka(self, doc: Any, p: Path, stream: str):
-        """A ``[streams.kafka]`` table: the arguments of :class:`rayfs.KafkaSource`."""
+    def observation(self, doc: dict, p: Path, streams: Mapping[str, Stream]) -> ObservationSubscription:
+        self.table(doc, p, ("name", "keys", "timestamp", "kafka"), ("name", "keys", "kafka"))
+        name = self.string(doc, p, "name")
+        self.name(name, p + ("name",), "observation stream")
+        if name in streams:
+            raise self.error(p + ("name",), f"{name!r} is an event stream of this config; an observation "
+                                            "stream needs a name of its own")
+        keys = self.strings(doc, p, "keys")
+        if not keys:
+            raise self.error(p + ("keys",), f"observation stream {name!r}: give at least one key column")
+        for k in keys:
+            self.name(k, p + ("keys",), f"observation stream {name!r} key")
+        timestamp = self.string(doc, p, "timestamp", "ts")
+        self.name(timestamp, p + ("timestamp",), f"observation stream {name!r} timestamp")
+        if timestamp in keys:
+            raise self.error(p + ("timestamp",), f"observation stream {name!r}: the time column "
+                                                 f"{timestamp!r} is also a key column")
+        source = self.kafka(doc["kafka"], p + ("kafka",), name, what="observations")
+        return ObservationSubscription(name=name, keys=keys, timestamp=timestamp, source=source)
+
+    def kafka(self, doc: Any, p: Path, stream: str, what: str = "streams"):
+        """A ``[streams.kafka]`` (or ``[observations.kafka]``) table: the arguments of :class:`rayfs.KafkaSource`."""
         # KafkaSource is a plain, Ray-free description; its own checks give the reasons.
         from rayfs.model.kafka import KafkaSource  # late: a config without Kafka needs none of it
 
         if not isinstance(doc, dict):
-            raise self.error(p, f"expected a table ([streams.kafka]), got {_type_name(doc)}")
+            raise self.error(p, f"expected a table ([{what}.kafka]), got {_type_name(doc)}")
         keys = tuple(KafkaSource.__dataclass_fields__)
         self.table(doc, p, keys, ("topic", "bootstrap_servers"))
         for k in ("topic", "bootstrap_servers", "format", "start", "timestamp", "on_offset_reset"):
@@ -790,6 +840,20 @@ def _toml_value(v: Any, key: str) -> str:
     raise DefinitionError(f"{key}: cannot write {v!r} ({type(v).__name__}) as TOML")
 
 
+def _kafka_lines(source: Any, owner: str) -> list[str]:
+    """The lines of a ``[*.kafka]`` table for ``source`` (a :class:`rayfs.KafkaSource`)."""
+    out = []
+    for k, v in source.to_dict().items():
+        where = f"{owner}: kafka.{k}"
+        if k == "consumer_config":
+            if v:
+                out.append(f"{k} = {{ " + ", ".join(f"{_toml_str(a)} = {_toml_value(b, where)}"
+                                                      for a, b in v.items()) + " }")
+        elif v is not None:
+            out.append(f"{k} = {_toml_value(v, where)}")
+    return out
+
+
 def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = None) -> str:
     """Render ``config`` as TOML (see :meth:`StoreConfig.to_toml`).
 
@@ -837,15 +901,12 @@ def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = 
         out += ["", "[[streams]]"] + [f"{k} = {_toml_value(v, f'stream {s.name!r}: {k}')}"
                                          for k, v in s.to_dict().items()]
         if s.name in kafka:
-            out += ["", "[streams.kafka]"]
-            for k, v in kafka[s.name].to_dict().items():
-                where = f"stream {s.name!r}: kafka.{k}"
-                if k == "consumer_config":
-                    if v:
-                        out.append(f"{k} = {{ " + ", ".join(f"{_toml_str(a)} = {_toml_value(b, where)}"
-                                                              for a, b in v.items()) + " }")
-                elif v is not None:
-                    out.append(f"{k} = {_toml_value(v, where)}")
+            out += ["", "[streams.kafka]"] + _kafka_lines(kafka[s.name], f"stream {s.name!r}")
+    for o in config.observations:
+        out += ["", "[[observations]]", f"name = {_toml_str(o.name)}",
+                f"keys = {_toml_value(o.keys, f'observation stream {o.name!r}: keys')}",
+                f"timestamp = {_toml_str(o.timestamp)}", "", "[observations.kafka]"]
+        out += _kafka_lines(o.source, f"observation stream {o.name!r}")
     for f in config.features:
         out += ["", "[[features]]"]
         for k in _FEATURE_KEYS:

@@ -270,14 +270,18 @@ class FeatureStore:
         """Register the streams and features of a config (a path or a :class:`rayfs.model.config.StoreConfig`).
 
         Returns ``{"streams": [...], "features": [...], "subscriptions": [...]}`` with what was registered
-        (no-ops included); a stream with a ``[streams.kafka]`` table is subscribed to its topic.
+        (no-ops included); a stream with a ``[streams.kafka]`` table is subscribed to its topic, and so is
+        each ``[[observations]]`` stream.
         """
         cfg = definitions.as_config(config)
         streams = [self.register_stream(s.name, s.entities, s.timestamp) for s in cfg.streams]
         features = [self.register_feature(f) for f in cfg.features]
         for stream, source in cfg.kafka:
             self.subscribe(stream, source)
-        return {"streams": streams, "features": features, "subscriptions": [s for s, _ in cfg.kafka]}
+        for o in cfg.observations:
+            self.subscribe(o.name, o.source, observation_keys=list(o.keys), timestamp=o.timestamp)
+        return {"streams": streams, "features": features,
+                "subscriptions": [s for s, _ in cfg.kafka] + [o.name for o in cfg.observations]}
 
     # ------------------------------------------------------------------------------------- ingest
     @_actors

@@ -74,6 +74,14 @@ name = "n"
 stream = "ev"
 entity = "user"
 agg = "count"
+
+[[observations]]
+name = "lab"
+keys = ["user"]
+
+[observations.kafka]
+topic = "{topic}-labels"
+bootstrap_servers = "{bootstrap}"
 """
 
 
@@ -83,15 +91,24 @@ def test_config_subscribes_and_status_prints_lag(tmp_path, bootstrap, topic, cap
     for i in range(50):
         prod.send(i % 2, {"user": f"u{i % 3}", "ts": 10.0 + i})
     prod.finish()
+    create_topic(bootstrap, f"{topic}-labels", 1)
+    prod = Producer(bootstrap, f"{topic}-labels")
+    for i in range(3):  # labels after the events, at the events' end, and one before any event
+        prod.send(0, {"user": f"u{i}", "ts": [100.0, 59.0, 5.0][i], "y": i})
+    prod.finish()
     cfg = tmp_path / "store.toml"
     cfg.write_text(CONFIG.format(path=tmp_path / "s", topic=topic, bootstrap=bootstrap))
     with rayfs.FeatureStore.open(tmp_path / "s", shards=1) as store:
-        assert store.apply(str(cfg))["subscriptions"] == ["ev"]
+        assert store.apply(str(cfg))["subscriptions"] == ["ev", "lab"]
         store.wait_caught_up("ev", timeout=60)
+        store.wait_caught_up("lab", timeout=60)
         assert store.get_features("user", ["u0", "u1", "u2"], "n")["n"].tolist() == [17, 17, 16]
+        train = store.training_set("lab", ["n"]).sort_values("y")
+        # u1's events are at 11, 14, ..., 56 (16 of them) and u1's label is at 59: all before it.
+        assert train["user"].tolist() == ["u0", "u1", "u2"] and train["n"].tolist() == [17, 16, 0]
     assert cli(["status", "--path", str(tmp_path / "s")]) == 0  # reopens: the subscription resumes
     out = capsys.readouterr().out
-    assert "Kafka subscriptions (2 partitions)" in out and topic in out and "lag" in out
+    assert "Kafka subscriptions (3 partitions)" in out and f"{topic}-labels" in out and "lag" in out
 
 
 def test_named_store_consumers_outlive_the_driver_and_restart_with_the_store(tmp_path, bootstrap, topic):

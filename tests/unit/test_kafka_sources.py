@@ -233,6 +233,41 @@ def test_config_kafka_table_parses_and_round_trips():
     assert parse_config(dump_config(cfg)) == cfg
 
 
+OBSERVATIONS = """
+[[observations]]
+name = "labels"
+keys = ["user"]
+timestamp = "at"
+
+[observations.kafka]
+topic = "labels"
+bootstrap_servers = "b:9092"
+"""
+
+
+def test_config_observations_table_parses_and_round_trips():
+    cfg = parse_config(CONFIG + OBSERVATIONS)
+    (o,) = cfg.observations
+    assert (o.name, o.keys, o.timestamp) == ("labels", ("user",), "at")
+    assert o.source == KafkaSource(topic="labels", bootstrap_servers="b:9092")
+    assert parse_config(dump_config(cfg)) == cfg
+    assert parse_config(CONFIG + OBSERVATIONS.replace('timestamp = "at"\n', "")).observations[0].timestamp == "ts"
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (('name = "labels"', 'name = "ev"'), r"observations\[0\]\.name: 'ev' is an event stream"),
+    (('keys = ["user"]', "keys = []"), r"observations\[0\]\.keys: observation stream 'labels': give at least"),
+    (('timestamp = "at"', 'timestamp = "user"'), r"observations\[0\]\.timestamp: .*also a key column"),
+    (("[observations.kafka]\ntopic", "[observations.kafka]\ntopik"), r"unknown key 'topik'"),
+    (("\n[observations.kafka]\ntopic = \"labels\"\nbootstrap_servers = \"b:9092\"\n", ""),
+     r"observations\[0\].*kafka"),
+])
+def test_config_observations_errors_name_the_table_and_key(edit, match):
+    assert edit[0] in OBSERVATIONS
+    with pytest.raises(ConfigError, match=match):
+        parse_config(CONFIG + OBSERVATIONS.replace(*edit))
+
+
 @pytest.mark.parametrize(("edit", "match"), [
     (("format = \"msgpack\"", "format = \"xml\""), r":13: streams\[0\]\.kafka\.format: stream 'ev'.*format must"),
     (("consumers = 2", "consumers = \"2\""), r":14: streams\[0\]\.kafka\.consumers: expected an integer"),
