@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -421,26 +422,40 @@ def plot_history(doc: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main_history(a: argparse.Namespace) -> int:
-    """``--history N``: the catch-up of N messages beside ``rayfs ingest`` of the same events."""
+def _start(a: argparse.Namespace, kind: str) -> tuple[str, subprocess.Popen | None, str, dict]:
+    """The broker (``bootstrap``, its process when started here), a temporary folder and the result doc."""
     warnings.filterwarnings("ignore")
     bootstrap, broker = start_broker()
-    tmp = tempfile.mkdtemp(prefix="rayfs-kafka-history-")
-    n = a.history
+    tmp = tempfile.mkdtemp(prefix=f"rayfs-kafka-{kind}-")
     doc: dict = {"timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                  "config": {k: v for k, v in vars(a).items() if k != "quix_worker"},
                  "broker": "tansu 0.6 (memory)" if broker else bootstrap}
-    try:
-        import ray
+    return bootstrap, broker, tmp, doc
 
-        ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        topic = f"history-{uuid.uuid4().hex[:8]}"
-        create_topic(bootstrap, topic, a.partitions)
-        ev = make_events(n, a.seed)
-        expected = np.bincount(ev["user"].str[1:].astype(int).to_numpy(), minlength=USERS)
-        doc["produce"] = {"seconds": produce_fast(bootstrap, topic, ev, a.partitions)}
-        print(f"produced {n:,} messages in {doc['produce']['seconds']:.1f}s", flush=True)
+
+def _topic_of(a: argparse.Namespace, bootstrap: str, kind: str, n: int, doc: dict,
+              send: Callable[..., float]) -> tuple[str, pd.DataFrame, np.ndarray]:
+    """Start Ray, create a topic and ``send`` it ``n`` generated events; returns the topic, the events and
+    each user's expected count."""
+    import ray
+
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    topic = f"{kind}-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, a.partitions)
+    ev = make_events(n, a.seed)
+    expected = np.bincount(ev["user"].str[1:].astype(int).to_numpy(), minlength=USERS)
+    doc["produce"] = {"seconds": send(bootstrap, topic, ev, a.partitions)}
+    print(f"produced {n:,} messages in {doc['produce']['seconds']:.1f}s", flush=True)
+    return topic, ev, expected
+
+
+def main_history(a: argparse.Namespace) -> int:
+    """``--history N``: the catch-up of N messages beside ``rayfs ingest`` of the same events."""
+    bootstrap, broker, tmp, doc = _start(a, "history")
+    n = a.history
+    try:
+        topic, ev, expected = _topic_of(a, bootstrap, "history", n, doc, produce_fast)
         parquet = os.path.join(tmp, "events.parquet")
         ev.to_parquet(parquet, row_group_size=100_000)
         del ev
@@ -482,23 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.history:
         return main_history(a)
-    warnings.filterwarnings("ignore")
-    bootstrap, broker = start_broker()
-    tmp = tempfile.mkdtemp(prefix="rayfs-kafka-bench-")
-    doc: dict = {"timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                 "config": {k: v for k, v in vars(a).items() if k != "quix_worker"},
-                 "broker": "tansu 0.6 (memory)" if broker else bootstrap}
+    bootstrap, broker, tmp, doc = _start(a, "bench")
     try:
-        import ray
-
-        ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        create_topic(bootstrap, topic, a.partitions)
-        ev = make_events(a.messages, a.seed)
-        expected = np.bincount(ev["user"].str[1:].astype(int).to_numpy(), minlength=USERS)
-        doc["produce"] = {"seconds": produce(bootstrap, topic, ev, a.partitions)}
-        print(f"produced {a.messages:,} messages in {doc['produce']['seconds']:.1f}s", flush=True)
+        topic, ev, expected = _topic_of(a, bootstrap, "bench", a.messages, doc, produce)
         parquet = os.path.join(tmp, "events.parquet")
         ev.to_parquet(parquet, row_group_size=100_000)
         users = [f"u{i}" for i in range(USERS)]

@@ -124,3 +124,20 @@ class Producer:
             self.p.flush(60)
         self.held.clear()
         assert not self.failed, self.failed[:3]
+
+
+def consumer_pid(store, stream: str, i: int, timeout: float = 60.0) -> int:
+    """The pid of consumer ``i`` of ``stream``'s subscription (waiting while Ray restarts it)."""
+    import ray
+
+    from rayfs.sources.consumer import actor_name
+
+    a = ray.get_actor(actor_name(store._session.settings.store_id, stream, i), namespace="rayfs")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(a.pid.remote(), timeout=timeout)
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -15,13 +15,11 @@ import time
 
 import numpy as np
 import pandas as pd
-import ray
 
 import rayfs
-from rayfs.sources.consumer import actor_name
 from rayfs.testing import assert_features_equal, kill_shard, oracle_online, oracle_training_set
 
-from .conftest import Producer, create_topic
+from .conftest import Producer, consumer_pid, create_topic
 
 STREAM = rayfs.Stream(name="ev", entities=("user",), timestamp="ts")
 FEATURES = [  # counts and sums reveal a lost or doubled message; distinct times make order irrelevant
@@ -87,19 +85,6 @@ def check(store: rayfs.FeatureStore, ev: pd.DataFrame, context: str) -> None:
     assert (subs["lag"] == 0).all(), f"{context}: {subs}"
 
 
-def consumer_pid(store: rayfs.FeatureStore, i: int, timeout: float = 60.0) -> int:
-    """The pid of consumer ``i`` of stream ``ev`` (waiting while Ray restarts it)."""
-    a = ray.get_actor(actor_name(store._session.settings.store_id, "ev", i), namespace="rayfs")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return ray.get(a.pid.remote(), timeout=timeout)
-        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def test_sigkill_consumers_and_shards_while_producing(tmp_path, bootstrap, topic):
     create_topic(bootstrap, topic, PARTITIONS)
     ev = make_events(11, 24_000)
@@ -114,10 +99,10 @@ def test_sigkill_consumers_and_shards_while_producing(tmp_path, bootstrap, topic
             time.sleep(float(rng.uniform(0.2, 1.2)))
             what = len(kills) % 3
             if what < 2:  # consumer 0 or 1: the process dies mid-whatever (polling, logging, ingesting)
-                pid = consumer_pid(store, what)
+                pid = consumer_pid(store, "ev", what)
                 os.kill(pid, signal.SIGKILL)
                 kills.append(("consumer", what, pid))
-                while consumer_pid(store, what) == pid:
+                while consumer_pid(store, "ev", what) == pid:
                     time.sleep(0.05)
             else:
                 j = int(rng.integers(0, 2))

@@ -15,14 +15,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 
 import rayfs
 from rayfs.model.timeutil import to_micros
-from rayfs.sources.consumer import actor_name
 from rayfs.testing import assert_features_equal, oracle_training_set
 
-from .conftest import Producer, create_topic
+from .conftest import Producer, consumer_pid, create_topic
 
 STREAM = rayfs.Stream(name="ev", entities=("user",), timestamp="ts")
 FEATURES = [
@@ -123,18 +121,6 @@ def test_labels_from_a_topic_feed_training_sets(tmp_path, bootstrap, topic):
             store.subscribe("ev", src, timestamp="ts")
 
 
-def _consumer_pid(store: rayfs.FeatureStore, stream: str, i: int, timeout: float = 60.0) -> int:
-    a = ray.get_actor(actor_name(store._session.settings.store_id, stream, i), namespace="rayfs")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return ray.get(a.pid.remote(), timeout=timeout)
-        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def test_sigkill_consumers_and_reopen_while_labels_arrive(tmp_path, bootstrap, topic):
     create_topic(bootstrap, topic, 4)
     ev = events(4)
@@ -158,10 +144,10 @@ def test_sigkill_consumers_and_reopen_while_labels_arrive(tmp_path, bootstrap, t
             time.sleep(float(rng.uniform(0.05, 0.4)))  # the kill lands anywhere in the consumer's loop
             if j % 4 == 1:
                 c = int(rng.integers(0, 2))
-                pid = _consumer_pid(store, "labels", c)
+                pid = consumer_pid(store, "labels", c)
                 os.kill(pid, signal.SIGKILL)
                 kills.append(pid)
-                while _consumer_pid(store, "labels", c) == pid:
+                while consumer_pid(store, "labels", c) == pid:
                     time.sleep(0.05)
             elif j == 6:
                 store.close()  # the subscription stops with the store and resumes where it stopped
