@@ -32,12 +32,9 @@ import numpy as np
 from rayfs.engine.fold import CompiledFeature, slot_column
 from rayfs.engine.keyindex import KeyIndex
 from rayfs.model.definitions import Feature, Stream
-from rayfs.storage.online import OnlineTable, rows_to_values
+from rayfs.storage.online import FORMAT, OnlineTable, RowCodec, rows_to_values
 
 __all__ = ["OnlineView"]
-
-_NONE = np.zeros(0, np.int64)
-
 
 class _Shard(Protocol):
     """What the online view reads of its shard (all public on :class:`~rayfs.shard.core.ShardCore`)."""
@@ -59,6 +56,19 @@ class _Shard(Protocol):
     def log_offset(self) -> int: ...
 
 
+class _Keys:
+    """The entity keys at ``slots``, looked up only when asked (only keys stored under a digest are)."""
+
+    def __init__(self, known: list, slots: np.ndarray) -> None:
+        self._known, self._slots = known, slots
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __getitem__(self, i: int) -> Any:
+        return self._known[int(self._slots[i])]
+
+
 class OnlineView:
     """The online table of one shard and the rule of which rows each batch changes.
 
@@ -72,7 +82,9 @@ class OnlineView:
         self.table = OnlineTable(self.path)
         self._shard = shard
         self._written: dict[tuple[str, str], tuple[list[str], tuple]] = {}  # group -> (layout, compiled ids)
-        self._encoded: dict[tuple[str, str], list[tuple[bytes, bool]]] = {}  # group -> LMDB key per slot
+        self._codecs: dict[tuple[str, str], list[str]] = {}  # group -> codec kinds written
+        # group -> (LMDB key per slot, slots stored under a digest): slots are dense and never reused
+        self._encoded: dict[tuple[str, str], tuple[np.ndarray, set[int]]] = {}
 
     def _groups(self) -> list[tuple[str, str]]:
         return [(s, e) for s, st in self._shard.streams.items() for e in st.entities]
@@ -88,25 +100,39 @@ class OnlineView:
         return {"watermark": dict(s.watermark), "cv": s.catalog_version, "offset": s.log_offset(),
                 "lineage": s.lineage}
 
-    def _group(self, stream: str, entity: str, layout: list[str], slots: np.ndarray) -> tuple:
+    def _columns(self, layout: list[str], slots: np.ndarray) -> list[np.ndarray]:
+        return [self._shard.online(k, slots) for k in layout]
+
+    def _group(self, stream: str, entity: str, layout: list[str], slots: np.ndarray,
+               columns: list[np.ndarray] | None = None) -> tuple:
         s = self._shard
         known = s.keys[(stream, entity)].keys() if (stream, entity) in s.keys else []
-        encoded = self._encoded.setdefault((stream, entity), [])
-        if len(encoded) < len(known):  # slots are dense and never reused: encode each key once
-            encoded += self.table.encode_keys(stream, entity, known[len(encoded):])
-        slot_list = slots.tolist()
-        return (stream, entity, layout, [known[i] for i in slot_list],
-                [s.online(k, slots).tolist() for k in layout], [encoded[i] for i in slot_list])
+        db_keys, hashed = self._encoded.setdefault((stream, entity), (np.empty(0, dtype=object), set()))
+        if len(slots) and len(db_keys) < len(known):  # encode each key once
+            new = self.table.encode_keys(stream, entity, known[len(db_keys):])
+            hashed.update(len(db_keys) + i for i, (_, h) in enumerate(new) if h)
+            more = np.empty(len(new), dtype=object)
+            more[:] = [k for k, _ in new]
+            db_keys = np.concatenate([db_keys, more])
+            self._encoded[(stream, entity)] = (db_keys, hashed)
+        if columns is None:
+            columns = self._columns(layout, slots)
+        self._codecs[(stream, entity)] = RowCodec.of(columns).kinds
+        at = [i for i, slot in enumerate(slots.tolist()) if slot in hashed] if hashed else []
+        keys = _Keys(known, slots)
+        return stream, entity, layout, keys, columns, (db_keys[slots].tolist(), at)
 
     def open(self) -> None:
         """After recovery: keep the table if it reflects the recovered state, else rebuild it."""
         meta, _ = self.table.read([])
         layouts = {f"{s}\x1f{e}": self._layout(s, e)[0] for s, e in self._groups()}
-        if (meta.get("offset") == self._shard.log_offset() and meta.get("cv") == self._shard.catalog_version
+        if (meta.get("format") == FORMAT and meta.get("offset") == self._shard.log_offset()
+                and meta.get("cv") == self._shard.catalog_version
                 and meta.get("lineage") == self._shard.lineage
                 and meta.get("watermark") == self._shard.watermark
                 and {k: v for k, v in meta.get("layouts", {}).items() if k in layouts} == layouts):
             self._written = {(s, e): self._layout(s, e) for s, e in self._groups()}
+            self._codecs = {(s, e): meta.get("codecs", {}).get(f"{s}\x1f{e}") for s, e in self._groups()}
             return
         self.rebuild()
 
@@ -115,7 +141,7 @@ class OnlineView:
         groups = []
         for stream, entity in self._groups():
             layout = self._layout(stream, entity)
-            n = len(self._shard.keys.get((stream, entity)) or ())
+            n = len(self._shard.keys.get((stream, entity)) or ()) if layout[0] else 0  # no features: no rows
             groups.append(self._group(stream, entity, layout[0], np.arange(n, dtype=np.int64)))
             self._written[(stream, entity)] = layout
         self.table.write(groups, self._meta(), replace=True)
@@ -148,21 +174,30 @@ class OnlineView:
         groups = []
         for g_stream, entity in self._groups():
             layout = self._layout(g_stream, entity)
-            n = len(s.keys.get((g_stream, entity)) or ())
-            if self._written.get((g_stream, entity)) != layout:
-                slots = np.arange(n, dtype=np.int64)  # a new layout: the whole group
-            elif g_stream != stream:
+            group = (g_stream, entity)
+            n = len(s.keys.get(group) or ())
+            if self._written.get(group) != layout:
+                # a new layout: the whole group (none of it when it has no features: it has no rows)
+                slots = np.arange(n if layout[0] else 0, dtype=np.int64)
+                groups.append(self._group(g_stream, entity, layout[0], slots))
+                self._written[group] = layout
                 continue
-            else:
-                found = [expiring[entity]] if entity in expiring else []
-                if cols is not None:
-                    col = cols[slot_column(entity)]
-                    found.append(col[col >= 0])
-                slots = np.unique(np.concatenate(found)) if found else _NONE
-                if not len(slots):
-                    continue
-            groups.append(self._group(g_stream, entity, layout[0], slots))
-            self._written[(g_stream, entity)] = layout
+            if g_stream != stream or not layout[0]:
+                continue
+            touched = np.zeros(n, dtype=bool)  # unique slots without a sort
+            if entity in expiring:
+                touched[expiring[entity]] = True
+            if cols is not None:
+                col = cols[slot_column(entity)]
+                touched[col[col >= 0]] = True
+            slots = np.flatnonzero(touched)
+            if not len(slots):
+                continue
+            columns = self._columns(layout[0], slots)
+            if RowCodec.of(columns).kinds != self._codecs.get(group):  # a value type changed: the whole group
+                slots = np.arange(n, dtype=np.int64)
+                columns = None
+            groups.append(self._group(g_stream, entity, layout[0], slots, columns))
         return self.table.write(groups, self._meta())
 
     def read(self, entity: str, keys: list, names: list[str]) -> dict[str, Any] | None:
@@ -175,7 +210,7 @@ class OnlineView:
             if f is None or f.entity != entity:
                 return None
             streams.setdefault(f.stream, []).append(n)
-        meta, rows = self.table.read([(stream, entity, keys) for stream in streams])
+        meta, rows = self.table.read_raw([(stream, entity, keys) for stream in streams])
         return rows_to_values(meta, streams, entity, rows)
 
     def close(self) -> None:
