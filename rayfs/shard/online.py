@@ -36,6 +36,8 @@ from rayfs.storage.online import FORMAT, OnlineTable, RowCodec, rows_to_values
 
 __all__ = ["OnlineView"]
 
+_RANKS = np.zeros(0, dtype=np.int64)
+
 class _Shard(Protocol):
     """What the online view reads of its shard (all public on :class:`~rayfs.shard.core.ShardCore`)."""
 
@@ -85,6 +87,7 @@ class OnlineView:
         self._codecs: dict[tuple[str, str], list[str]] = {}  # group -> codec kinds written
         # group -> (LMDB key per slot, slots stored under a digest): slots are dense and never reused
         self._encoded: dict[tuple[str, str], tuple[np.ndarray, set[int]]] = {}
+        self._rank: dict[tuple[str, str], np.ndarray] = {}  # group -> rank of each slot's LMDB key, see _in_key_order
 
     def _groups(self) -> list[tuple[str, str]]:
         return [(s, e) for s, st in self._shard.streams.items() for e in st.entities]
@@ -103,24 +106,51 @@ class OnlineView:
     def _columns(self, layout: list[str], slots: np.ndarray) -> list[np.ndarray]:
         return [self._shard.online(k, slots) for k in layout]
 
-    def _group(self, stream: str, entity: str, layout: list[str], slots: np.ndarray,
-               columns: list[np.ndarray] | None = None) -> tuple:
+    def _in_key_order(self, group: tuple[str, str], slots: np.ndarray,
+                      columns: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``slots`` and their values ordered by their LMDB keys, near enough: LMDB inserts sorted keys in
+        about half the time of keys in random order (neighbouring keys share pages). The values are computed
+        in slot order (reads of ascending slots are cache friendly) and permuted here. The keys of the slots
+        ranked so far are ordered exactly, newer slots after them in slot order; the ranks are recomputed
+        when the unranked slots grow to half the ranked ones (a sort of all keys, amortised over the batches
+        that added them)."""
+        if not len(slots):
+            return slots, columns
+        db_keys = self._encoded[group][0]
+        rank = self._rank.get(group, _RANKS)
+        if len(db_keys) - len(rank) > max(len(rank) // 2, 1024):
+            rank = np.empty(len(db_keys), dtype=np.int64)
+            rank[np.argsort(db_keys)] = np.arange(len(db_keys))
+            self._rank[group] = rank
+        at = np.where(slots < len(rank), rank[np.minimum(slots, len(rank) - 1)], slots) if len(rank) else slots
+        order = np.argsort(at, kind="stable")
+        return slots[order], [c[order] for c in columns]
+
+    def _known(self, group: tuple[str, str]) -> list:
+        """The keys of ``group`` in slot order, each key's LMDB key encoded (once: slots are never reused)."""
         s = self._shard
-        known = s.keys[(stream, entity)].keys() if (stream, entity) in s.keys else []
-        db_keys, hashed = self._encoded.setdefault((stream, entity), (np.empty(0, dtype=object), set()))
-        if len(slots) and len(db_keys) < len(known):  # encode each key once
-            new = self.table.encode_keys(stream, entity, known[len(db_keys):])
+        known = s.keys[group].keys() if group in s.keys else []
+        db_keys, hashed = self._encoded.setdefault(group, (np.empty(0, dtype=object), set()))
+        if len(db_keys) < len(known):
+            new = self.table.encode_keys(*group, known[len(db_keys):])
             hashed.update(len(db_keys) + i for i, (_, h) in enumerate(new) if h)
             more = np.empty(len(new), dtype=object)
             more[:] = [k for k, _ in new]
-            db_keys = np.concatenate([db_keys, more])
-            self._encoded[(stream, entity)] = (db_keys, hashed)
+            self._encoded[group] = (np.concatenate([db_keys, more]), hashed)
+        return known
+
+    def _group(self, stream: str, entity: str, layout: list[str], slots: np.ndarray,
+               columns: list[np.ndarray] | None = None) -> tuple:
+        """One group's rows for :meth:`OnlineTable.write`: ``columns`` of ``slots`` (computed here, the slots
+        put in key order first, when not given)."""
+        group = (stream, entity)
+        known = self._known(group) if len(slots) else []
+        db_keys, hashed = self._encoded.get(group, (np.empty(0, dtype=object), set()))
         if columns is None:
-            columns = self._columns(layout, slots)
-        self._codecs[(stream, entity)] = RowCodec.of(columns).kinds
+            slots, columns = self._in_key_order(group, slots, self._columns(layout, slots))
+        self._codecs[group] = RowCodec.of(columns).kinds
         at = [i for i, slot in enumerate(slots.tolist()) if slot in hashed] if hashed else []
-        keys = _Keys(known, slots)
-        return stream, entity, layout, keys, columns, (db_keys[slots].tolist(), at)
+        return stream, entity, layout, _Keys(known, slots), columns, (db_keys[slots].tolist(), at)
 
     def open(self) -> None:
         """After recovery: keep the table if it reflects the recovered state, else rebuild it."""
@@ -195,9 +225,10 @@ class OnlineView:
                 continue
             columns = self._columns(layout[0], slots)
             if RowCodec.of(columns).kinds != self._codecs.get(group):  # a value type changed: the whole group
-                slots = np.arange(n, dtype=np.int64)
-                columns = None
-            groups.append(self._group(g_stream, entity, layout[0], slots, columns))
+                groups.append(self._group(g_stream, entity, layout[0], np.arange(n, dtype=np.int64)))
+                continue
+            self._known(group)
+            groups.append(self._group(g_stream, entity, layout[0], *self._in_key_order(group, slots, columns)))
         return self.table.write(groups, self._meta())
 
     def read(self, entity: str, keys: list, names: list[str]) -> dict[str, Any] | None:

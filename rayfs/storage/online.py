@@ -226,6 +226,10 @@ class OnlineTable:
         """The LMDB keys of ``keys``' rows (and whether each is a digest), for a caller to cache and pass to
         :meth:`write` as ``encoded``."""
         prefix = row_prefix(stream, entity)
+        short = (_MAX_KEY - len(prefix) - 1) // 4  # a str key of at most this many characters has no digest
+        if all(type(k) is str and len(k) <= short for k in keys):  # the common case without a call per key
+            plain = prefix + b"s"
+            return [(plain + k.encode("utf-8", "surrogatepass"), False) for k in keys]
         return [_db_key(prefix, k) for k in keys]
 
     def write(self, groups: Iterable[tuple], meta: dict[str, Any], *, replace: bool = False) -> int:
