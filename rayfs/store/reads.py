@@ -103,7 +103,7 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
         by_stream: dict[str, list[str]] = {}
         for n in names:
             by_stream.setdefault(streams[n], []).append(n)
-        meta, rows = tables[s].read([(st, req.entity, req.keys[pos].tolist()) for st in by_stream])
+        meta, rows = tables[s].read_raw([(st, req.entity, req.keys[pos].tolist()) for st in by_stream])
         res = rows_to_values(meta, by_stream, req.entity, rows)
         if res is None:  # a feature not in the table: the shard answers (waiting for its backfill)
             args = (req.entity, req.keys[pos], names)
@@ -112,7 +112,7 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
             continue
         cv = max(cv, res["cv"])
         _scatter(req.defaults, res["values"], pos)
-    for (req, pos), res in zip(where, ray.get(calls), strict=True):
+    for (req, pos), res in zip(where, ray.get(calls) if calls else [], strict=True):
         if isinstance(res, bytes):  # a small answer packed into one buffer
             res = pickle.loads(res)
         cv = max(cv, res["cv"])
@@ -120,24 +120,15 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
     return cv
 
 
-def _values(values: list) -> np.ndarray:
-    """Values read from an online table as an array: numeric when they all are numbers, else objects."""
-    if all(type(v) in (int, float) for v in values):
-        return np.array(values)
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
 def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> None:
     for n in list(defaults):
         col = defaults[n]
         vals, at = res[n], pos
         if isinstance(vals, tuple):  # from an online table: (present, values of the present keys)
-            present, values = vals
-            if not values:
+            present, vals = vals
+            if not len(vals):
                 continue
-            vals, at = _values(values), pos[present]
+            at = pos[present]
         if col.dtype == object and vals.dtype.kind == "f":
             # A shard that never saw a non-null value of a string column answers NaN: make it None.
             vals = np.where(np.isnan(vals), None, vals.astype(object))
@@ -149,6 +140,38 @@ def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> Non
         elif col.dtype != vals.dtype and col.dtype != object:
             vals = vals.astype(col.dtype)
         col[at] = vals
+
+
+def _key_array(keys: list, entity: str) -> np.ndarray:
+    """The normalised keys of a read (:func:`rayfs.engine.columns.key_column`); strings without pandas."""
+    what = f"keys of entity {entity!r}"
+    if all(type(k) is str for k in keys):
+        arr = np.empty(len(keys), dtype=object)
+        arr[:] = keys
+        C.check_strings(arr, what=what)
+        return arr
+    return C.key_column(pd.Series(keys, dtype=object), what=what)
+
+
+_COLUMNS: dict[tuple, pd.Index] = {}  # column names of recent reads -> their Index
+
+
+def _frame(cols: dict[str, np.ndarray], n: int) -> pd.DataFrame:
+    """A frame of 1-d arrays of length ``n``, object arrays kept object (pandas 3 would turn strings into its
+    str dtype, None into NaN). Built from the arrays directly when this pandas allows it: the checks of the
+    general constructor cost more than a whole online read of a few keys."""
+    index = pd.RangeIndex(n)
+    names = tuple(cols)
+    columns = _COLUMNS.get(names)
+    if columns is None:  # an Index is immutable: frames with the same columns share one
+        if len(_COLUMNS) > 256:
+            _COLUMNS.clear()
+        columns = _COLUMNS[names] = pd.Index(list(names))
+    try:
+        return pd.DataFrame._from_arrays(list(cols.values()), columns=columns, index=index, verify_integrity=False)
+    except (AttributeError, TypeError):  # a pandas without it
+        # Numeric columns go in as arrays (a Series per column costs more than the shard call's work).
+        return pd.DataFrame({c: _column(v, index) if v.dtype == object else v for c, v in cols.items()}, copy=False)
 
 
 def _column(values: np.ndarray, index: pd.Index) -> pd.Series:
@@ -241,7 +264,7 @@ class Reader:
     def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None) -> pd.DataFrame:
         """See :meth:`rayfs.FeatureStore.get_features`."""
         keys = list(keys)  # read once: ``keys`` may be a generator
-        k = C.key_column(pd.Series(keys, dtype=object), what=f"keys of entity {entity!r}")
+        k = _key_array(keys, entity)
 
         def attempt(final: bool) -> tuple[Resolved, dict[str, np.ndarray] | None]:
             fs = self.resolve(features, entity)
@@ -251,11 +274,11 @@ class Reader:
             return fs, self._ask("get", [(fs, entity, k, [])], len(k), final)
 
         fs, out = self._fresh(attempt)
-        index = pd.RangeIndex(len(k))
-        cols = {entity: pd.Series(list(keys), dtype=object, index=index)}
-        # Numeric columns go in as arrays (a Series per column costs more than the shard call's work).
-        cols.update((r, _column(out[r], index) if out[r].dtype == object else out[r]) for r, _ in fs)
-        return pd.DataFrame(cols, copy=False)
+        given = np.empty(len(keys), dtype=object)
+        given[:] = keys
+        cols = {entity: given}
+        cols.update((r, out[r]) for r, _ in fs)
+        return _frame(cols, len(keys))
 
     def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None,
                      timestamp: str, output: str):
