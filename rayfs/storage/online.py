@@ -42,7 +42,8 @@ import lmdb
 import msgpack
 import numpy as np
 
-__all__ = ["FORMAT", "OnlineReader", "OnlineTable", "RowCodec", "encode_key", "row_prefix", "rows_to_values"]
+__all__ = ["FORMAT", "OnlineReader", "OnlineTable", "RowCodec", "encode_key", "meta_of", "row_prefix",
+           "rows_to_values"]
 
 FORMAT = 2
 """The row format this module writes (meta ``"format"``); a table of another format is rebuilt by its shard."""
@@ -280,9 +281,10 @@ class OnlineTable:
         """As :meth:`OnlineReader.read`, in the writer's process (LMDB opens an environment once per process)."""
         return _read(self._env, requests)
 
-    def read_raw(self, requests: Sequence[tuple[str, str, Sequence[Any]]]) -> tuple[dict[str, Any], list[tuple]]:
+    def read_raw(self, requests: Sequence[tuple[str, str, Sequence[Any]]], *,
+                 raw_meta: bool = False) -> tuple[Any, list[tuple]]:
         """As :meth:`OnlineReader.read_raw`, in the writer's process."""
-        return _read_raw(self._env, requests)
+        return _read_raw(self._env, requests, raw_meta)
 
     def close(self) -> None:
         self._env.close()
@@ -310,12 +312,13 @@ class OnlineReader:
         """
         return _read(self._env, requests)
 
-    def read_raw(self, requests: Sequence[tuple[str, str, Sequence[Any]]]) -> tuple[dict[str, Any], list[tuple]]:
+    def read_raw(self, requests: Sequence[tuple[str, str, Sequence[Any]]], *,
+                 raw_meta: bool = False) -> tuple[Any, list[tuple]]:
         """The encoded rows of several ``(stream, entity, keys)`` groups from one snapshot, for
         :func:`rows_to_values`: ``(meta, [(raws, hashed_keys) per group])``, ``raws[i]`` the row of key ``i``
         (``None``: no row), ``hashed_keys[i]`` the key if its row is stored under a digest (``None`` when no
-        key of the group is)."""
-        return _read_raw(self._env, requests)
+        key of the group is). ``raw_meta``: ``meta`` as stored (bytes or ``None``; see :func:`meta_of`)."""
+        return _read_raw(self._env, requests, raw_meta)
 
     def close(self) -> None:
         self._env.close()
@@ -324,7 +327,8 @@ class OnlineReader:
 _META_CACHE: dict[bytes, dict[str, Any]] = {}  # raw meta entry -> decoded (it changes once per batch)
 
 
-def _meta_of(raw: bytes | None) -> dict[str, Any]:
+def meta_of(raw: bytes | None) -> dict[str, Any]:
+    """The meta entry from its stored bytes (decoded once per batch written, then cached)."""
     if raw is None:
         return {}
     meta = _META_CACHE.get(raw)
@@ -335,10 +339,10 @@ def _meta_of(raw: bytes | None) -> dict[str, Any]:
     return meta
 
 
-def _read_raw(env, requests) -> tuple[dict[str, Any], list[tuple]]:
+def _read_raw(env, requests, raw_meta: bool = False) -> tuple[Any, list[tuple]]:
     out = []
     with env.begin() as txn:
-        meta = _meta_of(txn.get(_META))
+        meta = txn.get(_META) if raw_meta else meta_of(txn.get(_META))
         get = txn.get
         for stream, entity, keys in requests:
             prefix = row_prefix(stream, entity)
