@@ -427,9 +427,9 @@ class ShardCore:
         return self.log.next_offset
 
     def windows_expiring(self, key: str, old: int | None, new: int | None) -> np.ndarray:
-        """Slots whose windowed feature ``key`` lost events as its stream's watermark moved from ``old`` to
-        ``new`` (see :meth:`rayfs.shard.windows.WindowBuffers.expiring`)."""
-        return self.windows.expiring(key, self.compiled_feature(key), old, new)
+        """Slots (with repeats) whose windowed feature ``key`` lost events as its stream's watermark moved from
+        ``old`` to ``new`` (see :meth:`rayfs.shard.windows.WindowBuffers.expiring`)."""
+        return self.windows.expiring(key, self.compiled_feature(key), old, new, unique=False)
 
     def _note_batch(self, record: dict, n: int) -> None:
         """Count a logged batch's events and raise the stream's watermark to the batch's newest event."""

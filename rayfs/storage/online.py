@@ -168,7 +168,10 @@ class RowCodec:
         ok = np.ones(n, dtype=bool)
         if self.objects or hashed_keys is not None:
             unpack = msgpack.unpackb
-            tails = [unpack(r[w:], raw=False, strict_map_key=False) if len(r) > w else [] for r in raws]
+            if self.objects and n > 1:  # every row has a tail: one array of them, unpacked in one call
+                tails = unpack(_array_header(n) + b"".join([r[w:] for r in raws]), raw=False, strict_map_key=False)
+            else:
+                tails = [unpack(r[w:], raw=False, strict_map_key=False) if len(r) > w else [] for r in raws]
             if hashed_keys is not None:
                 for i, key in enumerate(hashed_keys):
                     if key is not None:
@@ -347,6 +350,10 @@ def _read_raw(env, requests, raw_meta: bool = False) -> tuple[Any, list[tuple]]:
         for stream, entity, keys in requests:
             prefix = row_prefix(stream, entity)
             short = (_MAX_KEY - len(prefix) - 1) // 4  # a str key of at most this many characters has no digest
+            if all(type(k) is str and len(k) <= short for k in keys):  # the common case, without a call per key
+                plain = prefix + b"s"
+                out.append((list(map(get, [plain + k.encode("utf-8", "surrogatepass") for k in keys])), None))
+                continue
             raws, hashed = [], None
             for key in keys:
                 if isinstance(key, str) and len(key) <= short:
