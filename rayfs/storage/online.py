@@ -274,7 +274,7 @@ class OnlineTable:
                     hashed = [i for i, (_, h) in enumerate(encoded) if h]
                 rows = codec.encode(columns, len(db_keys), hashed, keys)
                 with txn.cursor() as cur:
-                    cur.putmulti(list(zip(db_keys, rows, strict=True)))
+                    cur.putmulti(zip(db_keys, rows, strict=True))
                 n += len(rows)
             txn.put(_META, msgpack.packb(dict(meta, layouts=layouts, codecs=codecs, format=FORMAT),
                                          use_bin_type=True))
