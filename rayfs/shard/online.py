@@ -14,8 +14,12 @@ Invariants:
   log offset). Other rows cannot have changed: a lifetime value changes only with the key's own events, a
   windowed one only with them or with the window's start.
 * A group ``(stream, entity field)``'s layout is the sorted keys of its features that are not being
-  backfilled. When it changes (a feature registered, dropped, finished backfilling) or a feature is
-  recompiled (a column's kind first seen), the whole group is rewritten in that same transaction.
+  backfilled. When it changes (a feature registered, dropped, finished backfilling), a feature is
+  recompiled (a column's kind first seen) or a value type changes (the group's row codec, see
+  :class:`~rayfs.storage.online.RowCodec`), the whole group is rewritten in that same transaction. A group
+  without features has no rows.
+* A batch's rows are computed in slot order and written in the order of their LMDB keys (see
+  :meth:`OnlineView._in_key_order`); the order changes only the speed of the write.
 * On open the table is kept only if it reflects exactly the recovered state: same log offset, catalog
   version, layouts and lineage (the snapshot the state was restored from, or "log"; a snapshot written
   later records its token in the table). Otherwise it is rebuilt in one transaction, so readers see the old
