@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                  "runs": []}
     store = None
     try:
-        store = rayfs.FeatureStore.open(os.path.join(tmp, "store"), shards=args.shards, name=NAME)
+        store = rayfs.FeatureStore.open(os.path.join(tmp, "store"), shards=args.shards, name=NAME, online_table=True)
         store.register_stream("upvotes", entities=["user", "post"], timestamp="ts")
         for f in _features():
             store.register_feature(f)

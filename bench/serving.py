@@ -10,7 +10,7 @@ and ingests ``--events`` reddit-like events in one pipelined ``ingest`` call (it
 with the online tables maintained). It then measures ``store.get_features("user", keys, 5 features)`` in
 this driver, on the shards' node, for 1 key and 1,000 keys (users drawn uniformly from those with events, a
 new draw per call), and the actor path for 1 key (this process is given no local tables, so every shard
-answers through ``get_online_packed``), each for up to ``--budget`` seconds: once on an idle store and
+answers through ``get_online_raw``), each for up to ``--budget`` seconds: once on an idle store and
 once while another process ingests ``--ingest-rate`` events/s into the same store (paced batches of 25,000
 in pipelined ``ingest`` calls; its achieved rate over each measuring window is recorded).
 
@@ -44,7 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import loadgen
+try:
+    from bench import loadgen
+except ImportError:  # the load-ingest copy of this file runs alone, beside another revision's rayfs only
+    loadgen = None  # type: ignore[assignment]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,7 +272,7 @@ def measure(store, pool: np.ndarray, condition: str, budget_s: float, log: str |
     original = reads.LocalTables.readers
     for path, k, calls in cases:
         if path == "actor":  # no local tables in this process: every shard answers through its actor
-            reads.LocalTables.readers = lambda self, handles: [None] * len(handles)
+            reads.LocalTables.readers = lambda self, handles: [reads.REMOTE_TABLE] * len(handles)
         try:
             t0 = time.time()
             r = timed(get, pool, k, calls, budget_s, seed=7 + k)

@@ -195,6 +195,8 @@ class StateTable:
     def read(self, slots: np.ndarray) -> np.ndarray:
         """Finalized values at ``slots`` (-1 or unknown slots give the empty value)."""
         ok = (slots >= 0) & (slots < self.size)
+        if ok.all():  # every slot has a state: finalize reads them, so no copy of the states is needed
+            return self.agg.finalize({k: v[slots] for k, v in self.state.items()})
         sub = self.agg.zero(len(slots))
         if ok.any():
             self.agg.put(sub, np.flatnonzero(ok), self.agg.take(self.state, slots[ok]))

@@ -18,6 +18,11 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SIP_KEY = "rayfs-routing-v1"  # 16 bytes
 
+try:
+    from pandas._libs.hashing import hash_object_array as _sip
+except ImportError:  # a pandas without it: pd.util.hash_array gives the same hashes
+    _sip = None
+
 
 def hash_ints(keys: np.ndarray) -> np.ndarray:
     """SplitMix64 of int64 keys as uint64.
@@ -33,7 +38,17 @@ def hash_ints(keys: np.ndarray) -> np.ndarray:
 
 def _hash_strs(keys: np.ndarray) -> np.ndarray:
     # pandas' SipHash-2-4 with a fixed key: C speed, and stable across runs and processes.
-    return pd.util.hash_array(keys, encoding="utf8", hash_key=_SIP_KEY, categorize=False)
+    if _sip is None:
+        return pd.util.hash_array(keys, encoding="utf8", hash_key=_SIP_KEY, categorize=False)
+    # What pd.util.hash_array does for an object array of strings, without its dispatch (which costs more
+    # than hashing a few keys): SipHash of each key, then pandas' bit mixing.
+    z = _sip(keys, _SIP_KEY, "utf8")
+    z ^= z >> np.uint64(30)
+    z *= _M1
+    z ^= z >> np.uint64(27)
+    z *= _M2
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def hash_keys(keys: np.ndarray) -> np.ndarray:
@@ -88,6 +103,8 @@ def shard_of(keys: np.ndarray, n_shards: int) -> np.ndarray:
     >>> shard_of(np.array(["u1", None, 7], dtype=object), 4).tolist()[1]
     -1
     """
+    if keys.dtype == object and len(keys) <= 64 and all(type(k) is str for k in keys.tolist()):
+        return shard_of_strs(keys, n_shards)  # a few string keys (an online read): no null or type checks
     out = shard_of_hashes(hash_keys(keys), n_shards)
     if keys.dtype == object:
         out[pd.isna(keys)] = -1

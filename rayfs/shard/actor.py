@@ -15,6 +15,7 @@ ingest and replay).
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 import time
 
@@ -23,9 +24,10 @@ from ray.util import metrics
 
 from rayfs.shard.core import ShardCore
 
-__all__ = ["GAUGE_REFRESH_S", "ShardActor", "ShardService", "actor_name"]
+__all__ = ["GAUGE_REFRESH_S", "SWITCH_INTERVAL_S", "ShardActor", "ShardService", "actor_name"]
 
 GAUGE_REFRESH_S = 10.0
+SWITCH_INTERVAL_S = 0.0005  # the shard process's GIL switch interval (see ShardService.__init__)
 _COUNTERS = {"events_ingested": "events appended to the shard's log",
              "bytes_ingested": "bytes appended to the shard's log",
              "errors": "batches the shard refused",
@@ -40,6 +42,9 @@ class ShardService(ShardCore):
     """ShardCore plus metrics and the node it runs on."""
 
     def __init__(self, root: str, shard_id: int, *args, **kwargs) -> None:
+        # A read runs on another thread than an ingest's fold and needs the GIL for a few short steps; with
+        # Python's default 5 ms switch interval each step can wait that long behind the fold.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         super().__init__(root, shard_id, *args, **kwargs)
         tags = {"store": root, "shard": str(shard_id)}
         keys = ("store", "shard")
@@ -103,6 +108,15 @@ class ShardService(ShardCore):
         if out is None:
             out = self.get(entity, keys, names)
         return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def get_online_raw(self, args: bytes) -> bytes | None:
+        """The encoded rows of pickled ``[(stream, entity, keys)]`` from the shard's online table and its meta
+        entry as stored, pickled (``None`` without a table): the least work a read from another node can cost
+        a shard, with no lock taken; the caller decodes them (:func:`rayfs.storage.online.rows_to_values`)."""
+        if self.online_view is None:
+            return None
+        return pickle.dumps(self.online_view.table.read_raw(pickle.loads(args), raw_meta=True),
+                            protocol=pickle.HIGHEST_PROTOCOL)
 
     def replay(self, *args, **kwargs) -> dict:
         out = super().replay(*args, **kwargs)

@@ -132,7 +132,7 @@ class ShardCore:
 
     def __init__(self, root: str, shard_id: int, n_shards: int, streams: list[dict], features: list[dict],
                  *, durability: str = "sync", segment_bytes: int = 64 << 20,
-                 snapshot_every: int = 200, online_table: bool = False) -> None:
+                 snapshot_every: int = 200, online_table: bool = True) -> None:
         self.shard_id, self.n_shards = shard_id, n_shards
         self.dir = os.path.join(root, "shards", f"shard-{shard_id:03d}")
         os.makedirs(self.dir, exist_ok=True)
@@ -427,9 +427,9 @@ class ShardCore:
         return self.log.next_offset
 
     def windows_expiring(self, key: str, old: int | None, new: int | None) -> np.ndarray:
-        """Slots whose windowed feature ``key`` lost events as its stream's watermark moved from ``old`` to
-        ``new`` (see :meth:`rayfs.shard.windows.WindowBuffers.expiring`)."""
-        return self.windows.expiring(key, self.compiled_feature(key), old, new)
+        """Slots (with repeats) whose windowed feature ``key`` lost events as its stream's watermark moved from
+        ``old`` to ``new`` (see :meth:`rayfs.shard.windows.WindowBuffers.expiring`)."""
+        return self.windows.expiring(key, self.compiled_feature(key), old, new, unique=False)
 
     def _note_batch(self, record: dict, n: int) -> None:
         """Count a logged batch's events and raise the stream's watermark to the batch's newest event."""

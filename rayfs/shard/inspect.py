@@ -137,7 +137,7 @@ class Inspection:
             for n in names if table is not None else ():
                 present, values = table["values"][n]
                 served = s.online(n, np.full(len(keys), -1, dtype=np.int64)).tolist()  # no row: empty
-                for i, v in zip(np.flatnonzero(present).tolist(), values, strict=True):
+                for i, v in zip(np.flatnonzero(present).tolist(), values.tolist(), strict=True):
                     served[i] = v
                 state, want = online[n].tolist(), replay[n].tolist()
                 # Report the state, unless it agrees with the log and what readers get does not.

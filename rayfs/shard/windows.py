@@ -157,14 +157,18 @@ class WindowBuffers:
             run.accumulate(state, slots, lower)
         return cf.agg.finalize(state)
 
-    def expiring(self, key: str, cf: CompiledFeature, old: int | None, new: int | None) -> np.ndarray:
+    def expiring(self, key: str, cf: CompiledFeature, old: int | None, new: int | None, *,
+                 unique: bool = True) -> np.ndarray:
         """The slots whose value of windowed feature ``key`` changes because events leave its window when the
-        watermark moves from ``old`` to ``new`` (unique; empty when nothing moved)."""
+        watermark moves from ``old`` to ``new`` (unique, or with repeats unless ``unique``; empty when nothing
+        moved)."""
         if old is None or new is None or new <= old:
             return np.zeros(0, np.int64)
         w = cf.feature.window_us
         found = [run.slots_between(old + 1 - w, new + 1 - w) for run in self._feature_runs(key, cf)]
-        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        if not found:
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate(found)) if unique else np.concatenate(found)
 
     # ------------------------------------------------------------------------------------- snapshots
     def to_snapshot(self) -> tuple[dict, dict[str, dict]]:

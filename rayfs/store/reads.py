@@ -35,13 +35,16 @@ from rayfs.errors import DefinitionError, SchemaError, UnknownFeatureError
 from rayfs.model.definitions import Feature
 from rayfs.model.timeutil import to_micros
 from rayfs.storage.observations import ObservationStreams
-from rayfs.storage.online import OnlineReader, rows_to_values
+from rayfs.storage.online import OnlineReader, meta_of, rows_to_values
 from rayfs.store.session import Session
 
-__all__ = ["OUTPUTS", "Reader", "Request", "fan_out"]
+__all__ = ["OUTPUTS", "REMOTE_TABLE", "Reader", "Request", "fan_out"]
 
 OUTPUTS = ("pandas", "arrow", "ray")
 """The output formats of a training set."""
+
+REMOTE_TABLE = "remote table"
+"""In :func:`fan_out`'s ``tables``: the shard keeps an online table that this process cannot open."""
 
 _T = TypeVar("_T")
 _ATTEMPTS = 3  # one read and at most two more after refreshing a stale catalog
@@ -67,29 +70,42 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
     driver routes the next entity field's keys, and each shard runs its calls back to back.
 
     Online reads (``"get"``) are answered from the shards' online tables: read here directly for a shard
-    whose table this process can open (``tables[s]``, a shard on this node), else by the shard's actor
-    from its table without waiting for its ingests; a feature not in a table yet (being backfilled) is read
-    the exact way, :meth:`rayfs.shard.core.ShardCore.get`.
+    whose table this process can open (``tables[s]``, a shard on this node), else by the shard's actor,
+    which sends the encoded rows of its table without waiting for its ingests or taking its lock
+    (:meth:`~rayfs.shard.actor.ShardService.get_online_raw`), decoded here; a feature not in a table yet
+    (being backfilled) or a shard without a table is read the exact way, :meth:`rayfs.shard.core.ShardCore.get`.
 
     Args:
         handles: shard actor handles, index = shard id.
         method: ``"replay"`` (extra = [times]) or ``"get"`` (extra = []).
         requests: one per entity field; ``defaults`` are filled in place (and may be widened to object).
         tail: extra positional arguments appended to each call.
-        tables: per shard, an :class:`~rayfs.storage.online.OnlineReader` of its online table or ``None``.
+        tables: per shard, an :class:`~rayfs.storage.online.OnlineReader` of its online table (read here),
+            :data:`REMOTE_TABLE` (a table this process cannot open: the shard's actor reads it) or ``None``
+            (no table: the shard's state answers).
         streams: feature key -> its stream (for reads from online tables).
 
     Returns:
         The newest catalog version the shards reported (so the caller can tell its catalog is stale).
     """
-    calls, where, local = [], [], []
+    calls, where, local, remote = [], [], [], []
     for req in requests:
         names = list(req.defaults)
         owner = shard_of(req.keys, len(handles))
+        by_stream: dict[str, list[str]] = {}
+        if method == "get" and streams is not None:
+            for n in names:
+                by_stream.setdefault(streams[n], []).append(n)
         for s in np.unique(owner[owner >= 0]).tolist():
             pos = np.flatnonzero(owner == s)
-            if method == "get" and tables is not None and tables[s] is not None:
-                local.append((req, pos, s, names))
+            table = tables[s] if tables is not None and by_stream else None
+            if isinstance(table, OnlineReader):
+                local.append((req, pos, s, names, by_stream))
+                continue
+            if table is REMOTE_TABLE:  # another node's shard: its table's encoded rows, decoded here
+                ask = [(st, req.entity, req.keys[pos].tolist()) for st in by_stream]
+                remote.append((handles[s].get_online_raw.remote(pickle.dumps(ask, protocol=pickle.HIGHEST_PROTOCOL)),
+                               req, pos, s, names, by_stream))
                 continue
             args = [req.entity, req.keys[pos], *[e[pos] for e in req.extra], names, *tail]
             if method == "get":  # small: one buffer each way (see rayfs.shard.actor.ShardService.get_online_packed)
@@ -99,12 +115,19 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
                 calls.append(getattr(handles[s], method).remote(*args))
             where.append((req, pos))
     cv = 0
-    for req, pos, s, names in local:  # while the remote calls run
-        by_stream: dict[str, list[str]] = {}
-        for n in names:
-            by_stream.setdefault(streams[n], []).append(n)
-        meta, rows = tables[s].read([(st, req.entity, req.keys[pos].tolist()) for st in by_stream])
-        res = rows_to_values(meta, by_stream, req.entity, rows)
+    answers: list = [None] * len(local)  # while the remote calls run
+    for i, (req, pos, s, _, by_stream) in enumerate(local):
+        meta, rows = tables[s].read_raw([(st, req.entity, req.keys[pos].tolist()) for st in by_stream])
+        answers[i] = rows_to_values(meta, by_stream, req.entity, rows)
+    for (_, req, pos, s, names, by_stream), ans in zip(remote, ray.get([r[0] for r in remote]) if remote else [],
+                                                       strict=True):
+        res = None
+        if ans is not None:
+            meta, rows = pickle.loads(ans)
+            res = rows_to_values(meta_of(meta), by_stream, req.entity, rows)
+        local.append((req, pos, s, names, by_stream))
+        answers.append(res)
+    for (req, pos, s, names, _), res in zip(local, answers, strict=True):
         if res is None:  # a feature not in the table: the shard answers (waiting for its backfill)
             args = (req.entity, req.keys[pos], names)
             calls.append(handles[s].get_online_packed.remote(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)))
@@ -112,7 +135,7 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
             continue
         cv = max(cv, res["cv"])
         _scatter(req.defaults, res["values"], pos)
-    for (req, pos), res in zip(where, ray.get(calls), strict=True):
+    for (req, pos), res in zip(where, ray.get(calls) if calls else [], strict=True):
         if isinstance(res, bytes):  # a small answer packed into one buffer
             res = pickle.loads(res)
         cv = max(cv, res["cv"])
@@ -120,24 +143,15 @@ def fan_out(handles: Sequence, method: str, requests: Sequence[Request], tail: t
     return cv
 
 
-def _values(values: list) -> np.ndarray:
-    """Values read from an online table as an array: numeric when they all are numbers, else objects."""
-    if all(type(v) in (int, float) for v in values):
-        return np.array(values)
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
 def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> None:
     for n in list(defaults):
         col = defaults[n]
         vals, at = res[n], pos
         if isinstance(vals, tuple):  # from an online table: (present, values of the present keys)
-            present, values = vals
-            if not values:
+            present, vals = vals
+            if not len(vals):
                 continue
-            vals, at = _values(values), pos[present]
+            at = pos[present]
         if col.dtype == object and vals.dtype.kind == "f":
             # A shard that never saw a non-null value of a string column answers NaN: make it None.
             vals = np.where(np.isnan(vals), None, vals.astype(object))
@@ -149,6 +163,38 @@ def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> Non
         elif col.dtype != vals.dtype and col.dtype != object:
             vals = vals.astype(col.dtype)
         col[at] = vals
+
+
+def _key_array(keys: list, entity: str) -> np.ndarray:
+    """The normalised keys of a read (:func:`rayfs.engine.columns.key_column`); strings without pandas."""
+    what = f"keys of entity {entity!r}"
+    if all(type(k) is str for k in keys):
+        arr = np.empty(len(keys), dtype=object)
+        arr[:] = keys
+        C.check_strings(arr, what=what)
+        return arr
+    return C.key_column(pd.Series(keys, dtype=object), what=what)
+
+
+_COLUMNS: dict[tuple, pd.Index] = {}  # column names of recent reads -> their Index
+
+
+def _frame(cols: dict[str, np.ndarray], n: int) -> pd.DataFrame:
+    """A frame of 1-d arrays of length ``n``, object arrays kept object (pandas 3 would turn strings into its
+    str dtype, None into NaN). Built from the arrays directly when this pandas allows it: the checks of the
+    general constructor cost more than a whole online read of a few keys."""
+    index = pd.RangeIndex(n)
+    names = tuple(cols)
+    columns = _COLUMNS.get(names)
+    if columns is None:  # an Index is immutable: frames with the same columns share one
+        if len(_COLUMNS) > 256:
+            _COLUMNS.clear()
+        columns = _COLUMNS[names] = pd.Index(list(names))
+    try:
+        return pd.DataFrame._from_arrays(list(cols.values()), columns=columns, index=index, verify_integrity=False)
+    except (AttributeError, TypeError):  # a pandas without it
+        # Numeric columns go in as arrays (a Series per column costs more than the shard call's work).
+        return pd.DataFrame({c: _column(v, index) if v.dtype == object else v for c, v in cols.items()}, copy=False)
 
 
 def _column(values: np.ndarray, index: pd.Index) -> pd.Series:
@@ -179,19 +225,22 @@ class LocalTables:
     def __init__(self, session: Session) -> None:
         self.session = session
         self._node: str | None = None
-        self._by_actor: dict[object, OnlineReader | None] = {}
+        self._by_actor: dict[object, OnlineReader | str | None] = {}
 
-    def readers(self, handles: Sequence) -> list[OnlineReader | None]:
-        """Per shard: a reader of its online table, or ``None`` (another node, or no table yet)."""
+    def readers(self, handles: Sequence) -> list[OnlineReader | str | None]:
+        """Per shard: a reader of its online table, :data:`REMOTE_TABLE` (a table on another node, or not
+        readable here) or ``None`` (no table)."""
         new = [(i, h) for i, h in enumerate(handles) if h._actor_id not in self._by_actor]
         if new:
             if self._node is None:
                 self._node = ray.get_runtime_context().get_node_id()
             infos = ray.get([h.info.remote() for _, h in new])
             for (_, h), info in zip(new, infos, strict=True):
-                reader = None
-                if info.get("node_id") == self._node and info.get("online_table"):
-                    reader = _open_reader(info["online_table"])
+                reader: OnlineReader | str | None = None
+                if info.get("online_table"):
+                    if info.get("node_id") == self._node:
+                        reader = _open_reader(info["online_table"])
+                    reader = reader or REMOTE_TABLE
                 self._by_actor[h._actor_id] = reader
         return [self._by_actor[h._actor_id] for h in handles]
 
@@ -241,7 +290,7 @@ class Reader:
     def get_features(self, entity: str, keys: Sequence, features: Iterable[str] | str | None) -> pd.DataFrame:
         """See :meth:`rayfs.FeatureStore.get_features`."""
         keys = list(keys)  # read once: ``keys`` may be a generator
-        k = C.key_column(pd.Series(keys, dtype=object), what=f"keys of entity {entity!r}")
+        k = _key_array(keys, entity)
 
         def attempt(final: bool) -> tuple[Resolved, dict[str, np.ndarray] | None]:
             fs = self.resolve(features, entity)
@@ -251,11 +300,11 @@ class Reader:
             return fs, self._ask("get", [(fs, entity, k, [])], len(k), final)
 
         fs, out = self._fresh(attempt)
-        index = pd.RangeIndex(len(k))
-        cols = {entity: pd.Series(list(keys), dtype=object, index=index)}
-        # Numeric columns go in as arrays (a Series per column costs more than the shard call's work).
-        cols.update((r, _column(out[r], index) if out[r].dtype == object else out[r]) for r, _ in fs)
-        return pd.DataFrame(cols, copy=False)
+        given = np.empty(len(keys), dtype=object)
+        given[:] = keys
+        cols = {entity: given}
+        cols.update((r, out[r]) for r, _ in fs)
+        return _frame(cols, len(keys))
 
     def training_set(self, observations: pd.DataFrame | str, features: Iterable[str] | str | None,
                      timestamp: str, output: str):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 import rayfs
-from rayfs.store.reads import LocalTables
+from rayfs.store.reads import REMOTE_TABLE, LocalTables
 from rayfs.testing import assert_features_equal, oracle_online
 
 DAY = 86_400
@@ -56,9 +56,12 @@ def test_reads_from_the_tables_the_actors_and_the_state_all_equal_the_oracle(tmp
             want = oracle_online({"ev": pd.concat(seen)}, {"ev": EV}, FEATS, "user", USERS)
             assert_features_equal(on.get_features("user", USERS, names), want, names, context=f"table {i}")
             assert_features_equal(off.get_features("user", USERS, names), want, names, context=f"state {i}")
-        with monkeypatch.context() as m:  # as from another node: the actors answer from their tables
-            m.setattr(LocalTables, "readers", lambda self, handles: [None] * len(handles))
+        with monkeypatch.context() as m:  # as from another node: the actors send their tables' rows
+            m.setattr(LocalTables, "readers", lambda self, handles: [REMOTE_TABLE] * len(handles))
             assert_features_equal(on.get_features("user", USERS, names), want, names, context="actor path")
+        with monkeypatch.context() as m:  # tables ignored: the shards' state answers
+            m.setattr(LocalTables, "readers", lambda self, handles: [None] * len(handles))
+            assert_features_equal(on.get_features("user", USERS, names), want, names, context="state path")
         assert (on.audit(1000)["mismatches"] == 0).all()
     finally:
         on.close()
