@@ -15,8 +15,9 @@ Invariants:
 
 * The function is vectorised: it takes the whole frame (:func:`input_frame`: one column per input, then one
   per request field, named as given, a ``RangeIndex``) and returns one value per row (a Series, an array, a
-  list or a scalar for every row); values are taken by position. A wrong length or an exception is an
-  :class:`~rayfs.errors.OnDemandError` naming the feature.
+  list or a scalar for every row). A Series is aligned on the frame's index (a sorted one lands on its own
+  rows); other values are taken by position. A wrong length, a Series of other row labels or an exception
+  is an :class:`~rayfs.errors.OnDemandError` naming the feature.
 * The function travels with the catalog as a cloudpickle blob plus its source text for people. Its own
   module is pickled by value unless it is installed (standard library, site-packages), so any process of
   the store can apply it without importing the user's code; other modules it calls are referenced by name.
@@ -142,7 +143,14 @@ def _has_contents(cell) -> bool:
 
 
 def _names(value) -> tuple:
-    return (value,) if isinstance(value, str) else tuple(value)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:  # one name that is not a string: refused by name below
+        return (value,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,10 +290,12 @@ class OnDemandFeature:
         return fn
 
     def apply(self, frame: pd.DataFrame) -> np.ndarray:
-        """The feature's values for ``frame`` (one per row, by position), checked.
+        """The feature's values for ``frame`` (one per row: a Series aligned on its index, else by position),
+        checked.
 
         Raises:
-            OnDemandError: the function raised, or returned the wrong number of values.
+            OnDemandError: the function raised, returned the wrong number of values, or a Series whose index
+                is not the frame's rows.
         """
         fn = self.loaded()
         try:
@@ -296,6 +306,13 @@ class OnDemandFeature:
         if isinstance(out, pd.DataFrame):
             raise OnDemandError(f"on-demand feature {self.key!r}: returned a DataFrame of {out.shape[1]} "
                                 "column(s); return one value per row (a Series or an array)")
+        if isinstance(out, pd.Series) and len(out) == len(frame) and not out.index.equals(frame.index):
+            # A Series carries row labels: a sorted or shuffled one is put back in the frame's order (as
+            # pandas assigns one to a column); labels that are not the frame's cannot be placed at all.
+            if not out.index.is_unique or not out.index.isin(frame.index).all():
+                raise OnDemandError(f"on-demand feature {self.key!r}: returned a Series of {len(out)} values whose "
+                                    "index is not the frame's rows; return it on the frame's index (or an array)")
+            out = out.reindex(frame.index)
         if isinstance(out, pd.Series | pd.Index):
             values = out.to_numpy()
         elif _scalar(out):

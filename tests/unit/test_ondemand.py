@@ -150,6 +150,9 @@ def test_functions_without_source_are_fingerprinted_by_bytecode():
     (dict(name="x", inputs=["a@v2"]), "'a@v2' must be 'name' or 'name@version'"),
     (dict(name="x", inputs=["a"], request=["bad field"]), "request field name 'bad field'"),
     (dict(name="x", inputs=["a"], tags=[""]), "tags must be non-empty"),
+    (dict(name="x", inputs=None, request=None), "at least one input or request field"),
+    (dict(name="x", inputs=[1]), "input 1 must be a feature name"),
+    (dict(name="x", inputs=3), "input 3 must be a feature name"),
 ])
 def test_bad_definitions_are_definition_errors(kwargs, match):
     with pytest.raises(DefinitionError, match=match):
@@ -174,8 +177,16 @@ def test_results_are_checked_and_errors_name_the_feature():
     assert f(lambda df: 7).apply(frame).tolist() == [7, 7, 7]  # one value for every row
     assert f(lambda df: None).apply(frame).tolist() == [None, None, None]
     assert f(lambda df: [[1], [1, 2], []]).apply(frame).tolist() == [[1], [1, 2], []]  # one list per row
-    # Values are taken by position, whatever the returned index.
-    assert f(lambda df: df.a.sort_values(ascending=False)).apply(frame).tolist() == [3.0, 2.0, 1.0]
+    # A Series lands on its own rows, as pandas assigns one to a column: sorting it changes nothing.
+    assert f(lambda df: df.a.sort_values(ascending=False)).apply(frame).tolist() == [1.0, 2.0, 3.0]
+    assert f(lambda df: df.a.sample(frac=1.0, random_state=0) * 2).apply(frame).tolist() == [2.0, 4.0, 6.0]
+    assert f(lambda df: pd.Series([5, 6, 7])).apply(frame).tolist() == [5, 6, 7]
+    with pytest.raises(OnDemandError, match="'o'.*index is not the frame's rows"):
+        f(lambda df: pd.Series([5, 6, 7], index=["x", "y", "z"])).apply(frame)
+    with pytest.raises(OnDemandError, match="'o'.*index is not the frame's rows"):
+        f(lambda df: pd.Series([5, 6, 7], index=[0, 0, 1])).apply(frame)
+    # Arrays and lists have no labels: by position.
+    assert f(lambda df: df.a.sort_values(ascending=False).to_numpy()).apply(frame).tolist() == [3.0, 2.0, 1.0]
 
 
 def test_decorator_makes_a_feature():
