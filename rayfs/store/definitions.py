@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import ray
 
-from rayfs.errors import DefinitionError
+from rayfs.errors import DefinitionError, RayfsError
 from rayfs.model.config import StoreConfig, load_config
 from rayfs.model.definitions import Feature, Stream
 from rayfs.model.ondemand import OnDemandFeature
@@ -80,8 +80,14 @@ def register_on_demand(session: Session, feature: OnDemandFeature) -> OnDemandFe
     """See :meth:`rayfs.FeatureStore.register_on_demand`."""
     if not isinstance(feature, OnDemandFeature):
         raise DefinitionError(f"register_on_demand takes a rayfs.OnDemandFeature, not {type(feature).__name__}")
-    # The coordinator validates against the current catalog and changes nothing if the definition is refused.
-    d, _change, catalog = ray.get(session.coordinator.register_on_demand.remote(feature.to_dict()))
+    # The coordinator validates against the current catalog and changes nothing if the definition is refused;
+    # its refusal is raised as the rayfs error it is (not wrapped in Ray's task error and remote traceback).
+    try:
+        d, _change, catalog = ray.get(session.coordinator.register_on_demand.remote(feature.to_dict()))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, RayfsError):
+            raise exc.cause from None
+        raise
     session.refresh(catalog)
     # The registering process keeps the live function (the catalog's copy is unpickled only on first use).
     return dataclasses.replace(OnDemandFeature.from_dict(d), function=feature.function)

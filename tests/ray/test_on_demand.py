@@ -268,9 +268,24 @@ def test_bad_definitions_and_requests_name_the_feature_and_register_nothing(stor
         (dict(name="o5", function="not a function", inputs=["n"]), "'o5'.*callable"),
     ]
     for kwargs, match in bad:
-        with pytest.raises(OnDemandError, match=match):
+        with pytest.raises(OnDemandError, match=match) as info:
             s.register_on_demand(kwargs.pop("name"), kwargs.pop("function"), **kwargs)
+        assert type(info.value) is OnDemandError  # the coordinator's refusal, not Ray's error around it
+    # Reads return the entity and observation columns beside the features: these names would overwrite them.
+    for name in ("user", "post", "ts"):
+        with pytest.raises(DefinitionError, match=f"'{name}': the name is .* of stream 'ev'") as info:
+            s.register_on_demand(name, lambda d: d.n * 100, inputs=["n"])
+        assert type(info.value) is DefinitionError
     pd.testing.assert_frame_equal(s.list_features(), before)
+
+    # A Series sorted by the function lands on its own rows, online and in a training set.
+    s.register_on_demand("n_sorted", lambda d: d.n.sort_values() * 10, inputs=["n"])
+    got = s.get_features("user", ["u1", "u2", "u3", "nobody"], ["n", "n_sorted"])
+    assert got.n_sorted.tolist() == (got.n * 10).tolist()
+    got = s.training_set(pd.DataFrame({"user": ["u3", "u1", "nobody", "u2"], "ts": [T0 + DAY] * 4}),
+                         ["n", "n_sorted"], timestamp="ts")
+    assert got.n_sorted.tolist() == (got.n * 10).tolist()
+    s.drop_feature("n_sorted")
 
     s.register_on_demand("boom", lambda d: 1 / 0, inputs=["n"])
     s.register_on_demand("short", lambda d: d.n.iloc[:1], inputs=["n"])

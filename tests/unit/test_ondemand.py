@@ -285,6 +285,11 @@ def test_catalog_refuses_bad_inputs_shared_names_and_drops_of_inputs(catalog):
         catalog.add_on_demand(od(inputs=["n", "p"]), "t")
     with pytest.raises(DefinitionError, match="'n'.*stored feature has that name"):
         catalog.add_on_demand(od(name="n", inputs=["m"]), "t")
+    # Reads put the entity and observation columns beside the features: a feature of their name would
+    # overwrite the keys (get_features) or the observations' entity and timestamp (training_set).
+    for name, what in (("user", "an entity field"), ("post", "an entity field"), ("ts", "the timestamp column")):
+        with pytest.raises(DefinitionError, match=f"'{name}': the name is {what} of stream 'ev'"):
+            catalog.add_on_demand(od(name=name, inputs=["m"]), "t")
     assert catalog.on_demand == {} and "o" not in catalog.next_version  # nothing half-registered
     catalog.add_on_demand(od(inputs=["n", "m@1"]), "t")
     with pytest.raises(OnDemandError, match="'o2'.*'o' is an on-demand feature"):
