@@ -103,6 +103,22 @@ class OnDemandReads:
                 got = "is on-demand" if g is None else f"groups by {g.entity!r}"
                 raise OnDemandError(f"on-demand feature {r!r}: input {i!r} {got}, not {entity!r}")
 
+    def _check_columns(self, observations, timestamp: str) -> None:
+        """Refuse observations that repeat a column a training set reads: its timestamp, an entity field or a
+        request field (a repeated name selects several columns, not one value per row)."""
+        names = getattr(observations, "column_names", None)  # a pyarrow Table
+        if names is None and isinstance(observations, pd.DataFrame):
+            names = list(observations.columns)
+        if names is None or len(set(names)) == len(names):
+            return
+        cat = self.session.catalog
+        read = {timestamp, *(e for s in cat.streams.values() for e in s.entities),
+                *(r for f in cat.on_demand.values() for r in f.request)}
+        repeated = sorted({str(c) for c in names if names.count(c) > 1 and c in read})
+        if repeated:
+            raise SchemaError(f"observations have more than one column named {repeated}; a training set reads "
+                              "one column of each name")
+
     # ------------------------------------------------------------------------------------- online
     def get_features(self, entity: str, keys, features: Iterable[str] | str | None,
                      request: Mapping[str, Any] | pd.DataFrame | None) -> pd.DataFrame:
@@ -146,6 +162,7 @@ class OnDemandReads:
     def training_set(self, observations, features: Iterable[str] | str | None, timestamp: str, output: str):
         """See :meth:`rayfs.FeatureStore.training_set`."""
         refs = self._refs(features)
+        self._check_columns(observations, timestamp)
         if self._stored_only(refs):
             try:
                 return self.reader.training_set(observations, features, timestamp, output)

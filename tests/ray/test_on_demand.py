@@ -22,7 +22,7 @@ import ray
 
 import rayfs
 from rayfs.cli import main
-from rayfs.errors import DefinitionError, OnDemandError
+from rayfs.errors import DefinitionError, OnDemandError, SchemaError
 from rayfs.testing import assert_features_equal, oracle_online
 
 T0 = 1_704_067_200  # 2024-01-01 UTC, epoch seconds
@@ -185,8 +185,9 @@ def test_versions_persist_reopen_connect_from_another_process_list_and_drop(tmp_
         assert got["scaled"].tolist() == (n * 100).tolist() and (got["plus"] >= 1).all()
         other.close()
         s.drop_feature("plus")
-        with pytest.raises(DefinitionError, match="'n'.*on-demand feature 'scaled"):
+        with pytest.raises(DefinitionError, match="'n'.*on-demand feature 'scaled") as info:
             s.drop_feature("n")  # an input of an on-demand feature
+        assert type(info.value) is DefinitionError  # the coordinator's refusal, not Ray's error around it
         with pytest.raises(DefinitionError, match="'scaled'.*shared"):
             s.register_feature(rayfs.Feature(name="scaled", stream="ev", entity="user", agg="count"))
         with pytest.raises(DefinitionError, match="'n'.*stored feature"):
@@ -300,6 +301,11 @@ def test_bad_definitions_and_requests_name_the_feature_and_register_nothing(stor
             s.get_features("user", ["u1"], ["score"])
         with pytest.raises(OnDemandError, match="'score'.*missing request field 'amount'"):
             s.training_set(pd.DataFrame({"user": ["u1"], "ts": [T0]}), ["score"], timestamp="ts")
+        repeated = pd.DataFrame([["u1", T0, 1.0, 2.0]], columns=["user", "ts", "amount", "amount"])
+        with pytest.raises(SchemaError, match=r"more than one column named \['amount'\]"):
+            s.training_set(repeated, ["score"], timestamp="ts")
+        with pytest.raises(SchemaError, match=r"more than one column named \['user'\]"):
+            s.training_set(repeated.set_axis(["user", "ts", "user", "x"], axis=1), ["n"], timestamp="ts")
         with pytest.raises(OnDemandError, match="'score'.*'amount' has 3 values for 2 rows"):
             s.get_features("user", ["u1", "u2"], ["score"], request={"amount": [1, 2, 3]})
         with pytest.raises(OnDemandError, match="'ratio'.*input 'n_1d' groups by 'user', not 'post'"):
