@@ -39,7 +39,7 @@ import sysconfig
 import textwrap
 import threading
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,6 +303,8 @@ class OnDemandFeature:
         except Exception as exc:  # noqa: BLE001 - the user's code: name it, keep the cause
             raise OnDemandError(f"on-demand feature {self.key!r}: its function raised "
                                 f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(out, Iterator):  # a generator or map(...): its values, one per row
+            out = list(out)
         if isinstance(out, pd.DataFrame):
             raise OnDemandError(f"on-demand feature {self.key!r}: returned a DataFrame of {out.shape[1]} "
                                 "column(s); return one value per row (a Series or an array)")

@@ -15,7 +15,7 @@ is; if the reader then finds a name unknown, its refreshed catalog is asked agai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -127,6 +127,8 @@ class OnDemandReads:
         if request is not None and not isinstance(request, Mapping | pd.DataFrame):
             raise OnDemandError(f"request must be a dict of request fields or a DataFrame, not "
                                 f"{type(request).__name__}")
+        if isinstance(request, Mapping):  # a generator of values: read it once, for every feature that reads it
+            request = {k: list(v) if isinstance(v, Iterator) else v for k, v in request.items()}
         if not hasattr(keys, "__len__"):
             keys = list(keys)  # a generator: read it once
         if self._stored_only(refs):

@@ -142,6 +142,9 @@ def test_every_feature_default_arrow_output_and_request_only_features(store):
     # features=None: stored features of the entity, then the on-demand ones whose request fields are given
     assert list(got.columns) == ["user", "n", "n_1d", "mean_x", "last_post", "ratio", "score", "double"]
     assert got["double"].tolist() == [2.0, 4.0]
+    # A generator of request values is read once, for every feature that reads the field.
+    again = s.get_features("user", ["u1", "u2"], ["score", "double"], request={"amount": (a for a in [1.0, 2.0])})
+    pd.testing.assert_frame_equal(again, got[["user", "score", "double"]])
     obs = pd.DataFrame({"post": ["p1", "p2"], "ts": [pd.Timestamp(T0 + DAY, unit="s")] * 2, "amount": [3, 4]})
     ts = s.training_set(obs, timestamp="ts", output="arrow")
     assert ts.column_names == ["post", "ts", "amount", "post_n", "double"]

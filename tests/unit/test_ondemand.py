@@ -185,6 +185,9 @@ def test_results_are_checked_and_errors_name_the_feature():
         f(lambda df: pd.Series([5, 6, 7], index=["x", "y", "z"])).apply(frame)
     with pytest.raises(OnDemandError, match="'o'.*index is not the frame's rows"):
         f(lambda df: pd.Series([5, 6, 7], index=[0, 0, 1])).apply(frame)
+    # A generator or map(...) gives its values, one per row.
+    assert f(lambda df: (2 * a for a in df.a)).apply(frame).tolist() == [2.0, 4.0, 6.0]
+    assert f(lambda df: map(str, df.a)).apply(frame).tolist() == ["1.0", "2.0", "3.0"]
     # Arrays and lists have no labels: by position.
     assert f(lambda df: df.a.sort_values(ascending=False).to_numpy()).apply(frame).tolist() == [3.0, 2.0, 1.0]
 
