@@ -102,6 +102,20 @@ def _digest_value(value: Any, seen: set[int]) -> str:
         return f"module:{value.__name__}"
     if isinstance(value, types.FunctionType):
         return _code_digest(value, seen)
+    if isinstance(value, set | frozenset | list | tuple | dict):
+        # Containers element by element: a set's pickle follows its iteration order, which string hashing
+        # changes from one process to the next, so a set's elements are taken sorted.
+        if id(value) in seen:
+            return "recursive"
+        seen.add(id(value))
+        if isinstance(value, dict):
+            items = [f"{_digest_value(k, seen)}={_digest_value(v, seen)}" for k, v in value.items()]
+        else:
+            items = [_digest_value(v, seen) for v in value]
+            if isinstance(value, set | frozenset):
+                items.sort()
+        seen.discard(id(value))  # the same container used twice is digested twice alike
+        return hashlib.sha256(f"{type(value).__name__}({'|'.join(items)})".encode()).hexdigest()
     try:
         import cloudpickle
 

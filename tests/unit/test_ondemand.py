@@ -131,6 +131,27 @@ def test_fingerprint_follows_code_inputs_and_the_values_used_not_metadata(user_m
     assert not OnDemandFeature(name="g", function=mod.f, inputs=["a"]).same_definition(first)
 
 
+def test_fingerprint_is_the_same_in_every_process(tmp_path):
+    """Sets pickle in an order string hashing changes per process: registering the same function from
+    another run must still be the same version (not boosted@2, @3, ... at every deploy)."""
+    import os
+    import subprocess
+
+    (tmp_path / "od_sets_mod.py").write_text(textwrap.dedent("""
+        ALLOWED = {"alpha", "beta", "gamma", "delta", "eps", "zeta"}
+        NESTED = {"k": frozenset({"x", "y", "z", "w"}), "t": ("a", {"b", "c", "d"})}
+
+        def f(df, extra=frozenset({"p", "q", "r", "s"})):
+            return df.tag.isin(ALLOWED | NESTED["k"] | extra)
+    """))
+    code = ("import od_sets_mod; from rayfs.model.ondemand import OnDemandFeature; "
+            "print(OnDemandFeature(name='o', inputs=['tag'], function=od_sets_mod.f).digest)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    digests = {subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONHASHSEED": str(seed)}, check=True,
+                              capture_output=True, text=True).stdout.strip() for seed in range(3)}
+    assert len(digests) == 1 and len(next(iter(digests))) == 16
+
+
 def test_functions_without_source_are_fingerprinted_by_bytecode():
     ns: dict = {}
     exec("def f(df):\n    return df.a * 2\ndef g(df):\n    return df.a * 3\n", ns)  # no source file
