@@ -30,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import inspect
 import json
@@ -116,12 +117,37 @@ def _digest_value(value: Any, seen: set[int]) -> str:
                 items.sort()
         seen.discard(id(value))  # the same container used twice is digested twice alike
         return hashlib.sha256(f"{type(value).__name__}({'|'.join(items)})".encode()).hexdigest()
+    # A class of the user's (a script's, or a module not installed) pickles by value with an id drawn afresh
+    # in every process: such a class is digested by its code, its instances by their class and state.
+    if isinstance(value, type) and _users(value):
+        return _class_digest(value, seen)
+    if _users(type(value)) and (isinstance(value, enum.Enum) or isinstance(getattr(value, "__dict__", None), dict)):
+        state = value.name if isinstance(value, enum.Enum) else value.__dict__
+        return hashlib.sha256(f"{_class_digest(type(value), seen)}|{_digest_value(state, seen)}".encode()).hexdigest()
     try:
         import cloudpickle
 
         return hashlib.sha256(cloudpickle.dumps(value)).hexdigest()
     except Exception:  # noqa: BLE001 - unpicklable here means unpicklable for the whole function too
         return repr(value)
+
+
+def _users(cls: type) -> bool:
+    """Whether ``cls`` is defined by the user: in a script, or in a module that is not installed."""
+    module = sys.modules.get(getattr(cls, "__module__", None) or "")
+    return module is None or module.__name__ == "__main__" or not _installed(module)
+
+
+def _class_digest(cls: type, seen: set[int]) -> str:
+    """A class's name and code: its source text, or its methods' code when it has none."""
+    if id(cls) in seen:
+        return f"class:{cls.__qualname__}"
+    seen.add(id(cls))
+    text = _source(cls)
+    if not text:
+        text = "\n".join(f"{k}={_digest_value(v, seen)}" for k, v in sorted(vars(cls).items())
+                         if isinstance(v, types.FunctionType))
+    return hashlib.sha256(f"class:{cls.__qualname__}|{text}".encode()).hexdigest()
 
 
 def _code_digest(fn: Callable, seen: set[int] | None = None) -> str:

@@ -132,24 +132,48 @@ def test_fingerprint_follows_code_inputs_and_the_values_used_not_metadata(user_m
 
 
 def test_fingerprint_is_the_same_in_every_process(tmp_path):
-    """Sets pickle in an order string hashing changes per process: registering the same function from
-    another run must still be the same version (not boosted@2, @3, ... at every deploy)."""
+    """Registering the same function from another run is the same version (not boosted@2, @3, ... at every
+    deploy), though sets pickle in an order string hashing changes per process and classes of a script
+    pickle with an id drawn afresh in each."""
     import os
     import subprocess
 
     (tmp_path / "od_sets_mod.py").write_text(textwrap.dedent("""
         ALLOWED = {"alpha", "beta", "gamma", "delta", "eps", "zeta"}
         NESTED = {"k": frozenset({"x", "y", "z", "w"}), "t": ("a", {"b", "c", "d"})}
+    """))
+    (tmp_path / "register.py").write_text(textwrap.dedent("""
+        import dataclasses, enum, sys
+        import od_sets_mod
+        from rayfs.model.ondemand import OnDemandFeature
+
+        class Level(enum.Enum):
+            LOW = 1
+
+        @dataclasses.dataclass
+        class Config:
+            k: int = 2
+
+        class Scaler:
+            def __init__(self):
+                self.k = int(sys.argv[1])
+
+        CONFIG, SCALER = Config(), Scaler()
 
         def f(df, extra=frozenset({"p", "q", "r", "s"})):
-            return df.tag.isin(ALLOWED | NESTED["k"] | extra)
+            hit = df.tag.isin(od_sets_mod.ALLOWED | od_sets_mod.NESTED["k"] | extra)
+            return hit * CONFIG.k * SCALER.k * Level.LOW.value
+
+        print(OnDemandFeature(name="o", inputs=["tag"], function=f).digest)
     """))
-    code = ("import od_sets_mod; from rayfs.model.ondemand import OnDemandFeature; "
-            "print(OnDemandFeature(name='o', inputs=['tag'], function=od_sets_mod.f).digest)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    digests = {subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONHASHSEED": str(seed)}, check=True,
-                              capture_output=True, text=True).stdout.strip() for seed in range(3)}
-    assert len(digests) == 1 and len(next(iter(digests))) == 16
+
+    def digest(seed: int, k: int = 3) -> str:
+        return subprocess.run([sys.executable, str(tmp_path / "register.py"), str(k)], check=True, text=True,
+                              env={**env, "PYTHONHASHSEED": str(seed)}, capture_output=True).stdout.strip()
+
+    assert len({digest(seed) for seed in range(3)}) == 1
+    assert digest(0, k=4) != digest(0)  # an instance's state is part of the definition
 
 
 def test_functions_without_source_are_fingerprinted_by_bytecode():
