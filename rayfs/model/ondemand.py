@@ -424,7 +424,8 @@ def request_columns(feature: OnDemandFeature, request: Mapping[str, Any] | pd.Da
     values give the same dtypes online and in training sets.
 
     Raises:
-        OnDemandError: a field is missing, or has a sequence of another length than ``n``.
+        OnDemandError: a field is missing, has a sequence of another length than ``n``, or is a DataFrame or an
+            array of more than one dimension.
 
     >>> f = OnDemandFeature(name="d", request=("x", "y"), function=lambda df: df.x - df.y)
     >>> request_columns(f, {"x": 1.5, "y": [1, 2]}, 2)
@@ -439,6 +440,12 @@ def request_columns(feature: OnDemandFeature, request: Mapping[str, Any] | pd.Da
         if _scalar(v):
             out[r] = [v.item() if isinstance(v, np.generic) else v] * n
             continue
+        if isinstance(v, pd.DataFrame) or (isinstance(v, np.ndarray) and v.ndim > 1):
+            # Read as a sequence, a DataFrame would give its column names and a 2-D array its rows.
+            what = ("a DataFrame (e.g. a repeated column)" if isinstance(v, pd.DataFrame)
+                    else f"an array of shape {v.shape}")
+            raise OnDemandError(f"on-demand feature {feature.key!r}: request field {r!r} is {what}; give one "
+                                "value, or a sequence of one value per row")
         vals = _values_list(v)
         if len(vals) != n:
             raise OnDemandError(f"on-demand feature {feature.key!r}: request field {r!r} has {len(vals)} values "

@@ -259,6 +259,13 @@ def test_request_columns_broadcast_scalars_and_check_lengths():
         request_columns(f, None, 2)
     with pytest.raises(OnDemandError, match="'d'.*'y' has 3 values for 2 rows"):
         request_columns(f, {"x": 1, "y": [1, 2, 3], "z": "a"}, 2)
+    # Two columns of one name, or a column vector: refused, not read as column names or rows.
+    twice = pd.DataFrame([[1.0, 3, 5, "p"], [2.0, 4, 6, "q"]], columns=["x", "y", "y", "z"])
+    with pytest.raises(OnDemandError, match="'d'.*request field 'y' is a DataFrame"):
+        request_columns(f, twice, 2)
+    with pytest.raises(OnDemandError, match=r"'d'.*request field 'y' is an array of shape \(2, 1\)"):
+        request_columns(f, {"x": 1, "y": np.ones((2, 1)), "z": "a"}, 2)
+    assert request_columns(f, {"x": 1, "y": [[1], [2, 3]], "z": "a"}, 2)["y"] == [[1], [2, 3]]  # a list per row
 
 
 def test_the_frame_is_the_same_from_request_values_and_observation_columns():
