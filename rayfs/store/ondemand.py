@@ -124,6 +124,10 @@ class OnDemandReads:
                      request: Mapping[str, Any] | pd.DataFrame | None) -> pd.DataFrame:
         """See :meth:`rayfs.FeatureStore.get_features`."""
         refs = self._refs(features)
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            # A string is a sequence too, of characters: it would be read as one key per character.
+            raise SchemaError(f"keys of entity {entity!r}: a sequence of keys (for one key, [key]), not "
+                              f"{type(keys).__name__}")
         if request is not None and not isinstance(request, Mapping | pd.DataFrame):
             raise OnDemandError(f"request must be a dict of request fields or a DataFrame, not "
                                 f"{type(request).__name__}")

@@ -304,6 +304,10 @@ def test_bad_definitions_and_requests_name_the_feature_and_register_nothing(stor
             s.get_features("user", ["u1"], ["score"])
         with pytest.raises(OnDemandError, match="'score'.*missing request field 'amount'"):
             s.training_set(pd.DataFrame({"user": ["u1"], "ts": [T0]}), ["score"], timestamp="ts")
+        for keys in ("u1", b"u1", None, 7):  # a string would be one key per character
+            for features in (["n"], ["ratio"]):
+                with pytest.raises(SchemaError, match="keys of entity 'user': a sequence of keys"):
+                    s.get_features("user", keys, features)
         repeated = pd.DataFrame([["u1", T0, 1.0, 2.0]], columns=["user", "ts", "amount", "amount"])
         with pytest.raises(SchemaError, match=r"more than one column named \['amount'\]"):
             s.training_set(repeated, ["score"], timestamp="ts")
