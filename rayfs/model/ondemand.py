@@ -17,7 +17,9 @@ Invariants:
   per request field, named as given, a ``RangeIndex``) and returns one value per row (a Series, an array, a
   list or a scalar for every row). A Series is aligned on the frame's index (a sorted one lands on its own
   rows); other values are taken by position. A wrong length, a Series of other row labels or an exception
-  is an :class:`~rayfs.errors.OnDemandError` naming the feature.
+  is an :class:`~rayfs.errors.OnDemandError` naming the feature. Each row's value must depend on that row
+  only: the frame holds the keys of one read online and all the observations of a training set, so a
+  function that looks across rows (a mean or rank over the frame) gives different values in the two.
 * The function travels with the catalog as a cloudpickle blob plus its source text for people. Its own
   module is pickled by value unless it is installed (standard library, site-packages), so any process of
   the store can apply it without importing the user's code; other modules it calls are referenced by name.
