@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray
 
 from rayfs.engine import columns as C
@@ -106,10 +107,13 @@ class OnDemandReads:
     def _check_columns(self, observations, timestamp: str) -> None:
         """Refuse observations that repeat a column a training set reads: its timestamp, an entity field or a
         request field (a repeated name selects several columns, not one value per row)."""
-        names = getattr(observations, "column_names", None)  # a pyarrow Table
-        if names is None and isinstance(observations, pd.DataFrame):
+        if isinstance(observations, pd.DataFrame):
             names = list(observations.columns)
-        if names is None or len(set(names)) == len(names):
+        elif isinstance(observations, pa.Table | pa.RecordBatch):
+            names = list(observations.column_names)
+        else:
+            return
+        if len(set(names)) == len(names):
             return
         cat = self.session.catalog
         read = {timestamp, *(e for s in cat.streams.values() for e in s.entities),
@@ -201,8 +205,6 @@ class OnDemandReads:
         for r in names:
             out[r] = _column(values[r] if r in values else got[r].to_numpy(), out.index)
         if output == "arrow":
-            import pyarrow as pa
-
             try:
                 return pa.Table.from_pandas(out, preserve_index=False)
             except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:

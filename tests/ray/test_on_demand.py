@@ -17,6 +17,7 @@ import uuid
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import ray
 
@@ -311,6 +312,10 @@ def test_bad_definitions_and_requests_name_the_feature_and_register_nothing(stor
         repeated = pd.DataFrame([["u1", T0, 1.0, 2.0]], columns=["user", "ts", "amount", "amount"])
         with pytest.raises(SchemaError, match=r"more than one column named \['amount'\]"):
             s.training_set(repeated, ["score"], timestamp="ts")
+        arrow = pa.Table.from_arrays([pa.array(["u1"]), pa.array([T0]), pa.array([1.0]), pa.array([2.0])],
+                                     names=["user", "ts", "amount", "amount"])
+        with pytest.raises(SchemaError, match=r"more than one column named \['amount'\]"):
+            s.training_set(arrow, ["score"], timestamp="ts")
         with pytest.raises(SchemaError, match=r"more than one column named \['user'\]"):
             s.training_set(repeated.set_axis(["user", "ts", "user", "x"], axis=1), ["n"], timestamp="ts")
         with pytest.raises(OnDemandError, match="'score'.*'amount' has 3 values for 2 rows"):
