@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import hashlib
 import inspect
 import json
@@ -60,13 +61,18 @@ KIND = "on_demand"
 _PICKLE_LOCK = threading.Lock()  # cloudpickle's by-value registry is process-wide
 
 
+@functools.cache
+def _install_roots() -> tuple[str, ...]:
+    roots = [sysconfig.get_paths()["stdlib"], *site.getsitepackages(), site.getusersitepackages()]
+    return tuple(r for r in roots if r)
+
+
 def _installed(module: types.ModuleType) -> bool:
     """True for the standard library and installed packages (pickled by reference: every process has them)."""
     path = getattr(module, "__file__", None)
     if not path:
         return True  # built in
-    roots = [sysconfig.get_paths()["stdlib"], *site.getsitepackages(), site.getusersitepackages()]
-    return any(path.startswith(r) for r in roots if r)
+    return path.startswith(_install_roots())
 
 
 def _dumps(fn: Callable) -> bytes:
@@ -105,9 +111,16 @@ def _digest_value(value: Any, seen: set[int]) -> str:
         return f"module:{value.__name__}"
     if isinstance(value, types.FunctionType):
         return _code_digest(value, seen)
+    plain_type = not _users(type(value))  # set, dict, OrderedDict, ...: not a class of the user's
+    if isinstance(value, set | frozenset) and plain_type and all(isinstance(v, _PLAIN) for v in value):
+        # A set pickles in its iteration order, which string hashing changes from one process to the next.
+        text = "\n".join(sorted(f"{type(v).__name__}:{v!r}" for v in value))
+        return hashlib.sha256(f"{type(value).__name__}({text})".encode()).hexdigest()
+    if isinstance(value, list | tuple | dict) and plain_type and all(
+            isinstance(v, _PLAIN) for v in (value if not isinstance(value, dict) else (*value, *value.values()))):
+        return _pickle_digest(value)  # plain values pickle alike in every process
     if isinstance(value, set | frozenset | list | tuple | dict):
-        # Containers element by element: a set's pickle follows its iteration order, which string hashing
-        # changes from one process to the next, so a set's elements are taken sorted.
+        # Other containers element by element (sets sorted): they may hold sets or the user's objects.
         if id(value) in seen:
             return "recursive"
         seen.add(id(value))
@@ -118,7 +131,8 @@ def _digest_value(value: Any, seen: set[int]) -> str:
             if isinstance(value, set | frozenset):
                 items.sort()
         seen.discard(id(value))  # the same container used twice is digested twice alike
-        return hashlib.sha256(f"{type(value).__name__}({'|'.join(items)})".encode()).hexdigest()
+        kind = _class_digest(type(value), seen) if _users(type(value)) else type(value).__name__  # a namedtuple
+        return hashlib.sha256(f"{kind}({'|'.join(items)})".encode()).hexdigest()
     # A class of the user's (a script's, or a module not installed) pickles by value with an id drawn afresh
     # in every process: such a class is digested by its code, its instances by their class and state.
     if isinstance(value, type) and _users(value):
@@ -126,6 +140,13 @@ def _digest_value(value: Any, seen: set[int]) -> str:
     if _users(type(value)) and (isinstance(value, enum.Enum) or isinstance(getattr(value, "__dict__", None), dict)):
         state = value.name if isinstance(value, enum.Enum) else value.__dict__
         return hashlib.sha256(f"{_class_digest(type(value), seen)}|{_digest_value(state, seen)}".encode()).hexdigest()
+    return _pickle_digest(value)
+
+
+_PLAIN = (str, bytes, int, float, complex, type(None))  # bool is an int
+
+
+def _pickle_digest(value: Any) -> str:
     try:
         import cloudpickle
 

@@ -143,7 +143,7 @@ def test_fingerprint_is_the_same_in_every_process(tmp_path):
         NESTED = {"k": frozenset({"x", "y", "z", "w"}), "t": ("a", {"b", "c", "d"})}
     """))
     (tmp_path / "register.py").write_text(textwrap.dedent("""
-        import dataclasses, enum, sys
+        import collections, dataclasses, enum, sys
         import od_sets_mod
         from rayfs.model.ondemand import OnDemandFeature
 
@@ -159,10 +159,11 @@ def test_fingerprint_is_the_same_in_every_process(tmp_path):
                 self.k = int(sys.argv[1])
 
         CONFIG, SCALER = Config(), Scaler()
+        PAIR = collections.namedtuple("Pair", "a b")(1, 2)
 
         def f(df, extra=frozenset({"p", "q", "r", "s"})):
             hit = df.tag.isin(od_sets_mod.ALLOWED | od_sets_mod.NESTED["k"] | extra)
-            return hit * CONFIG.k * SCALER.k * Level.LOW.value
+            return hit * CONFIG.k * SCALER.k * Level.LOW.value * PAIR.a
 
         print(OnDemandFeature(name="o", inputs=["tag"], function=f).digest)
     """))
