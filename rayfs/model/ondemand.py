@@ -15,8 +15,11 @@ Invariants:
 
 * The function is vectorised: it takes the whole frame (:func:`input_frame`: one column per input, then one
   per request field, named as given, a ``RangeIndex``) and returns one value per row (a Series, an array, a
-  list or a scalar for every row); values are taken by position. A wrong length or an exception is an
-  :class:`~rayfs.errors.OnDemandError` naming the feature.
+  list or a scalar for every row). A Series is aligned on the frame's index (a sorted one lands on its own
+  rows); other values are taken by position. A wrong length, a Series of other row labels or an exception
+  is an :class:`~rayfs.errors.OnDemandError` naming the feature. Each row's value must depend on that row
+  only: the frame holds the keys of one read online and all the observations of a training set, so a
+  function that looks across rows (a mean or rank over the frame) gives different values in the two.
 * The function travels with the catalog as a cloudpickle blob plus its source text for people. Its own
   module is pickled by value unless it is installed (standard library, site-packages), so any process of
   the store can apply it without importing the user's code; other modules it calls are referenced by name.
@@ -29,6 +32,8 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import enum
+import functools
 import hashlib
 import inspect
 import json
@@ -38,7 +43,7 @@ import sysconfig
 import textwrap
 import threading
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,13 +61,18 @@ KIND = "on_demand"
 _PICKLE_LOCK = threading.Lock()  # cloudpickle's by-value registry is process-wide
 
 
+@functools.cache
+def _install_roots() -> tuple[str, ...]:
+    roots = [sysconfig.get_paths()["stdlib"], *site.getsitepackages(), site.getusersitepackages()]
+    return tuple(r for r in roots if r)
+
+
 def _installed(module: types.ModuleType) -> bool:
     """True for the standard library and installed packages (pickled by reference: every process has them)."""
     path = getattr(module, "__file__", None)
     if not path:
         return True  # built in
-    roots = [sysconfig.get_paths()["stdlib"], *site.getsitepackages(), site.getusersitepackages()]
-    return any(path.startswith(r) for r in roots if r)
+    return path.startswith(_install_roots())
 
 
 def _dumps(fn: Callable) -> bytes:
@@ -101,12 +111,66 @@ def _digest_value(value: Any, seen: set[int]) -> str:
         return f"module:{value.__name__}"
     if isinstance(value, types.FunctionType):
         return _code_digest(value, seen)
+    plain_type = not _users(type(value))  # set, dict, OrderedDict, ...: not a class of the user's
+    if isinstance(value, set | frozenset) and plain_type and all(isinstance(v, _PLAIN) for v in value):
+        # A set pickles in its iteration order, which string hashing changes from one process to the next.
+        text = "\n".join(sorted(f"{type(v).__name__}:{v!r}" for v in value))
+        return hashlib.sha256(f"{type(value).__name__}({text})".encode()).hexdigest()
+    if isinstance(value, list | tuple | dict) and plain_type and all(
+            isinstance(v, _PLAIN) for v in (value if not isinstance(value, dict) else (*value, *value.values()))):
+        return _pickle_digest(value)  # plain values pickle alike in every process
+    if isinstance(value, set | frozenset | list | tuple | dict):
+        # Other containers element by element (sets sorted): they may hold sets or the user's objects.
+        if id(value) in seen:
+            return "recursive"
+        seen.add(id(value))
+        if isinstance(value, dict):
+            items = [f"{_digest_value(k, seen)}={_digest_value(v, seen)}" for k, v in value.items()]
+        else:
+            items = [_digest_value(v, seen) for v in value]
+            if isinstance(value, set | frozenset):
+                items.sort()
+        seen.discard(id(value))  # the same container used twice is digested twice alike
+        kind = _class_digest(type(value), seen) if _users(type(value)) else type(value).__name__  # a namedtuple
+        return hashlib.sha256(f"{kind}({'|'.join(items)})".encode()).hexdigest()
+    # A class of the user's (a script's, or a module not installed) pickles by value with an id drawn afresh
+    # in every process: such a class is digested by its code, its instances by their class and state.
+    if isinstance(value, type) and _users(value):
+        return _class_digest(value, seen)
+    if _users(type(value)) and (isinstance(value, enum.Enum) or isinstance(getattr(value, "__dict__", None), dict)):
+        state = value.name if isinstance(value, enum.Enum) else value.__dict__
+        return hashlib.sha256(f"{_class_digest(type(value), seen)}|{_digest_value(state, seen)}".encode()).hexdigest()
+    return _pickle_digest(value)
+
+
+_PLAIN = (str, bytes, int, float, complex, type(None))  # bool is an int
+
+
+def _pickle_digest(value: Any) -> str:
     try:
         import cloudpickle
 
         return hashlib.sha256(cloudpickle.dumps(value)).hexdigest()
     except Exception:  # noqa: BLE001 - unpicklable here means unpicklable for the whole function too
         return repr(value)
+
+
+def _users(cls: type) -> bool:
+    """Whether ``cls`` is defined by the user: in a script, or in a module that is not installed."""
+    module = sys.modules.get(getattr(cls, "__module__", None) or "")
+    return module is None or module.__name__ == "__main__" or not _installed(module)
+
+
+def _class_digest(cls: type, seen: set[int]) -> str:
+    """A class's name and code: its source text, or its methods' code when it has none."""
+    if id(cls) in seen:
+        return f"class:{cls.__qualname__}"
+    seen.add(id(cls))
+    text = _source(cls)
+    if not text:
+        text = "\n".join(f"{k}={_digest_value(v, seen)}" for k, v in sorted(vars(cls).items())
+                         if isinstance(v, types.FunctionType))
+    return hashlib.sha256(f"class:{cls.__qualname__}|{text}".encode()).hexdigest()
 
 
 def _code_digest(fn: Callable, seen: set[int] | None = None) -> str:
@@ -142,7 +206,14 @@ def _has_contents(cell) -> bool:
 
 
 def _names(value) -> tuple:
-    return (value,) if isinstance(value, str) else tuple(value)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:  # one name that is not a string: refused by name below
+        return (value,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,10 +353,12 @@ class OnDemandFeature:
         return fn
 
     def apply(self, frame: pd.DataFrame) -> np.ndarray:
-        """The feature's values for ``frame`` (one per row, by position), checked.
+        """The feature's values for ``frame`` (one per row: a Series aligned on its index, else by position),
+        checked.
 
         Raises:
-            OnDemandError: the function raised, or returned the wrong number of values.
+            OnDemandError: the function raised, returned the wrong number of values, or a Series whose index
+                is not the frame's rows.
         """
         fn = self.loaded()
         try:
@@ -293,9 +366,18 @@ class OnDemandFeature:
         except Exception as exc:  # noqa: BLE001 - the user's code: name it, keep the cause
             raise OnDemandError(f"on-demand feature {self.key!r}: its function raised "
                                 f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(out, Iterator):  # a generator or map(...): its values, one per row
+            out = list(out)
         if isinstance(out, pd.DataFrame):
             raise OnDemandError(f"on-demand feature {self.key!r}: returned a DataFrame of {out.shape[1]} "
                                 "column(s); return one value per row (a Series or an array)")
+        if isinstance(out, pd.Series) and len(out) == len(frame) and not out.index.equals(frame.index):
+            # A Series carries row labels: a sorted or shuffled one is put back in the frame's order (as
+            # pandas assigns one to a column); labels that are not the frame's cannot be placed at all.
+            if not out.index.is_unique or not out.index.isin(frame.index).all():
+                raise OnDemandError(f"on-demand feature {self.key!r}: returned a Series of {len(out)} values whose "
+                                    "index is not the frame's rows; return it on the frame's index (or an array)")
+            out = out.reindex(frame.index)
         if isinstance(out, pd.Series | pd.Index):
             values = out.to_numpy()
         elif _scalar(out):
@@ -365,7 +447,8 @@ def request_columns(feature: OnDemandFeature, request: Mapping[str, Any] | pd.Da
     values give the same dtypes online and in training sets.
 
     Raises:
-        OnDemandError: a field is missing, or has a sequence of another length than ``n``.
+        OnDemandError: a field is missing, has a sequence of another length than ``n``, or is a DataFrame or an
+            array of more than one dimension.
 
     >>> f = OnDemandFeature(name="d", request=("x", "y"), function=lambda df: df.x - df.y)
     >>> request_columns(f, {"x": 1.5, "y": [1, 2]}, 2)
@@ -380,6 +463,12 @@ def request_columns(feature: OnDemandFeature, request: Mapping[str, Any] | pd.Da
         if _scalar(v):
             out[r] = [v.item() if isinstance(v, np.generic) else v] * n
             continue
+        if isinstance(v, pd.DataFrame) or (isinstance(v, np.ndarray) and v.ndim > 1):
+            # Read as a sequence, a DataFrame would give its column names and a 2-D array its rows.
+            what = ("a DataFrame (e.g. a repeated column)" if isinstance(v, pd.DataFrame)
+                    else f"an array of shape {v.shape}")
+            raise OnDemandError(f"on-demand feature {feature.key!r}: request field {r!r} is {what}; give one "
+                                "value, or a sequence of one value per row")
         vals = _values_list(v)
         if len(vals) != n:
             raise OnDemandError(f"on-demand feature {feature.key!r}: request field {r!r} has {len(vals)} values "

@@ -210,6 +210,13 @@ class Catalog:
         if self.latest(f.name) is not None:
             raise DefinitionError(f"on-demand feature {f.name!r}: a stored feature has that name; feature names "
                                   "are shared by stored and on-demand features")
+        for s in self.streams.values():
+            if f.name in s.entities or f.name == s.timestamp:
+                # Reads return the entity and observation columns beside the features: this one would
+                # overwrite that column (as check_feature refuses for stored features).
+                what = "an entity field" if f.name in s.entities else "the timestamp column"
+                raise DefinitionError(f"on-demand feature {f.name!r}: the name is {what} of stream {s.name!r}; "
+                                      "choose another name")
         self.on_demand_entity(f)
         old = self.latest_on_demand(f.name)
         if old is not None and old.same_definition(f):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import ray
 
-from rayfs.errors import DefinitionError
+from rayfs.errors import DefinitionError, RayfsError
 from rayfs.model.config import StoreConfig, load_config
 from rayfs.model.definitions import Feature, Stream
 from rayfs.model.ondemand import OnDemandFeature
@@ -76,12 +76,23 @@ def register_sql(session: Session, sql: str, window, description: str, metadata:
     return [register_feature(session, f) for f in feats]
 
 
+def _answer(ref):
+    """``ray.get(ref)`` of a coordinator call; its refusal is raised as the rayfs error it is (not wrapped in
+    Ray's task error with the remote traceback in its message)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, RayfsError):
+            raise exc.cause from None
+        raise
+
+
 def register_on_demand(session: Session, feature: OnDemandFeature) -> OnDemandFeature:
     """See :meth:`rayfs.FeatureStore.register_on_demand`."""
     if not isinstance(feature, OnDemandFeature):
         raise DefinitionError(f"register_on_demand takes a rayfs.OnDemandFeature, not {type(feature).__name__}")
     # The coordinator validates against the current catalog and changes nothing if the definition is refused.
-    d, _change, catalog = ray.get(session.coordinator.register_on_demand.remote(feature.to_dict()))
+    d, _change, catalog = _answer(session.coordinator.register_on_demand.remote(feature.to_dict()))
     session.refresh(catalog)
     # The registering process keeps the live function (the catalog's copy is unpickled only on first use).
     return dataclasses.replace(OnDemandFeature.from_dict(d), function=feature.function)
@@ -91,7 +102,7 @@ def drop_feature(session: Session, name: str, version: int | None) -> Feature | 
     """See :meth:`rayfs.FeatureStore.drop_feature`."""
     ref = name if version is None else f"{name}@{version}"
     f = session.fresh(lambda cat: cat.on_demand_feature(ref) if cat.is_on_demand(ref) else cat.feature(ref))
-    d, catalog = ray.get(session.coordinator.drop_feature.remote(ref))
+    d, catalog = _answer(session.coordinator.drop_feature.remote(ref))  # refused while an on-demand one reads it
     session.refresh(catalog)
     return OnDemandFeature.from_dict(d) if isinstance(f, OnDemandFeature) else Feature.from_dict(d)
 

@@ -15,11 +15,12 @@ is; if the reader then finds a name unknown, its refreshed catalog is asked agai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray
 
 from rayfs.engine import columns as C
@@ -103,14 +104,39 @@ class OnDemandReads:
                 got = "is on-demand" if g is None else f"groups by {g.entity!r}"
                 raise OnDemandError(f"on-demand feature {r!r}: input {i!r} {got}, not {entity!r}")
 
+    def _check_columns(self, observations, timestamp: str) -> None:
+        """Refuse observations that repeat a column a training set reads: its timestamp, an entity field or a
+        request field (a repeated name selects several columns, not one value per row)."""
+        if isinstance(observations, pd.DataFrame):
+            names = list(observations.columns)
+        elif isinstance(observations, pa.Table | pa.RecordBatch):
+            names = list(observations.column_names)
+        else:
+            return
+        if len(set(names)) == len(names):
+            return
+        cat = self.session.catalog
+        read = {timestamp, *(e for s in cat.streams.values() for e in s.entities),
+                *(r for f in cat.on_demand.values() for r in f.request)}
+        repeated = sorted({str(c) for c in names if names.count(c) > 1 and c in read})
+        if repeated:
+            raise SchemaError(f"observations have more than one column named {repeated}; a training set reads "
+                              "one column of each name")
+
     # ------------------------------------------------------------------------------------- online
     def get_features(self, entity: str, keys, features: Iterable[str] | str | None,
                      request: Mapping[str, Any] | pd.DataFrame | None) -> pd.DataFrame:
         """See :meth:`rayfs.FeatureStore.get_features`."""
         refs = self._refs(features)
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            # A string is a sequence too, of characters: it would be read as one key per character.
+            raise SchemaError(f"keys of entity {entity!r}: a sequence of keys (for one key, [key]), not "
+                              f"{type(keys).__name__}")
         if request is not None and not isinstance(request, Mapping | pd.DataFrame):
             raise OnDemandError(f"request must be a dict of request fields or a DataFrame, not "
                                 f"{type(request).__name__}")
+        if isinstance(request, Mapping):  # a generator of values: read it once, for every feature that reads it
+            request = {k: list(v) if isinstance(v, Iterator) else v for k, v in request.items()}
         if not hasattr(keys, "__len__"):
             keys = list(keys)  # a generator: read it once
         if self._stored_only(refs):
@@ -146,6 +172,7 @@ class OnDemandReads:
     def training_set(self, observations, features: Iterable[str] | str | None, timestamp: str, output: str):
         """See :meth:`rayfs.FeatureStore.training_set`."""
         refs = self._refs(features)
+        self._check_columns(observations, timestamp)
         if self._stored_only(refs):
             try:
                 return self.reader.training_set(observations, features, timestamp, output)
@@ -178,8 +205,6 @@ class OnDemandReads:
         for r in names:
             out[r] = _column(values[r] if r in values else got[r].to_numpy(), out.index)
         if output == "arrow":
-            import pyarrow as pa
-
             try:
                 return pa.Table.from_pandas(out, preserve_index=False)
             except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:

@@ -17,12 +17,13 @@ import uuid
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import ray
 
 import rayfs
 from rayfs.cli import main
-from rayfs.errors import DefinitionError, OnDemandError
+from rayfs.errors import DefinitionError, OnDemandError, SchemaError
 from rayfs.testing import assert_features_equal, oracle_online
 
 T0 = 1_704_067_200  # 2024-01-01 UTC, epoch seconds
@@ -142,6 +143,9 @@ def test_every_feature_default_arrow_output_and_request_only_features(store):
     # features=None: stored features of the entity, then the on-demand ones whose request fields are given
     assert list(got.columns) == ["user", "n", "n_1d", "mean_x", "last_post", "ratio", "score", "double"]
     assert got["double"].tolist() == [2.0, 4.0]
+    # A generator of request values is read once, for every feature that reads the field.
+    again = s.get_features("user", ["u1", "u2"], ["score", "double"], request={"amount": (a for a in [1.0, 2.0])})
+    pd.testing.assert_frame_equal(again, got[["user", "score", "double"]])
     obs = pd.DataFrame({"post": ["p1", "p2"], "ts": [pd.Timestamp(T0 + DAY, unit="s")] * 2, "amount": [3, 4]})
     ts = s.training_set(obs, timestamp="ts", output="arrow")
     assert ts.column_names == ["post", "ts", "amount", "post_n", "double"]
@@ -185,8 +189,9 @@ def test_versions_persist_reopen_connect_from_another_process_list_and_drop(tmp_
         assert got["scaled"].tolist() == (n * 100).tolist() and (got["plus"] >= 1).all()
         other.close()
         s.drop_feature("plus")
-        with pytest.raises(DefinitionError, match="'n'.*on-demand feature 'scaled"):
+        with pytest.raises(DefinitionError, match="'n'.*on-demand feature 'scaled") as info:
             s.drop_feature("n")  # an input of an on-demand feature
+        assert type(info.value) is DefinitionError  # the coordinator's refusal, not Ray's error around it
         with pytest.raises(DefinitionError, match="'scaled'.*shared"):
             s.register_feature(rayfs.Feature(name="scaled", stream="ev", entity="user", agg="count"))
         with pytest.raises(DefinitionError, match="'n'.*stored feature"):
@@ -268,9 +273,24 @@ def test_bad_definitions_and_requests_name_the_feature_and_register_nothing(stor
         (dict(name="o5", function="not a function", inputs=["n"]), "'o5'.*callable"),
     ]
     for kwargs, match in bad:
-        with pytest.raises(OnDemandError, match=match):
+        with pytest.raises(OnDemandError, match=match) as info:
             s.register_on_demand(kwargs.pop("name"), kwargs.pop("function"), **kwargs)
+        assert type(info.value) is OnDemandError  # the coordinator's refusal, not Ray's error around it
+    # Reads return the entity and observation columns beside the features: these names would overwrite them.
+    for name in ("user", "post", "ts"):
+        with pytest.raises(DefinitionError, match=f"'{name}': the name is .* of stream 'ev'") as info:
+            s.register_on_demand(name, lambda d: d.n * 100, inputs=["n"])
+        assert type(info.value) is DefinitionError
     pd.testing.assert_frame_equal(s.list_features(), before)
+
+    # A Series sorted by the function lands on its own rows, online and in a training set.
+    s.register_on_demand("n_sorted", lambda d: d.n.sort_values() * 10, inputs=["n"])
+    got = s.get_features("user", ["u1", "u2", "u3", "nobody"], ["n", "n_sorted"])
+    assert got.n_sorted.tolist() == (got.n * 10).tolist()
+    got = s.training_set(pd.DataFrame({"user": ["u3", "u1", "nobody", "u2"], "ts": [T0 + DAY] * 4}),
+                         ["n", "n_sorted"], timestamp="ts")
+    assert got.n_sorted.tolist() == (got.n * 10).tolist()
+    s.drop_feature("n_sorted")
 
     s.register_on_demand("boom", lambda d: 1 / 0, inputs=["n"])
     s.register_on_demand("short", lambda d: d.n.iloc[:1], inputs=["n"])
@@ -285,6 +305,19 @@ def test_bad_definitions_and_requests_name_the_feature_and_register_nothing(stor
             s.get_features("user", ["u1"], ["score"])
         with pytest.raises(OnDemandError, match="'score'.*missing request field 'amount'"):
             s.training_set(pd.DataFrame({"user": ["u1"], "ts": [T0]}), ["score"], timestamp="ts")
+        for keys in ("u1", b"u1", None, 7):  # a string would be one key per character
+            for features in (["n"], ["ratio"]):
+                with pytest.raises(SchemaError, match="keys of entity 'user': a sequence of keys"):
+                    s.get_features("user", keys, features)
+        repeated = pd.DataFrame([["u1", T0, 1.0, 2.0]], columns=["user", "ts", "amount", "amount"])
+        with pytest.raises(SchemaError, match=r"more than one column named \['amount'\]"):
+            s.training_set(repeated, ["score"], timestamp="ts")
+        arrow = pa.Table.from_arrays([pa.array(["u1"]), pa.array([T0]), pa.array([1.0]), pa.array([2.0])],
+                                     names=["user", "ts", "amount", "amount"])
+        with pytest.raises(SchemaError, match=r"more than one column named \['amount'\]"):
+            s.training_set(arrow, ["score"], timestamp="ts")
+        with pytest.raises(SchemaError, match=r"more than one column named \['user'\]"):
+            s.training_set(repeated.set_axis(["user", "ts", "user", "x"], axis=1), ["n"], timestamp="ts")
         with pytest.raises(OnDemandError, match="'score'.*'amount' has 3 values for 2 rows"):
             s.get_features("user", ["u1", "u2"], ["score"], request={"amount": [1, 2, 3]})
         with pytest.raises(OnDemandError, match="'ratio'.*input 'n_1d' groups by 'user', not 'post'"):

@@ -131,6 +131,52 @@ def test_fingerprint_follows_code_inputs_and_the_values_used_not_metadata(user_m
     assert not OnDemandFeature(name="g", function=mod.f, inputs=["a"]).same_definition(first)
 
 
+def test_fingerprint_is_the_same_in_every_process(tmp_path):
+    """Registering the same function from another run is the same version (not boosted@2, @3, ... at every
+    deploy), though sets pickle in an order string hashing changes per process and classes of a script
+    pickle with an id drawn afresh in each."""
+    import os
+    import subprocess
+
+    (tmp_path / "od_sets_mod.py").write_text(textwrap.dedent("""
+        ALLOWED = {"alpha", "beta", "gamma", "delta", "eps", "zeta"}
+        NESTED = {"k": frozenset({"x", "y", "z", "w"}), "t": ("a", {"b", "c", "d"})}
+    """))
+    (tmp_path / "register.py").write_text(textwrap.dedent("""
+        import collections, dataclasses, enum, sys
+        import od_sets_mod
+        from rayfs.model.ondemand import OnDemandFeature
+
+        class Level(enum.Enum):
+            LOW = 1
+
+        @dataclasses.dataclass
+        class Config:
+            k: int = 2
+
+        class Scaler:
+            def __init__(self):
+                self.k = int(sys.argv[1])
+
+        CONFIG, SCALER = Config(), Scaler()
+        PAIR = collections.namedtuple("Pair", "a b")(1, 2)
+
+        def f(df, extra=frozenset({"p", "q", "r", "s"})):
+            hit = df.tag.isin(od_sets_mod.ALLOWED | od_sets_mod.NESTED["k"] | extra)
+            return hit * CONFIG.k * SCALER.k * Level.LOW.value * PAIR.a
+
+        print(OnDemandFeature(name="o", inputs=["tag"], function=f).digest)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+
+    def digest(seed: int, k: int = 3) -> str:
+        return subprocess.run([sys.executable, str(tmp_path / "register.py"), str(k)], check=True, text=True,
+                              env={**env, "PYTHONHASHSEED": str(seed)}, capture_output=True).stdout.strip()
+
+    assert len({digest(seed) for seed in range(3)}) == 1
+    assert digest(0, k=4) != digest(0)  # an instance's state is part of the definition
+
+
 def test_functions_without_source_are_fingerprinted_by_bytecode():
     ns: dict = {}
     exec("def f(df):\n    return df.a * 2\ndef g(df):\n    return df.a * 3\n", ns)  # no source file
@@ -150,6 +196,9 @@ def test_functions_without_source_are_fingerprinted_by_bytecode():
     (dict(name="x", inputs=["a@v2"]), "'a@v2' must be 'name' or 'name@version'"),
     (dict(name="x", inputs=["a"], request=["bad field"]), "request field name 'bad field'"),
     (dict(name="x", inputs=["a"], tags=[""]), "tags must be non-empty"),
+    (dict(name="x", inputs=None, request=None), "at least one input or request field"),
+    (dict(name="x", inputs=[1]), "input 1 must be a feature name"),
+    (dict(name="x", inputs=3), "input 3 must be a feature name"),
 ])
 def test_bad_definitions_are_definition_errors(kwargs, match):
     with pytest.raises(DefinitionError, match=match):
@@ -174,8 +223,19 @@ def test_results_are_checked_and_errors_name_the_feature():
     assert f(lambda df: 7).apply(frame).tolist() == [7, 7, 7]  # one value for every row
     assert f(lambda df: None).apply(frame).tolist() == [None, None, None]
     assert f(lambda df: [[1], [1, 2], []]).apply(frame).tolist() == [[1], [1, 2], []]  # one list per row
-    # Values are taken by position, whatever the returned index.
-    assert f(lambda df: df.a.sort_values(ascending=False)).apply(frame).tolist() == [3.0, 2.0, 1.0]
+    # A Series lands on its own rows, as pandas assigns one to a column: sorting it changes nothing.
+    assert f(lambda df: df.a.sort_values(ascending=False)).apply(frame).tolist() == [1.0, 2.0, 3.0]
+    assert f(lambda df: df.a.sample(frac=1.0, random_state=0) * 2).apply(frame).tolist() == [2.0, 4.0, 6.0]
+    assert f(lambda df: pd.Series([5, 6, 7])).apply(frame).tolist() == [5, 6, 7]
+    with pytest.raises(OnDemandError, match="'o'.*index is not the frame's rows"):
+        f(lambda df: pd.Series([5, 6, 7], index=["x", "y", "z"])).apply(frame)
+    with pytest.raises(OnDemandError, match="'o'.*index is not the frame's rows"):
+        f(lambda df: pd.Series([5, 6, 7], index=[0, 0, 1])).apply(frame)
+    # A generator or map(...) gives its values, one per row.
+    assert f(lambda df: (2 * a for a in df.a)).apply(frame).tolist() == [2.0, 4.0, 6.0]
+    assert f(lambda df: map(str, df.a)).apply(frame).tolist() == ["1.0", "2.0", "3.0"]
+    # Arrays and lists have no labels: by position.
+    assert f(lambda df: df.a.sort_values(ascending=False).to_numpy()).apply(frame).tolist() == [3.0, 2.0, 1.0]
 
 
 def test_decorator_makes_a_feature():
@@ -200,6 +260,13 @@ def test_request_columns_broadcast_scalars_and_check_lengths():
         request_columns(f, None, 2)
     with pytest.raises(OnDemandError, match="'d'.*'y' has 3 values for 2 rows"):
         request_columns(f, {"x": 1, "y": [1, 2, 3], "z": "a"}, 2)
+    # Two columns of one name, or a column vector: refused, not read as column names or rows.
+    twice = pd.DataFrame([[1.0, 3, 5, "p"], [2.0, 4, 6, "q"]], columns=["x", "y", "y", "z"])
+    with pytest.raises(OnDemandError, match="'d'.*request field 'y' is a DataFrame"):
+        request_columns(f, twice, 2)
+    with pytest.raises(OnDemandError, match=r"'d'.*request field 'y' is an array of shape \(2, 1\)"):
+        request_columns(f, {"x": 1, "y": np.ones((2, 1)), "z": "a"}, 2)
+    assert request_columns(f, {"x": 1, "y": [[1], [2, 3]], "z": "a"}, 2)["y"] == [[1], [2, 3]]  # a list per row
 
 
 def test_the_frame_is_the_same_from_request_values_and_observation_columns():
@@ -274,6 +341,11 @@ def test_catalog_refuses_bad_inputs_shared_names_and_drops_of_inputs(catalog):
         catalog.add_on_demand(od(inputs=["n", "p"]), "t")
     with pytest.raises(DefinitionError, match="'n'.*stored feature has that name"):
         catalog.add_on_demand(od(name="n", inputs=["m"]), "t")
+    # Reads put the entity and observation columns beside the features: a feature of their name would
+    # overwrite the keys (get_features) or the observations' entity and timestamp (training_set).
+    for name, what in (("user", "an entity field"), ("post", "an entity field"), ("ts", "the timestamp column")):
+        with pytest.raises(DefinitionError, match=f"'{name}': the name is {what} of stream 'ev'"):
+            catalog.add_on_demand(od(name=name, inputs=["m"]), "t")
     assert catalog.on_demand == {} and "o" not in catalog.next_version  # nothing half-registered
     catalog.add_on_demand(od(inputs=["n", "m@1"]), "t")
     with pytest.raises(OnDemandError, match="'o2'.*'o' is an on-demand feature"):
