@@ -129,7 +129,8 @@ class FeatureStore:
         self._closed = True
         if self._owns:  # consumers go before the shards (they would retry against stopped shards)
             self._stop_subscriptions()
-        lifecycle.close(self._conn, stop=self._owns, local=(self._ingestor.close, self._obs.close))
+        lifecycle.close(self._conn, stop=self._owns,
+                        local=(self._ingestor.close, self._obs.close, self._reader.close))
 
     def stop(self) -> None:
         """Snapshot every shard and stop all of the store's actors (for every driver), then close."""

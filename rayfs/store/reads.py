@@ -211,7 +211,10 @@ def _repeat(one: np.ndarray, n: int) -> np.ndarray:
     return np.repeat(one, n)
 
 
-_OPEN: dict[str, OnlineReader] = {}  # path -> reader: LMDB opens an environment once per process
+# path -> (reader, users): LMDB opens an environment once per process, so sessions share a table's reader;
+# the last session to let go closes it (each environment maps as much address space as its writer's map
+# size, so a process that opens and closes many stores must not keep them all).
+_OPEN: dict[str, tuple[OnlineReader, int]] = {}
 _OPEN_LOCK = threading.Lock()
 
 
@@ -226,6 +229,20 @@ class LocalTables:
         self.session = session
         self._node: str | None = None
         self._by_actor: dict[object, OnlineReader | str | None] = {}
+        self._paths: set[str] = set()  # the tables this session holds a reader of
+
+    def close(self) -> None:
+        """Let go of this session's readers (closing those no other session of this process holds)."""
+        with _OPEN_LOCK:
+            for path in self._paths:
+                reader, users = _OPEN[path]
+                if users > 1:
+                    _OPEN[path] = (reader, users - 1)
+                else:
+                    del _OPEN[path]
+                    reader.close()
+            self._paths.clear()
+            self._by_actor.clear()
 
     def readers(self, handles: Sequence) -> list[OnlineReader | str | None]:
         """Per shard: a reader of its online table, :data:`REMOTE_TABLE` (a table on another node, or not
@@ -239,21 +256,25 @@ class LocalTables:
                 reader: OnlineReader | str | None = None
                 if info.get("online_table"):
                     if info.get("node_id") == self._node:
-                        reader = _open_reader(info["online_table"])
+                        reader = self._open(info["online_table"])
                     reader = reader or REMOTE_TABLE
                 self._by_actor[h._actor_id] = reader
         return [self._by_actor[h._actor_id] for h in handles]
 
 
-def _open_reader(path: str) -> OnlineReader | None:
-    with _OPEN_LOCK:
-        reader = _OPEN.get(path)
-        if reader is None:
-            try:
-                reader = _OPEN[path] = OnlineReader(path)
-            except lmdb.Error:  # not created yet, or not readable from here: the actor path answers
-                return None
-        return reader
+    def _open(self, path: str) -> OnlineReader | None:
+        with _OPEN_LOCK:
+            if path in self._paths:
+                return _OPEN[path][0]
+            reader, users = _OPEN.get(path, (None, 0))
+            if reader is None:
+                try:
+                    reader = OnlineReader(path)
+                except lmdb.Error:  # not created yet, or not readable from here: the actor path answers
+                    return None
+            _OPEN[path] = (reader, users + 1)
+            self._paths.add(path)
+            return reader
 
 
 class Reader:
@@ -269,6 +290,10 @@ class Reader:
         self.observations = observations
         self._empties: dict[tuple, np.ndarray] = {}
         self._tables = LocalTables(session)
+
+    def close(self) -> None:
+        """Let go of the online tables this session read directly."""
+        self._tables.close()
 
     def resolve(self, features: Iterable[str] | str | None, entity: str | None) -> Resolved:
         """(requested name, feature version) pairs; a name unknown to the cached catalog refreshes it once.

@@ -71,3 +71,21 @@ def test_reads_from_the_tables_the_actors_and_the_state_all_equal_the_oracle(tmp
         assert_features_equal(again.get_features("user", USERS, names), want, names, context="reopened")
     finally:
         again.close()
+
+
+def test_closing_a_store_closes_its_table_readers_unless_another_handle_reads_them(tmp_path):
+    """A process that opens and closes many stores must not keep every table mapped (each LMDB environment
+    maps its writer's whole map size of address space)."""
+    from rayfs.store import reads
+
+    store = _open(tmp_path / "s", True)
+    store.ingest("ev", _events(5, 50))
+    store.get_features("user", ["u1"], "n")
+    paths = [p for p in reads._OPEN if p.startswith(str(tmp_path))]
+    assert len(paths) == 2
+    other = reads.LocalTables(store._session)  # a second session of this process reading the same tables
+    assert {id(r) for r in other.readers(store._handles)} == {id(reads._OPEN[p][0]) for p in paths}
+    store.close()
+    assert all(reads._OPEN[p][1] == 1 for p in paths)  # still held by the other session
+    other.close()
+    assert not [p for p in reads._OPEN if p.startswith(str(tmp_path))]
