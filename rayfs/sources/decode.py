@@ -67,10 +67,16 @@ def _parse_json_fast(values: Sequence[bytes]) -> pd.DataFrame | None:
     if buf.count(b"\n") != len(values) - 1 or b"\r" in buf:
         return None
     longest = max(map(len, values))
+    # One thread: consumers and shards share the machine's cores; parsing threads only contend with them.
+    opts = pj.ReadOptions(block_size=max(_BLOCK, 2 * longest + 2), use_threads=False)
     try:
-        # One thread: consumers and shards share the machine's cores; parsing threads only contend with them.
-        table = pj.read_json(pa.BufferReader(buf), read_options=pj.ReadOptions(
-            block_size=max(_BLOCK, 2 * longest + 2), use_threads=False))
+        table = pj.read_json(pa.BufferReader(buf), read_options=opts)
+        # Arrow reads strings shaped like ISO-8601 times as timestamps; JSON has only strings: read those
+        # columns again as the strings they are (an event time is then parsed like any other string).
+        times = [f.name for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
+        if times:
+            table = pj.read_json(pa.BufferReader(buf), read_options=opts, parse_options=pj.ParseOptions(
+                explicit_schema=pa.schema([(name, pa.string()) for name in times])))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     if table.num_rows != len(values):
