@@ -26,9 +26,12 @@ Response (``200``), shaped like Feast's ``get-online-features`` answer::
 ``results[i]`` holds the column ``metadata.feature_names[i]``: first the entity keys as sent, then one
 entry per requested feature in request order, one value per key in key order. Values are those of
 :meth:`FeatureStore.get_features <rayfs.store.FeatureStore.get_features>`: a key never seen gets the
-feature's empty value (0 for counts, null otherwise); a null, NaN or infinite value is sent as ``null``
-with status ``"NULL_VALUE"`` (JSON has no NaN), every other value with ``"PRESENT"``. Feast's
-``event_timestamps`` are not sent.
+feature's empty value (0 for counts, null otherwise); a null, NaN, NaT or infinite value is sent as
+``null`` with status ``"NULL_VALUE"`` (JSON has no NaN), every other value with ``"PRESENT"``. Values JSON
+has no type for (an on-demand feature's outputs) are sent as: datetimes and dates as ISO-8601 strings
+(with their UTC offset if they have one), durations as seconds, decimals as numbers, sets as sorted
+arrays. Any other value (bytes, a complex number, an object) is the feature's fault: a 500 whose message
+names the feature, the key and the type. Feast's ``event_timestamps`` are not sent.
 
 Errors: every refused request gets a JSON body ``{"error": {"status": <code>, "message": "..."}}`` whose
 message names the field, feature or entity at fault.
@@ -36,6 +39,8 @@ message names the field, feature or entity at fault.
 
 from __future__ import annotations
 
+import datetime as _dt
+import decimal
 import hmac
 import json
 import math
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from rayfs.errors import HttpRequestError, TokenError
 
@@ -209,21 +215,54 @@ def check_token(authorization: str | None, token: str | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------ responses
+class _Unencodable(TypeError):
+    """A value with no JSON form; ``row`` is its position in its column, ``value`` the value."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(type(value).__name__)
+        self.value = value
+        self.row: int | None = None
+
+
 def _plain(v: Any) -> tuple[Any, bool]:
-    """``v`` as a JSON-ready value, and whether it is null (None, NaN, infinite)."""
-    if v is None:
+    """``v`` as a JSON-ready value, and whether it is null (None, NaN, infinite, NaT).
+
+    Datetimes and dates become ISO-8601 strings (with their UTC offset when they have one), durations
+    seconds, decimals numbers, sets sorted arrays. Raises :class:`_Unencodable` for a value JSON has no form
+    for (bytes, complex numbers, other objects).
+    """
+    if v is None or v is pd.NaT:
         return None, True
+    if isinstance(v, np.datetime64 | np.timedelta64):
+        if np.isnat(v):
+            return None, True
+        if isinstance(v, np.timedelta64):
+            return float(v / np.timedelta64(1, "us")) / 1e6, False
+        return pd.Timestamp(v).isoformat(), False  # (.item() of nanoseconds is an int)
     if isinstance(v, np.generic):
         v = v.item()
-    if isinstance(v, float):
-        return (None, True) if not math.isfinite(v) else (v, False)
+    if isinstance(v, bool | int | str):
+        return v, False
+    if isinstance(v, float | decimal.Decimal):
+        f = float("nan") if isinstance(v, decimal.Decimal) and v.is_nan() else float(v)  # (a signaling NaN raises)
+        return (None, True) if not math.isfinite(f) else (f, False)
+    if isinstance(v, _dt.datetime | _dt.date | _dt.time):  # pd.Timestamp is a datetime
+        return v.isoformat(), False
+    if isinstance(v, _dt.timedelta):  # pd.Timedelta too
+        return v.total_seconds(), False
     if isinstance(v, np.ndarray):
         v = v.tolist()
     if isinstance(v, list | tuple):
         return [_plain(x)[0] for x in v], False
     if isinstance(v, dict):
         return {str(_plain(k)[0]): _plain(x)[0] for k, x in v.items()}, False
-    return v, False
+    if isinstance(v, set | frozenset):
+        items = [_plain(x)[0] for x in v]
+        try:
+            return sorted(items), False
+        except TypeError:  # mixed kinds: ordered by their JSON text, the same order on every call
+            return sorted(items, key=lambda x: json.dumps(x, sort_keys=True)), False
+    raise _Unencodable(v)
 
 
 def column_json(values: np.ndarray | Sequence) -> dict[str, list]:
@@ -231,6 +270,8 @@ def column_json(values: np.ndarray | Sequence) -> dict[str, list]:
 
     >>> column_json(np.array([1.5, np.nan]))
     {'values': [1.5, None], 'statuses': ['PRESENT', 'NULL_VALUE']}
+    >>> column_json(np.array(["2024-01-02T03:04:05", "NaT"], dtype="datetime64[ns]"))["values"]
+    ['2024-01-02T03:04:05', None]
     """
     if isinstance(values, np.ndarray) and values.dtype.kind in "iub":
         out = values.tolist()  # the common case (counts) without a Python call per value
@@ -241,8 +282,12 @@ def column_json(values: np.ndarray | Sequence) -> dict[str, list]:
             out = values.tolist()
             return {"values": out, "statuses": ["PRESENT"] * len(out)}
     vals, statuses = [], []
-    for v in values:
-        p, null = _plain(v)
+    for i, v in enumerate(values):
+        try:
+            p, null = _plain(v)
+        except _Unencodable as exc:
+            exc.row = i
+            raise
         vals.append(p)
         statuses.append("NULL_VALUE" if null else "PRESENT")
     return {"values": vals, "statuses": statuses}
@@ -258,7 +303,14 @@ def encode_response(request: OnlineRequest, frame) -> bytes:
     """
     names = [request.entity, *request.features]
     results = [{"values": list(request.keys), "statuses": ["PRESENT"] * len(request.keys)}]
-    results += [column_json(frame[f].to_numpy()) for f in request.features]
+    for f in request.features:
+        try:
+            results.append(column_json(frame[f].to_numpy()))
+        except _Unencodable as exc:  # the feature's fault, not the request's: a 500 that names it
+            kind = type(exc.value).__name__
+            raise HttpRequestError(500, f"feature {f!r}: the value for key {request.keys[exc.row]!r} is of type "
+                                        f"{kind}, which has no JSON form (numbers, strings, booleans, datetimes, "
+                                        "durations, decimals, and lists, sets or dicts of them have one)") from None
     return json.dumps({"metadata": {"feature_names": names}, "results": results}, allow_nan=False).encode()
 
 
