@@ -205,9 +205,11 @@ class ObservationStreams:
             The number of rows appended.
 
         Raises:
-            SchemaError: an empty batch, a missing timestamp column, a column whose type differs from
-                earlier appends, or values that cannot be stored (naming the column).
+            SchemaError: an empty batch, a missing timestamp column, a column whose kind differs from
+                the one the stream's records hold (module docstring), or values that cannot be stored
+                (naming the column).
             TimestampError: a missing or unreadable time in the timestamp column (naming the row).
+            TimeoutError: another writer held the stream's lock file for a minute (nothing was appended).
         """
         if batch_id is not None and self.has_batch(name, batch_id):
             return 0
@@ -215,11 +217,11 @@ class ObservationStreams:
         fresh = [c for c, k in kinds.items() if k is not None and known.get(c) is None]
         lock = None
         if fresh:  # the first values of a column fix its kind: decided by one writer at a time
-            os.makedirs(os.path.join(self.root, name), exist_ok=True)
+            self._log(name)  # the stream's folder (and its name checked)
             lock = wait_lock(os.path.join(self.root, name, _KINDS_LOCK), 60.0)
-            if lock is None:
-                raise SchemaError(f"observation stream {name!r}: another writer held its lock file "
-                                  f"{_KINDS_LOCK} for 60 s; nothing was appended")
+            if lock is None:  # not the input's fault: a Kafka consumer retries the batch, a driver may too
+                raise TimeoutError(f"observation stream {name!r}: another writer held its lock file "
+                                   f"{_KINDS_LOCK} for 60 s; nothing was appended")
         try:
             if fresh:
                 self._kinds.pop(name, None)  # what other writers stored meanwhile
