@@ -215,15 +215,6 @@ def check_token(authorization: str | None, token: str | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------ responses
-class _Unencodable(TypeError):
-    """A value with no JSON form; ``row`` is its position in its column, ``value`` the value."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__(type(value).__name__)
-        self.value = value
-        self.row: int | None = None
-
-
 def _plain(v: Any) -> tuple[Any, bool]:
     """``v`` as a JSON-ready value, and whether it is null (None, NaN, infinite, NaT).
 
@@ -262,16 +253,21 @@ def _plain(v: Any) -> tuple[Any, bool]:
             return sorted(items), False
         except TypeError:  # mixed kinds: ordered by their JSON text, the same order on every call
             return sorted(items, key=lambda x: json.dumps(x, sort_keys=True)), False
-    raise _Unencodable(v)
+    raise HttpRequestError(500, type(v).__name__)
 
 
-def column_json(values: np.ndarray | Sequence) -> dict[str, list]:
+def column_json(values: np.ndarray | Sequence, feature: str = "a feature", keys: Sequence | None = None
+                ) -> dict[str, list]:
     """One ``results`` entry: ``{"values": [...], "statuses": [...]}`` for a column of values.
 
     >>> column_json(np.array([1.5, np.nan]))
     {'values': [1.5, None], 'statuses': ['PRESENT', 'NULL_VALUE']}
     >>> column_json(np.array(["2024-01-02T03:04:05", "NaT"], dtype="datetime64[ns]"))["values"]
     ['2024-01-02T03:04:05', None]
+
+    Raises:
+        HttpRequestError: 500, for a value with no JSON form, naming ``feature``, the value's key (from
+            ``keys``, one per value) and its type: the feature's fault, not the request's.
     """
     if isinstance(values, np.ndarray) and values.dtype.kind in "iub":
         out = values.tolist()  # the common case (counts) without a Python call per value
@@ -285,9 +281,11 @@ def column_json(values: np.ndarray | Sequence) -> dict[str, list]:
     for i, v in enumerate(values):
         try:
             p, null = _plain(v)
-        except _Unencodable as exc:
-            exc.row = i
-            raise
+        except HttpRequestError as exc:
+            where = f"key {keys[i]!r}" if keys is not None else f"row {i}"
+            raise HttpRequestError(500, f"{feature}: the value for {where} is of type {exc.message}, which has no JSON "
+                                        "form (numbers, strings, booleans, datetimes, durations, decimals, and "
+                                        "lists, sets or dicts of them have one)") from None
         vals.append(p)
         statuses.append("NULL_VALUE" if null else "PRESENT")
     return {"values": vals, "statuses": statuses}
@@ -300,17 +298,13 @@ def encode_response(request: OnlineRequest, frame) -> bytes:
     >>> req = OnlineRequest("user", ["u1", "u2"], ["n"])
     >>> encode_response(req, pd.DataFrame({"user": ["u1", "u2"], "n": [3, 0]})).decode()[:58]
     '{"metadata": {"feature_names": ["user", "n"]}, "results": '
+
+    Raises:
+        HttpRequestError: 500, for a feature value with no JSON form (see :func:`column_json`).
     """
     names = [request.entity, *request.features]
     results = [{"values": list(request.keys), "statuses": ["PRESENT"] * len(request.keys)}]
-    for f in request.features:
-        try:
-            results.append(column_json(frame[f].to_numpy()))
-        except _Unencodable as exc:  # the feature's fault, not the request's: a 500 that names it
-            kind = type(exc.value).__name__
-            raise HttpRequestError(500, f"feature {f!r}: the value for key {request.keys[exc.row]!r} is of type "
-                                        f"{kind}, which has no JSON form (numbers, strings, booleans, datetimes, "
-                                        "durations, decimals, and lists, sets or dicts of them have one)") from None
+    results += [column_json(frame[f].to_numpy(), f"feature {f!r}", request.keys) for f in request.features]
     return json.dumps({"metadata": {"feature_names": names}, "results": results}, allow_nan=False).encode()
 
 
