@@ -26,9 +26,12 @@ Response (``200``), shaped like Feast's ``get-online-features`` answer::
 ``results[i]`` holds the column ``metadata.feature_names[i]``: first the entity keys as sent, then one
 entry per requested feature in request order, one value per key in key order. Values are those of
 :meth:`FeatureStore.get_features <rayfs.store.FeatureStore.get_features>`: a key never seen gets the
-feature's empty value (0 for counts, null otherwise); a null, NaN or infinite value is sent as ``null``
-with status ``"NULL_VALUE"`` (JSON has no NaN), every other value with ``"PRESENT"``. Feast's
-``event_timestamps`` are not sent.
+feature's empty value (0 for counts, null otherwise); a null, NaN, NaT or infinite value is sent as
+``null`` with status ``"NULL_VALUE"`` (JSON has no NaN), every other value with ``"PRESENT"``. Values JSON
+has no type for (an on-demand feature's outputs) are sent as: datetimes and dates as ISO-8601 strings
+(with their UTC offset if they have one), durations as seconds, decimals as numbers, sets as sorted
+arrays. Any other value (bytes, a complex number, an object) is the feature's fault: a 500 whose message
+names the feature, the key and the type. Feast's ``event_timestamps`` are not sent.
 
 Errors: every refused request gets a JSON body ``{"error": {"status": <code>, "message": "..."}}`` whose
 message names the field, feature or entity at fault.
@@ -36,6 +39,8 @@ message names the field, feature or entity at fault.
 
 from __future__ import annotations
 
+import datetime as _dt
+import decimal
 import hmac
 import json
 import math
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from rayfs.errors import HttpRequestError, TokenError
 
@@ -210,27 +216,58 @@ def check_token(authorization: str | None, token: str | None) -> None:
 
 # ------------------------------------------------------------------------------------------ responses
 def _plain(v: Any) -> tuple[Any, bool]:
-    """``v`` as a JSON-ready value, and whether it is null (None, NaN, infinite)."""
-    if v is None:
+    """``v`` as a JSON-ready value, and whether it is null (None, NaN, infinite, NaT).
+
+    Datetimes and dates become ISO-8601 strings (with their UTC offset when they have one), durations
+    seconds, decimals numbers, sets sorted arrays. Raises :class:`_Unencodable` for a value JSON has no form
+    for (bytes, complex numbers, other objects).
+    """
+    if v is None or v is pd.NaT:
         return None, True
+    if isinstance(v, np.datetime64 | np.timedelta64):
+        if np.isnat(v):
+            return None, True
+        if isinstance(v, np.timedelta64):
+            return float(v / np.timedelta64(1, "us")) / 1e6, False
+        return pd.Timestamp(v).isoformat(), False  # (.item() of nanoseconds is an int)
     if isinstance(v, np.generic):
         v = v.item()
-    if isinstance(v, float):
-        return (None, True) if not math.isfinite(v) else (v, False)
+    if isinstance(v, bool | int | str):
+        return v, False
+    if isinstance(v, float | decimal.Decimal):
+        f = float("nan") if isinstance(v, decimal.Decimal) and v.is_nan() else float(v)  # (a signaling NaN raises)
+        return (None, True) if not math.isfinite(f) else (f, False)
+    if isinstance(v, _dt.datetime | _dt.date | _dt.time):  # pd.Timestamp is a datetime
+        return v.isoformat(), False
+    if isinstance(v, _dt.timedelta):  # pd.Timedelta too
+        return v.total_seconds(), False
     if isinstance(v, np.ndarray):
         v = v.tolist()
     if isinstance(v, list | tuple):
         return [_plain(x)[0] for x in v], False
     if isinstance(v, dict):
         return {str(_plain(k)[0]): _plain(x)[0] for k, x in v.items()}, False
-    return v, False
+    if isinstance(v, set | frozenset):
+        items = [_plain(x)[0] for x in v]
+        try:
+            return sorted(items), False
+        except TypeError:  # mixed kinds: ordered by their JSON text, the same order on every call
+            return sorted(items, key=lambda x: json.dumps(x, sort_keys=True)), False
+    raise HttpRequestError(500, type(v).__name__)
 
 
-def column_json(values: np.ndarray | Sequence) -> dict[str, list]:
+def column_json(values: np.ndarray | Sequence, feature: str = "a feature", keys: Sequence | None = None
+                ) -> dict[str, list]:
     """One ``results`` entry: ``{"values": [...], "statuses": [...]}`` for a column of values.
 
     >>> column_json(np.array([1.5, np.nan]))
     {'values': [1.5, None], 'statuses': ['PRESENT', 'NULL_VALUE']}
+    >>> column_json(np.array(["2024-01-02T03:04:05", "NaT"], dtype="datetime64[ns]"))["values"]
+    ['2024-01-02T03:04:05', None]
+
+    Raises:
+        HttpRequestError: 500, for a value with no JSON form, naming ``feature``, the value's key (from
+            ``keys``, one per value) and its type: the feature's fault, not the request's.
     """
     if isinstance(values, np.ndarray) and values.dtype.kind in "iub":
         out = values.tolist()  # the common case (counts) without a Python call per value
@@ -241,8 +278,14 @@ def column_json(values: np.ndarray | Sequence) -> dict[str, list]:
             out = values.tolist()
             return {"values": out, "statuses": ["PRESENT"] * len(out)}
     vals, statuses = [], []
-    for v in values:
-        p, null = _plain(v)
+    for i, v in enumerate(values):
+        try:
+            p, null = _plain(v)
+        except HttpRequestError as exc:
+            where = f"key {keys[i]!r}" if keys is not None else f"row {i}"
+            raise HttpRequestError(500, f"{feature}: the value for {where} is of type {exc.message}, which has no JSON "
+                                        "form (numbers, strings, booleans, datetimes, durations, decimals, and "
+                                        "lists, sets or dicts of them have one)") from None
         vals.append(p)
         statuses.append("NULL_VALUE" if null else "PRESENT")
     return {"values": vals, "statuses": statuses}
@@ -255,10 +298,13 @@ def encode_response(request: OnlineRequest, frame) -> bytes:
     >>> req = OnlineRequest("user", ["u1", "u2"], ["n"])
     >>> encode_response(req, pd.DataFrame({"user": ["u1", "u2"], "n": [3, 0]})).decode()[:58]
     '{"metadata": {"feature_names": ["user", "n"]}, "results": '
+
+    Raises:
+        HttpRequestError: 500, for a feature value with no JSON form (see :func:`column_json`).
     """
     names = [request.entity, *request.features]
     results = [{"values": list(request.keys), "statuses": ["PRESENT"] * len(request.keys)}]
-    results += [column_json(frame[f].to_numpy()) for f in request.features]
+    results += [column_json(frame[f].to_numpy(), f"feature {f!r}", request.keys) for f in request.features]
     return json.dumps({"metadata": {"feature_names": names}, "results": results}, allow_nan=False).encode()
 
 

@@ -21,7 +21,9 @@ A subscription of an *observation stream* (labels for training sets) runs the sa
 appends the batch to the consumer's own observation log (:mod:`rayfs.storage.observations`), one fsynced
 record tagged with the batch id: a batch whose id is in that log already is not appended again, so an
 intent without a commit is completed exactly once here too. Its messages must carry the subscription's
-key columns and timestamp; the kind of a column (number or string) is decided per batch by its first value.
+key columns and timestamp. A column holds one kind of value (number or string) for good, as with
+:meth:`~rayfs.FeatureStore.append_observation`: the kind the stream's records hold, else (the first batch
+that gives the column values) the kind most of its values have; values of the other kind are dead letters.
 
 While the store cannot take a batch (a shard restarting, the store's folder unwritable), the consumer
 retries it under the same id with a growing delay; its state reads ``retrying``, with the reason in
@@ -243,7 +245,8 @@ class KafkaConsumerCore:
         with self._mu:
             pending = list(self.offsets.pending.values())
         for rec in pending:
-            self._complete(rec["id"], [tuple(r) for r in rec["r"]], None)
+            known = {(d["partition"], d["offset"]) for d in rec.get("d", ())}
+            self._complete(rec["id"], [tuple(r) for r in rec["r"]], None, known)
         self._assign()
         with self._mu:
             self.state, self.error = "running", None
@@ -435,8 +438,12 @@ class KafkaConsumerCore:
         if self.src.timestamp == "kafka":
             kafka_ts = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
         values = [m.value() for m in msgs]
-        if self.obs_spec is not None:  # no stored kinds: a batch decodes alike whenever it is re-read
-            decoded = decode(values, self.src.format, self.obs_spec, {}, kafka_ts=kafka_ts)
+        if self.obs_spec is not None:
+            # The kinds the stream's columns hold (entity keys may mix numbers and strings); a column without
+            # one yet takes the kind most of the batch's values have, and the append records it.
+            keys = self._obs_keys()
+            kinds = {c: k for c, k in self.obs.kinds(self.stream).items() if k in ("num", "str") and c not in keys}
+            decoded = decode(values, self.src.format, self.obs_spec, kinds, kafka_ts=kafka_ts, mixed=keys)
             _epoch_seconds(decoded.frame, self.obs_spec.timestamp)
         else:
             s = self.session.fresh(lambda cat: cat.stream(self.stream))
@@ -512,22 +519,39 @@ class KafkaConsumerCore:
                 self.hw[p] = max(self.hw.get(p, 0), hw)
             m.lag.set(max(0, self.hw.get(p, end) - end), tags={**m.tags, "partition": str(p)})
 
-    def _complete(self, bid: str, ranges: list[tuple[int, int, int]], b: _Batch | None) -> None:
+    def _complete(self, bid: str, ranges: list[tuple[int, int, int]], b: _Batch | None,
+                  known_dead: set[tuple[int, int]] = frozenset()) -> None:
         """Send an intent's batch under its id until every shard acknowledged it, then commit it.
 
-        ``b``: the batch as decoded when it was first sent, else it is re-read from Kafka. Rows the shards
+        ``b``: the batch as decoded when it was first sent, else it is re-read from Kafka and decoded again
+        (``known_dead``: the (partition, offset) of the dead letters its intent recorded). Rows the shards
         refuse (a kind the decoder's checks did not foresee) become dead letters, found by bisection.
         """
+        dead: list[dict] = []
+        refused: dict[int, int] = {}
         if b is None:
             msgs = self._reread(ranges)
             decoded, ts_ms = self._decode(msgs)
             b = _Batch(bid, ranges, decoded, ts_ms, len(msgs))
             src_msgs = msgs
+            # A column's kind fixed since the intent (by another writer) may decode the batch otherwise now:
+            # the messages its intent made dead letters stay out, those dead now are dead letters of this
+            # commit (no longer counted as events).
+            for i, why in decoded.dead:
+                m = msgs[i]
+                if (m.partition(), m.offset()) not in known_dead:
+                    dead.append(self._dead(m, why))
+                    refused[m.partition()] = refused.get(m.partition(), 0) + 1
+            if known_dead:
+                keep = np.array([(msgs[i].partition(), msgs[i].offset()) not in known_dead
+                                 for i in decoded.rows.tolist()], dtype=bool)
+                if not keep.all():
+                    decoded = Decoded(frame=decoded.frame[keep].reset_index(drop=True), rows=decoded.rows[keep],
+                                      dead=decoded.dead)
+                    b.decoded = decoded
         else:
             src_msgs = None
         frame = b.decoded.frame
-        dead: list[dict] = []
-        refused: dict[int, int] = {}
         delay = 0.1
         while len(frame):
             try:

@@ -9,8 +9,13 @@ against the stream, column by column with array operations:
 * a value that does not decode, or is not an object/map, is dead ("not a JSON object", ...);
 * an entity key that is missing, null, or neither a string nor an integer is dead;
 * a missing, null or unreadable event time is dead (unless the Kafka message timestamp is the event time);
+  each time is read on its own (epoch seconds and ISO-8601 strings may share a batch);
 * a value whose kind (number or string) differs from the kind the stream's column holds (as recorded in
-  the store's schema, else as the column's first value in the batch says) is dead, as is a nested value.
+  the store's schema, else as most of the column's values in the batch say) is dead, alone, as is a
+  nested value.
+
+Numbers keep their type as the same values given to ``ingest`` or ``append_observation`` as a list of
+dicts would: integers stay int64 (unless a value is null or fractional), the rest become float64.
 
 Decoding is deterministic: the same values and schema give the same rows and the same dead letters, which
 exactly-once delivery relies on (a batch re-read from Kafka after a crash is re-sent under its batch id).
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -62,10 +67,16 @@ def _parse_json_fast(values: Sequence[bytes]) -> pd.DataFrame | None:
     if buf.count(b"\n") != len(values) - 1 or b"\r" in buf:
         return None
     longest = max(map(len, values))
+    # One thread: consumers and shards share the machine's cores; parsing threads only contend with them.
+    opts = pj.ReadOptions(block_size=max(_BLOCK, 2 * longest + 2), use_threads=False)
     try:
-        # One thread: consumers and shards share the machine's cores; parsing threads only contend with them.
-        table = pj.read_json(pa.BufferReader(buf), read_options=pj.ReadOptions(
-            block_size=max(_BLOCK, 2 * longest + 2), use_threads=False))
+        table = pj.read_json(pa.BufferReader(buf), read_options=opts)
+        # Arrow reads strings shaped like ISO-8601 times as timestamps; JSON has only strings: read those
+        # columns again as the strings they are (an event time is then parsed like any other string).
+        times = [f.name for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
+        if times:
+            table = pj.read_json(pa.BufferReader(buf), read_options=opts, parse_options=pj.ParseOptions(
+                explicit_schema=pa.schema([(name, pa.string()) for name in times])))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     if table.num_rows != len(values):
@@ -191,21 +202,30 @@ def _bad_keys(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _times(s: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
-    """An event-time column made readable, and its (null, bad) masks: epoch seconds or ISO-8601 strings."""
+    """An event-time column made readable, and its (null, bad) masks: epoch seconds or ISO-8601 strings.
+
+    Each value is read on its own kind: a column of strings only stays datetimes; numbers, and ISO strings
+    beside numbers, become epoch seconds (one float column).
+    """
     cls = _classes(s)
     null = cls == 0
     bad = cls == 3
-    if (cls == 2).any() and (cls == 1).any():
-        bad |= cls == 2  # numbers decide (most producers send epoch seconds)
-    if (cls == 2).any() and not (cls == 1).any():
-        conv = pd.to_datetime(s.astype(object).where(cls == 2, None), utc=True, errors="coerce", format="ISO8601")
-        bad |= (cls == 2) & conv.isna().to_numpy()
-        return conv.dt.tz_localize(None), null, bad
+    strs = cls == 2
+    iso = None
+    if strs.any():
+        conv = pd.to_datetime(s.astype(object).where(strs, None), utc=True, errors="coerce", format="ISO8601")
+        bad |= strs & conv.isna().to_numpy()
+        if not (cls == 1).any():
+            return conv.dt.tz_localize(None), null, bad
+        ok = strs & ~bad
+        iso = conv.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")[ok].astype(np.int64) / 1e6, ok
     if s.dtype == object or isinstance(s.dtype, pd.StringDtype):
         num = np.full(len(s), np.nan)
         m = cls == 1
         if m.any():
             num[m] = np.array([float(v) for v in s.to_numpy(dtype=object)[m]])
+        if iso is not None:
+            num[iso[1]] = iso[0]
         s = pd.Series(num, index=s.index)
     elif pd.api.types.is_bool_dtype(s.dtype):
         return s, null, bad | ~null
@@ -215,13 +235,37 @@ def _times(s: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     return s, null, bad
 
 
+def _numbers(col: pd.Series) -> pd.Series:
+    """The numbers of an object column typed as ``append_observation`` and ``ingest`` type the same values
+    given as a list of dicts: int64 when every value is an integer that fits (none null), booleans when every
+    value is one, else float64."""
+    items = col.to_numpy(dtype=object)
+    nulls = pd.isna(col).to_numpy()
+    if not nulls.any() and len(items):
+        kind = pd.api.types.infer_dtype(items, skipna=False)
+        if kind == "integer":
+            try:
+                return pd.Series(items.astype(np.int64), index=col.index)
+            except OverflowError:
+                pass  # beyond int64: floats, as a uint64 column beyond int64 is stored
+        elif kind == "boolean":
+            return pd.Series(items.astype(bool), index=col.index)
+    return pd.to_numeric(col, errors="coerce").astype(np.float64)
+
+
 def validate(df: pd.DataFrame, rows: np.ndarray, dead: list[tuple[int, str]], stream: Stream,
-             schema: Mapping[str, str], kafka_ts: np.ndarray | None = None, required: Sequence[str] = ()) -> Decoded:
+             schema: Mapping[str, str], kafka_ts: np.ndarray | None = None, required: Sequence[str] = (),
+             mixed: Collection[str] = ()) -> Decoded:
     """Check parsed rows against ``stream`` and its column kinds ``schema`` (``"num"``/``"str"``).
+
+    A column without a kind in ``schema`` takes the kind most of its values in the batch have (on a tie,
+    the kind of its first value); its values of the other kind are dead.
 
     ``kafka_ts``: per input position, the Kafka message timestamp in milliseconds, to use as the event time.
     ``required``: columns the stream's features read; a batch whose messages all lack one gets it as nulls
     (a key missing from a message is a null value).
+    ``mixed``: columns whose values may mix numbers and strings (entity keys stored beside labels); no kind
+    is checked there.
     """
     n = len(df)
     reason = np.full(n, None, dtype=object)
@@ -258,10 +302,12 @@ def validate(df: pd.DataFrame, rows: np.ndarray, dead: list[tuple[int, str]], st
         cls = _classes(s)
         kill(cls == 3, f"column {c!r} holds a nested or non-scalar value")
         want = {"num": 1, "str": 2}.get(schema.get(c, ""))
-        if want is None:  # the column's first number or string in the batch decides
-            alive = np.flatnonzero(((cls == 1) | (cls == 2)) & (reason == None))  # noqa: E711
-            want = int(cls[alive[0]]) if len(alive) else None
-        if want is not None:
+        if want is None and c not in mixed:  # the kind most of the batch's values have decides
+            alive = ((cls == 1) | (cls == 2)) & (reason == None)  # noqa: E711
+            nums, strs = int((alive & (cls == 1)).sum()), int((alive & (cls == 2)).sum())
+            if nums or strs:
+                want = 1 if nums > strs else 2 if strs > nums else int(cls[np.flatnonzero(alive)[0]])
+        if want is not None and c not in mixed:
             name = "number" if want == 1 else "string"
             kill(((cls == 1) | (cls == 2)) & (cls != want), f"column {c!r} holds {name}s; this value is not one")
         out[c] = s
@@ -279,10 +325,10 @@ def validate(df: pd.DataFrame, rows: np.ndarray, dead: list[tuple[int, str]], st
     for c in frame.columns:
         if c in stream.entities or c == ts:
             continue
-        if frame[c].dtype == object:  # numbers of a number column as floats, strings as strings
+        if frame[c].dtype == object:  # numbers of a number column as numbers, strings as strings
             col = frame[c]
             if schema.get(c) == "num" or _classes(col).max(initial=0) == 1:
-                frame[c] = pd.to_numeric(col, errors="coerce").astype(np.float64)
+                frame[c] = _numbers(col)
     return Decoded(frame=frame, rows=rows[good], dead=dead)
 
 
@@ -302,10 +348,10 @@ def _keys(s: pd.Series) -> pd.Series:
 
 
 def decode(values: Sequence[bytes | None], fmt: str, stream: Stream, schema: Mapping[str, str], *,
-           kafka_ts: np.ndarray | None = None, required: Sequence[str] = ()) -> Decoded:
+           kafka_ts: np.ndarray | None = None, required: Sequence[str] = (), mixed: Collection[str] = ()) -> Decoded:
     """Decode message values into events of ``stream`` (see the module docstring and :func:`validate`)."""
     df, rows, dead = parse(values, fmt)
-    return validate(df.reset_index(drop=True), rows, dead, stream, schema, kafka_ts, required)
+    return validate(df.reset_index(drop=True), rows, dead, stream, schema, kafka_ts, required, mixed)
 
 
 def locate_bad(n: int, check: Callable[[np.ndarray], bool]) -> list[int]:

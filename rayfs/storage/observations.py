@@ -2,9 +2,13 @@
 
 Each stream is a :class:`~rayfs.storage.log.SegmentedLog` under ``<store>/observations/<name>/``, one record per
 append (columns encoded like event batches). Every append carries the timestamp column (``ts``) with a
-valid time in every row; other columns may be absent from an append (null there, NaT for datetimes). A
-column keeps one type across appends: timestamps stay timestamps; numbers and strings may mix (they can
-be entity keys).
+valid time in every row; other columns may be absent from an append (null there, NaT for datetimes).
+
+A column holds one kind of value, fixed by the first append that gives it a value: ``"timestamp"``
+(datetimes), ``"num"`` (numbers) or ``"str"`` (strings). Only columns checked as entity keys may mix
+numbers and strings (``1`` and ``"1"`` are different keys), as an event stream's entity columns may. The
+first kind of a column is decided under a lock file in the stream's folder, so that two writers (drivers,
+Kafka consumers) cannot each fix a different one.
 
 A process other than the drivers may feed a stream: the consumer ``i`` of a Kafka subscription writes its own
 log, ``<store>/observations/<name>/kafka-<i>/`` (a log has one writer), each record tagged with the id of
@@ -29,6 +33,7 @@ from rayfs.engine import columns as C
 from rayfs.errors import OptionError, SchemaError, UnknownStreamError
 from rayfs.model.definitions import check_name
 from rayfs.model.timeutil import to_micros
+from rayfs.storage.locks import wait_lock
 from rayfs.storage.log import _HEADER, SegmentedLog
 
 __all__ = ["ObservationStreams", "read_committed", "writer_dirs"]
@@ -36,6 +41,7 @@ __all__ = ["ObservationStreams", "read_committed", "writer_dirs"]
 _INT64_MAX = 2**63 - 1
 _SEGMENT = re.compile(r"^(\d{20})\.log$")
 _WRITER = re.compile(r"^kafka-(\d+)$")
+_KINDS_LOCK = "KINDS.lock"  # in the stream's folder: held while a writer fixes a column's kind
 RECENT_BATCHES = 256  # records of a writer's log searched for a batch id (batches in flight are the newest)
 
 
@@ -85,12 +91,32 @@ def writer_dirs(stream_dir: str) -> list[str]:
 
 
 def _kind(col: np.ndarray) -> str | None:
-    """Timestamps and other values cannot share an observation column (numbers and strings can: keys)."""
+    """``"timestamp"``, ``"num"``, ``"str"``, ``"mixed"`` (numbers and strings: keys) or ``None`` (all null)."""
     if col.dtype.kind == "M":
         return "timestamp"
-    if (col.dtype == object and pd.isna(col).all()) or (col.dtype.kind == "f" and np.isnan(col).all()):
-        return None
-    return "non-timestamp"
+    if col.dtype != object:
+        return None if col.dtype.kind == "f" and np.isnan(col).all() else "num"
+    return C.key_kind(col)
+
+
+def _conflict(old: str | None, new: str | None, key: bool) -> bool:
+    """Whether a column that held ``old`` values cannot take ``new`` ones (``key``: an entity-key column,
+    where numbers and strings may mix)."""
+    if old is None or new is None or old == new:
+        return False
+    if "timestamp" in (old, new):
+        return True
+    return not key and old != "mixed"
+
+
+def _merge(old: str | None, new: str | None) -> str | None:
+    """The kind of a column holding ``old`` values and then ``new`` ones (that do not conflict)."""
+    if old is None or old == new:
+        return new if old is None else old
+    return old if new is None else "mixed"
+
+
+_NAMES = {"timestamp": "datetime", "num": "number", "str": "string", "mixed": "number and string"}
 
 
 def _is_time(s: pd.Series) -> bool:
@@ -179,20 +205,37 @@ class ObservationStreams:
             The number of rows appended.
 
         Raises:
-            SchemaError: an empty batch, a missing timestamp column, a column whose type differs from
-                earlier appends, or values that cannot be stored (naming the column).
+            SchemaError: an empty batch, a missing timestamp column, a column whose kind differs from
+                the one the stream's records hold (module docstring), or values that cannot be stored
+                (naming the column).
             TimestampError: a missing or unreadable time in the timestamp column (naming the row).
+            TimeoutError: another writer held the stream's lock file for a minute (nothing was appended).
         """
         if batch_id is not None and self.has_batch(name, batch_id):
             return 0
         cols, kinds, known, n = self._columns(name, rows, timestamp, keys)
-        record = {"cols": C.encode_batch(cols)}
-        if batch_id is not None:
-            record["batch"] = batch_id
-        self._log(name).append(record)
+        fresh = [c for c, k in kinds.items() if k is not None and known.get(c) is None]
+        lock = None
+        if fresh:  # the first values of a column fix its kind: decided by one writer at a time
+            self._log(name)  # the stream's folder (and its name checked)
+            lock = wait_lock(os.path.join(self.root, name, _KINDS_LOCK), 60.0)
+            if lock is None:  # not the input's fault: a Kafka consumer retries the batch, a driver may too
+                raise TimeoutError(f"observation stream {name!r}: another writer held its lock file "
+                                   f"{_KINDS_LOCK} for 60 s; nothing was appended")
+        try:
+            if fresh:
+                self._kinds.pop(name, None)  # what other writers stored meanwhile
+                known = self._check_kinds(name, kinds, keys)
+            record = {"cols": C.encode_batch(cols)}
+            if batch_id is not None:
+                record["batch"] = batch_id
+            self._log(name).append(record)
+        finally:
+            if lock is not None:
+                lock.close()
         if batch_id is not None:
             self._batches[name].add(batch_id)
-        self._kinds[name] = {**known, **{c: k for c, k in kinds.items() if k is not None}}
+        self._kinds[name] = {c: _merge(known.get(c), kinds.get(c)) for c in {**known, **kinds}}
         return n
 
     def check(self, name: str, rows, timestamp: str = "ts", keys: Collection[str] = ()) -> None:
@@ -210,6 +253,7 @@ class ObservationStreams:
             raise SchemaError(f"{stream}: the batch lacks the timestamp column {timestamp!r} "
                               f"(it has {[str(c) for c in df.columns]}); nothing was appended")
         cols = {}
+        key_cols = set(keys)
         for c in df.columns:
             what = f"{stream} column {c!r}"
             if isinstance(c, str) and not C.valid_utf8(c):  # stored as UTF-8 in the log record
@@ -227,36 +271,49 @@ class ObservationStreams:
                 if len(ints) and ints.max() > _INT64_MAX:
                     raise SchemaError(f"{what}: integer {int(ints.max())} does not fit in int64; send such keys "
                                       "as strings")
-            if c in keys:
+            if c in key_cols:
                 C.key_column(s, what=what)  # refuses what a training set could not use as keys
-            try:
-                cols[c] = C.value_column(s, what=what)
-            except SchemaError:
-                cols[c] = C.key_column(s, what=what)
+                try:
+                    cols[c] = C.value_column(s, what=what)
+                except SchemaError:  # keys may mix numbers and strings
+                    cols[c] = C.key_column(s, what=what)
+            else:
+                cols[c] = C.value_column(s, what=what)  # one kind: numbers, or strings
         kinds = {c: _kind(v) for c, v in cols.items()}
+        return cols, kinds, self._check_kinds(name, kinds, key_cols), len(df)
+
+    def _check_kinds(self, name: str, kinds: dict[str, str | None], keys: Collection[str]) -> dict[str, str | None]:
+        """The stream's known kinds, after checking that the new ``kinds`` agree with them."""
         known = self._known(name)
         for c, k in kinds.items():
-            if k is not None and known.get(c, k) != k:
-                raise SchemaError(f"{stream} column {c!r}: holds {k} values but earlier "
-                                  f"observations held {known[c]} values")
-        return cols, kinds, known, len(df)
+            if _conflict(known.get(c), k, c in keys):
+                raise SchemaError(f"observation stream {name!r} column {c!r}: holds {_NAMES[known[c]]} values; "
+                                  f"this append gives it {_NAMES[k]} values (a column holds one kind, fixed by "
+                                  "the first values the stream stored; nothing was appended)")
+        return known
 
     def _known(self, name: str) -> dict[str, str | None]:
-        """The kind of each column of the stream's records so far (``"timestamp"``, ``"non-timestamp"``)."""
+        """The kind of each column of the stream's records so far (see :meth:`kind`)."""
         known = self._kinds.get(name)
         if known is None:  # every record: a column may first appear (or first hold values) in any of them
             known = {}
             for record in self._records(name):
                 for c, v in record["cols"].items():
-                    if known.get(c) is None:
-                        known[c] = _kind(C.decode(v))
+                    if known.get(c) != "mixed":
+                        known[c] = _merge(known.get(c), _kind(C.decode(v)))
             self._kinds[name] = known
         return known
 
     def kind(self, name: str, column: str) -> str | None:
-        """The kind of values ``column`` of stream ``name`` holds (``"timestamp"``, ``"non-timestamp"``), or
-        ``None`` while no record gave it a value."""
+        """The kind of values ``column`` of stream ``name`` holds: ``"timestamp"``, ``"num"``, ``"str"``,
+        ``"mixed"`` (an entity-key column holding numbers and strings), or ``None`` while no record gave it
+        a value. Another writer may fix a kind this one does not know yet: an append re-reads the stream's
+        records before it fixes one."""
         return self._known(name).get(column)
+
+    def kinds(self, name: str) -> dict[str, str]:
+        """Every column of stream ``name`` with a known kind (see :meth:`kind`)."""
+        return {c: k for c, k in self._known(name).items() if k is not None}
 
     def read(self, name: str) -> pd.DataFrame:
         """Every observation of stream ``name``: its own appends, then each writer's (module docstring)."""

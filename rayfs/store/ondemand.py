@@ -26,7 +26,7 @@ import ray
 from rayfs.engine import columns as C
 from rayfs.errors import DefinitionError, OnDemandError, SchemaError, UnknownFeatureError
 from rayfs.model.ondemand import OnDemandFeature, input_frame, request_columns
-from rayfs.store.reads import OUTPUTS, Reader
+from rayfs.store.reads import OUTPUTS, Reader, check_collisions
 
 __all__ = ["OnDemandReads"]
 
@@ -192,16 +192,21 @@ class OnDemandReads:
                 entity = self.session.catalog.on_demand_entity(f)
                 if entity is not None and entity not in obs.columns:
                     raise SchemaError(f"observations lack column {entity!r} needed by on-demand feature {r!r}")
+            check_collisions(obs.columns, names, refs is None)
             # Observation columns as lists of Python values, as a request's (see request_columns).
             reqs = [request_columns(f, {c: obs[c].tolist() for c in f.request if c in obs.columns}, n)
                     for _, f in ods]
-            got = self.reader.training_set(obs, read, timestamp, "pandas") if read else obs
+            # The stored features read from the keys and times alone: an input not asked for may share an
+            # observation column's name (it is not returned, and does not replace that column).
+            keys = {timestamp, *(e for s in self.session.catalog.streams.values() for e in s.entities)}
+            got = self.reader.training_set(obs[[c for c in obs.columns if c in keys]], read, timestamp,
+                                           "pandas") if read else obs
             if self.session.catalog.version == version or self._plan(
                     refs, None, available, lambda e: e is None or e in available)[1] == ods:
                 break
         values = {r: f.apply(input_frame(f, {i: got[i].to_numpy() for i in f.inputs}, req, n))
                   for (r, f), req in zip(ods, reqs, strict=True)}
-        out = obs.copy()  # an input not asked for must not replace an observation column of its name
+        out = obs.copy()
         for r in names:
             out[r] = _column(values[r] if r in values else got[r].to_numpy(), out.index)
         if output == "arrow":

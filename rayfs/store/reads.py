@@ -38,7 +38,7 @@ from rayfs.storage.observations import ObservationStreams
 from rayfs.storage.online import OnlineReader, meta_of, rows_to_values
 from rayfs.store.session import Session
 
-__all__ = ["OUTPUTS", "REMOTE_TABLE", "Reader", "Request", "fan_out"]
+__all__ = ["OUTPUTS", "REMOTE_TABLE", "Reader", "Request", "check_collisions", "fan_out"]
 
 OUTPUTS = ("pandas", "arrow", "ray")
 """The output formats of a training set."""
@@ -197,6 +197,27 @@ def _frame(cols: dict[str, np.ndarray], n: int) -> pd.DataFrame:
         return pd.DataFrame({c: _column(v, index) if v.dtype == object else v for c, v in cols.items()}, copy=False)
 
 
+def check_collisions(columns: Iterable, names: Iterable[str], every: bool) -> None:
+    """Refuse a training set whose features include one named like an observation column.
+
+    The result holds the observation columns beside one column per feature: a feature of an observation
+    column's name would silently replace it (a label, a request field). ``every``: the features were not
+    named (``features=None``, every feature of the observations' entities).
+
+    Raises:
+        SchemaError: naming the column and the feature, and what to rename.
+    """
+    have = {str(c) for c in columns}
+    for r in names:
+        if str(r) in have:
+            how = ("features=None reads every feature of the observations' entities, and feature "
+                   f"{r!r} is one" if every else f"feature {r!r} is requested")
+            raise SchemaError(
+                f"training set: the observations have a column {str(r)!r} and {how}; its values would replace "
+                "that column. Rename the observation column (for an observation stream, read it with "
+                "observations(name), rename it and pass the DataFrame) or read other features")
+
+
 def _column(values: np.ndarray, index: pd.Index) -> pd.Series:
     # Keep object columns object: pandas 3 would turn strings into its str dtype, None into NaN.
     return pd.Series(values, index=index, dtype=object if values.dtype == object else None)
@@ -346,6 +367,7 @@ class Reader:
             fs = self.resolve(features, None)
             if features is None:
                 fs = [(r, f) for r, f in fs if f.entity in obs.columns]
+            check_collisions(obs.columns, [r for r, _ in fs], features is None)
             return fs, self._replay(obs, fs, t, final)
 
         fs, results = self._fresh(attempt)

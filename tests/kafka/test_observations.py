@@ -159,3 +159,43 @@ def test_sigkill_consumers_and_reopen_while_labels_arrive(tmp_path, bootstrap, t
         assert subs["events"].sum() == len(lab) and (subs["lag"] == 0).all(), subs
     finally:
         store.close()
+
+
+def test_label_kinds_and_times_agree_with_direct_appends(tmp_path, bootstrap, topic):
+    """A label column holds one kind: in a first batch most values decide and only the others are dead
+    letters; later batches and direct appends keep that kind. Integer labels stay int64 as appended directly,
+    and epoch seconds and ISO-8601 times share a batch."""
+    create_topic(bootstrap, topic, 1)
+    prod = Producer(bootstrap, topic)
+    first = [{"id": 0, "user": "u1", "ts": T0 + 10, "amount": "4", "clicks": 1},
+             {"id": 1, "user": "u2", "ts": "2023-11-14T22:13:40Z", "amount": 5, "clicks": 0},
+             {"id": 2, "user": "u1", "ts": T0 + 30, "amount": 6.5, "clicks": 2}]
+    for row in first:
+        prod.send(0, row, key=f"k{row['id']}".encode())
+    prod.finish()
+    with open_store(tmp_path / "s") as store:
+        store.subscribe("labels", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, max_delay=0.5),
+                        observation_keys=["user"])
+        store.wait_caught_up("labels", timeout=60)
+        later = [{"id": 3, "user": "u2", "ts": "2023-11-14T22:13:50.5Z", "amount": "7", "clicks": 3},
+                 {"id": 4, "user": "u3", "ts": T0 + 60, "amount": 8, "clicks": 4}]
+        prod = Producer(bootstrap, topic)
+        for row in later:
+            prod.send(0, row, key=f"k{row['id']}".encode())
+        prod.finish()
+        store.wait_caught_up("labels", timeout=60)
+        dead = store.dead_letters("labels")
+        assert sorted(dead["key"]) == [b"k0", b"k3"], dead
+        assert all("column 'amount' holds numbers" in r for r in dead["reason"])
+        with pytest.raises(rayfs.SchemaError, match="'amount'"):  # a direct append agrees with Kafka's labels
+            store.append_observation("labels", {"id": 9, "user": "u1", "ts": T0 + 70, "amount": "9", "clicks": 9})
+        store.append_observation("direct", [{k: v for k, v in r.items() if k != "ts"} | {"ts": T0}
+                                            for r in first[1:] + later[1:]])
+        got = store.training_set("labels", NAMES)
+        assert got["id"].tolist() == [1, 2, 4] and got["amount"].tolist() == [5.0, 6.5, 8.0]
+        assert to_micros(got["ts"]).tolist() == [int((T0 + d) * 1e6) for d in (20, 30, 60)]
+        direct = store.observations("direct")
+        for c in ("id", "clicks", "amount"):
+            assert got[c].dtype == direct[c].dtype, c
+        assert got["clicks"].dtype == np.int64
+        assert store.training_set("labels", NAMES, output="arrow").num_rows == 3

@@ -227,3 +227,24 @@ def test_predicate_on_the_timestamp_column_is_refused_clearly(store):
     with pytest.raises(rayfs.DefinitionError, match="timestamp column 'ts'"):
         store.register_feature(rayfs.Feature(name="late", stream="ev12w", entity="k", agg="count",
                                              where="v > 0 AND ts > 1700000000"))
+
+
+# 13 ------------------------------------------------------------------------------------------------------
+def test_a_feature_named_like_an_observation_column_is_refused_not_written_over_it(store):
+    store.register_stream("ev13", entities=["k13"], timestamp="ts")
+    for name in ("clicks13", "n13"):
+        store.register_feature(rayfs.Feature(name=name, stream="ev13", entity="k13", agg="count"))
+    store.ingest("ev13", {"k13": ["a", "a"], "ts": [T, T + S]})
+    obs = pd.DataFrame({"k13": ["a"], "ts": [T + 5 * S], "clicks13": [7]})
+    with pytest.raises(rayfs.SchemaError, match="column 'clicks13' and feature 'clicks13' is requested.*Rename"):
+        store.training_set(obs, ["n13", "clicks13"])
+    with pytest.raises(rayfs.SchemaError, match="column 'clicks13' and features=None .*'clicks13'.*Rename"):
+        store.training_set(obs)
+    store.append_observation("lab13", obs)
+    for output in ("pandas", "arrow"):
+        with pytest.raises(rayfs.SchemaError, match="'clicks13'"):
+            store.training_set("lab13", output=output)
+    got = store.training_set("lab13", ["n13"])
+    assert got["clicks13"].tolist() == [7] and got["n13"].tolist() == [2]
+    got = store.training_set(obs.rename(columns={"clicks13": "label"}))
+    assert got["label"].tolist() == [7] and got["clicks13"].tolist() == [2] and got["n13"].tolist() == [2]

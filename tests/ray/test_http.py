@@ -8,6 +8,8 @@ the end of the module.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import math
 import os
@@ -211,6 +213,50 @@ def test_on_demand_features_take_request_context(served):
             assert status == 400 and all(w in doc["error"]["message"] for w in words), doc
     finally:
         store.drop_feature("x_scaled")
+
+
+def test_on_demand_outputs_json_has_no_type_for(served):
+    """Datetimes (naive, tz-aware, dates) are ISO-8601 strings, durations seconds, decimals numbers, sets sorted
+    arrays; a value with no JSON form is a 500 naming the feature, the key and the type, and the server keeps
+    answering."""
+    store, url = served
+    base = pd.Timestamp("2024-01-02 03:04:05")
+    outputs = {
+        "od_when": lambda df: base + pd.to_timedelta(df.n, unit="s"),
+        "od_when_tz": lambda df: (base + pd.to_timedelta(df.n, unit="s")).dt.tz_localize("Europe/Oslo"),
+        "od_day": lambda df: [datetime.date(2024, 1, 1 + int(k) % 28) for k in df.n],
+        "od_age": lambda df: pd.to_timedelta(df.n * 1.5, unit="s"),
+        "od_dec": lambda df: [decimal.Decimal(int(k)) / 4 for k in df.n],
+        "od_tags": lambda df: [{"b", "a", int(k)} if k else set() for k in df.n],
+        "od_raw": lambda df: [b"\x00" for _ in df.n],
+        "od_cplx": lambda df: df.n * 1j,
+    }
+    for name, fn in outputs.items():
+        store.register_on_demand(name, fn, inputs=["n"])
+    try:
+        keys = ["u3", "unseen"]
+        n = store.get_features("user", keys, ["n"])["n"].tolist()
+        body = {"features": [n for n in outputs if n not in ("od_raw", "od_cplx")], "entities": {"user": keys}}
+        status, doc = request(url + "/get-online-features", json.dumps(body).encode())
+        assert status == 200, doc
+        got = dict(zip(doc["metadata"]["feature_names"], (r["values"] for r in doc["results"]), strict=True))
+        when = [base + pd.Timedelta(seconds=k) for k in n]
+        assert got["od_when"] == [w.isoformat() for w in when]
+        assert got["od_when_tz"] == [w.tz_localize("Europe/Oslo").isoformat() for w in when]
+        assert got["od_when_tz"][1] == "2024-01-02T03:04:05+01:00"
+        assert got["od_day"] == [f"2024-01-{1 + k % 28:02d}" for k in n]
+        assert got["od_age"] == [1.5 * k for k in n] and got["od_dec"] == [k / 4 for k in n]
+        assert n[0] > 0 and got["od_tags"] == [["a", "b", n[0]], []]  # mixed kinds: by their JSON text
+        for name, kind in (("od_raw", "bytes"), ("od_cplx", "complex")):
+            status, doc = request(url + "/get-online-features",
+                                  json.dumps({"features": ["n", name], "entities": {"user": keys}}).encode())
+            assert status == 500 and all(w in doc["error"]["message"] for w in (repr(name), "'u3'", kind)), doc
+            assert "internal error" not in doc["error"]["message"]
+        status, doc = request(url + "/get-online-features", json.dumps(body).encode())
+        assert status == 200, doc
+    finally:
+        for name in outputs:
+            store.drop_feature(name)
 
 
 CONFIG = """

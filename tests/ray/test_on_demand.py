@@ -135,6 +135,10 @@ def test_online_training_set_and_pandas_oracle_agree(store, seed):
     obs2 = obs.assign(n="kept")
     got = s.training_set(obs2, ["ratio"], timestamp="ts")
     assert list(got.columns) == [*obs2.columns, "ratio"] and (got["n"] == "kept").all()
+    # A requested feature (stored or on-demand) of an observation column's name is refused, not written over it.
+    for names in (["ratio"], ["n", "ratio"]):
+        with pytest.raises(rayfs.SchemaError, match=f"column '{names[0]}' and feature '{names[0]}' is requested"):
+            s.training_set(obs2.assign(ratio=0.5), names, timestamp="ts")
 
 
 def test_every_feature_default_arrow_output_and_request_only_features(store):
@@ -149,6 +153,8 @@ def test_every_feature_default_arrow_output_and_request_only_features(store):
     obs = pd.DataFrame({"post": ["p1", "p2"], "ts": [pd.Timestamp(T0 + DAY, unit="s")] * 2, "amount": [3, 4]})
     ts = s.training_set(obs, timestamp="ts", output="arrow")
     assert ts.column_names == ["post", "ts", "amount", "post_n", "double"]
+    with pytest.raises(rayfs.SchemaError, match="column 'double' and features=None"):
+        s.training_set(obs.assign(double=0), timestamp="ts")
     assert ts.column("double").to_pylist() == [6, 8]
     # An observation stream's columns are request fields alike.
     stream = "obs" + uuid.uuid4().hex[:6]

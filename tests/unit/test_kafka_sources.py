@@ -106,8 +106,70 @@ def test_schema_kind_decides_and_iso_times_are_read():
     d = decode(vals, "json", S, {"x": "num"})  # the store already holds numbers in x
     assert list(d.rows) == [1] and "holds numbers" in d.dead[0][1]
     assert C.timestamps(d.frame["ts"], what="ts").tolist() == [1_704_067_202_000_000]
-    d = decode(vals, "json", S, {})  # no kind yet: the first value decides
+    d = decode(vals, "json", S, {})  # no kind yet, as many strings as numbers: the first value decides
     assert list(d.rows) == [0] and "holds strings" in d.dead[0][1]
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_without_a_recorded_kind_most_values_decide_and_only_the_others_are_dead(fmt):
+    pack = j if fmt == "json" else msgpack.packb
+    vals = [pack({"user": "a", "ts": 1, "amount": "4"}), pack({"user": "a", "ts": 2, "amount": 5}),
+            pack({"user": "b", "ts": 3, "amount": 6.5}), pack({"user": "b", "ts": 4})]
+    d = decode(vals, fmt, S, {})
+    assert [i for i, _ in d.dead] == [0] and "column 'amount' holds numbers" in d.dead[0][1]
+    assert list(d.rows) == [1, 2, 3] and d.frame["amount"].tolist()[:2] == [5.0, 6.5]
+    d = decode(vals, fmt, S, {"amount": "str"})  # a kind the stream holds wins over the batch's majority
+    assert [i for i, _ in d.dead] == [1, 2] and d.frame["amount"].tolist()[0] == "4"
+    d = decode(vals, fmt, S, {}, mixed=["amount"])  # a key column: numbers and strings may mix
+    assert d.dead == [] and d.frame["amount"].tolist()[:3] == ["4", 5, 6.5]
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_integer_values_keep_the_dtype_a_list_of_dicts_gives(tmp_path, fmt):
+    """Decoded labels and the same labels appended directly are stored alike: integers as int64 (floats
+    once a value is null or fractional), whichever decoding path (Arrow, value by value, msgpack) ran."""
+    from rayfs.storage.observations import ObservationStreams
+
+    cases = {"ints": [1, 0, 1], "ints_and_null": [1, None, 0], "floats": [1, 2.5, 0], "bools": [True, False, True]}
+    for name, labels in cases.items():
+        rows = [{"user": f"u{i}", "ts": 1.0 + i, "label": v} for i, v in enumerate(labels)]
+        pack = j if fmt == "json" else msgpack.packb
+        for extra in ([], [b"{not json" if fmt == "json" else b"\xc1"]):  # the fast path, then value by value
+            d = decode([pack(r) for r in rows] + extra, fmt, S, {})
+            direct = ObservationStreams(str(tmp_path / f"{name}-{len(extra)}"), "none")
+            direct.append("a", rows, keys={"user"})
+            direct.append("b", d.frame, keys={"user"})
+            want, got = direct.read("a")["label"], direct.read("b")["label"]
+            assert got.dtype == want.dtype, (name, extra, got.dtype, want.dtype)
+            assert got.tolist() == want.tolist() or (name == "ints_and_null" and got.isna().tolist() == [
+                False, True, False])
+            direct.close()
+    assert decode([j({"user": "a", "ts": 1, "n": 2**70})], "json", S, {}).frame["n"].dtype == np.float64
+
+
+def test_iso_times_and_date_like_strings_through_arrows_reader_stay_what_they_are():
+    """Arrow's JSON reader takes strings shaped like ISO-8601 times for timestamps: event times are still
+    read (whole seconds, offsets), and a string label that looks like a date stays that string."""
+    vals = [j({"user": "a", "ts": t, "day": "2024-01-02"})
+            for t in ("2023-11-14T22:13:20Z", "2023-11-14T23:13:21+01:00", "2023-11-14 22:13:22")]
+    d = decode(vals, "json", S, {})
+    assert d.dead == [] and d.frame["day"].tolist() == ["2024-01-02"] * 3
+    assert C.timestamps(d.frame["ts"], what="ts").tolist() == [1_700_000_000_000_000 + i * 10**6 for i in range(3)]
+
+
+def test_epoch_seconds_and_iso_times_share_a_batch():
+    vals = [j({"user": "a", "ts": 1_700_000_000}), j({"user": "a", "ts": "2023-11-14T22:13:21.25Z"}),
+            j({"user": "a", "ts": "2023-11-14T23:13:22+01:00"}), j({"user": "a", "ts": "yesterday"}),
+            j({"user": "a", "ts": 1_700_000_003.5})]
+    want = [1_700_000_000_000_000, 1_700_000_001_250_000, 1_700_000_002_000_000, None, 1_700_000_003_500_000]
+    d = decode(vals, "json", S, {})
+    assert [i for i, _ in d.dead] == [3] and "timestamp 'ts' is not" in d.dead[0][1]
+    assert C.timestamps(d.frame["ts"], what="ts").tolist() == [w for w in want if w is not None]
+    d = decode([vals[1], vals[2], vals[0]], "json", S, {})  # strings first: each value still read on its own
+    assert d.dead == [] and C.timestamps(d.frame["ts"], what="ts").tolist() == [want[1], want[2], want[0]]
+    for v, w in zip(vals, want, strict=True):  # alone, each message decodes the same
+        d = decode([v], "json", S, {})
+        assert (C.timestamps(d.frame["ts"], what="ts").tolist() == [w]) if w else len(d.dead) == 1
 
 
 def test_a_column_features_read_is_null_when_every_message_lacks_it():
@@ -309,3 +371,35 @@ def test_observation_writer_appends_a_batch_once_and_drivers_read_it_while_writt
     drv.close()
     with pytest.raises(rayfs.OptionError, match="kafka-<i>"):
         ObservationStreams(store, "sync", writer="elsewhere")
+
+
+def test_an_observation_column_holds_one_kind_fixed_by_the_first_values_any_writer_stored(tmp_path):
+    """Numbers then strings in a label column are refused (naming it), however the writers interleave: a
+    writer that has not seen another's first values reads them before it fixes a kind. Entity-key columns
+    may mix numbers and strings."""
+    from rayfs.storage.observations import ObservationStreams
+
+    store = str(tmp_path)
+    drv = ObservationStreams(store, "sync")
+    drv.append("labels", {"user": "a", "ts": 1.0})  # no amount yet
+    assert drv.kinds("labels") == {"user": "str", "ts": "num"}
+    w = ObservationStreams(store, "sync", writer="kafka-0")
+    w.append("labels", pd.DataFrame({"user": ["a", "b"], "ts": [2.0, 3.0], "amount": [5, 6.5]}),
+             keys={"user"}, batch_id="k/0")
+    # The driver's view predates the consumer's append; its first amounts are strings: refused, not stored.
+    with pytest.raises(rayfs.SchemaError, match=r"'labels' column 'amount': holds number values; this append "
+                                                r"gives it string"):
+        drv.append("labels", {"user": "c", "ts": 4.0, "amount": "4"}, keys={"user"})
+    with pytest.raises(rayfs.SchemaError, match="'amount'.*all numbers or all strings"):
+        drv.append("labels", [{"user": "c", "ts": 4.0, "amount": 7}, {"user": "d", "ts": 5.0, "amount": "7"}],
+                   keys={"user"})
+    drv.append("labels", [{"user": 7, "ts": 4.0, "amount": 7}, {"user": "e", "ts": 5.0, "amount": 8}],
+               keys={"user"})  # keys may mix
+    got = drv.read("labels")
+    assert got["amount"].dtype == np.float64 and got["amount"].tolist()[1:] == [7.0, 8.0, 5.0, 6.5]
+    assert got["user"].tolist() == ["a", 7, "e", "a", "b"]
+    assert drv.kinds("labels") == {"user": "mixed", "ts": "num", "amount": "num"}
+    with pytest.raises(rayfs.SchemaError, match="'amount'"):  # the consumer's own view agrees
+        w.check("labels", {"user": "c", "ts": 4.0, "amount": "x"}, keys={"user"})
+    drv.close()
+    w.close()

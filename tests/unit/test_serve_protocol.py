@@ -4,6 +4,8 @@ answer before the store is asked, the ``[serve]`` config table and the CLI's rea
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import decimal
 import json
 import math
 from types import SimpleNamespace
@@ -106,6 +108,41 @@ def test_column_json_nulls_numpy_scalars_and_lists() -> None:
     assert out["values"] == [None, "x", [1, None], {"k": 2.0}, "y"]
     assert out["statuses"] == ["NULL_VALUE", "PRESENT", "PRESENT", "PRESENT", "PRESENT"]
     json.dumps(out, allow_nan=False)
+
+
+def test_column_json_gives_datetimes_durations_decimals_and_sets_a_json_form() -> None:
+    t = pd.Timestamp("2024-01-02 03:04:05.25")
+    cases = [
+        (np.array([t.to_datetime64(), np.datetime64("NaT")]), ["2024-01-02T03:04:05.250000", None]),
+        (pd.Series([t, pd.NaT]).dt.tz_localize("UTC").dt.tz_convert("Asia/Kolkata").to_numpy(),
+         ["2024-01-02T08:34:05.250000+05:30", None]),
+        (np.array([np.timedelta64(1500, "ms"), np.timedelta64("NaT")]), [1.5, None]),
+        ([dt.date(2024, 1, 2), dt.datetime(2024, 1, 2, tzinfo=dt.UTC), dt.timedelta(days=1), pd.Timedelta("2s")],
+         ["2024-01-02", "2024-01-02T00:00:00+00:00", 86400.0, 2.0]),
+        ([decimal.Decimal("2.5"), decimal.Decimal("NaN"), decimal.Decimal("sNaN"), decimal.Decimal("-Infinity")],
+         [2.5, None, None, None]),
+        ([{3, 1, 2}, frozenset({"b", "a"}), {1, "a"}, [{t}], {"at": t}],
+         [[1, 2, 3], ["a", "b"], ["a", 1], [["2024-01-02T03:04:05.250000"]], {"at": "2024-01-02T03:04:05.250000"}]),
+    ]
+    for values, want in cases:
+        obj = np.empty(len(values), dtype=object)
+        obj[:] = list(values)
+        for col in (values, obj) if isinstance(values, np.ndarray) else (obj,):
+            out = column_json(col)
+            assert out["values"] == want, (col, out)
+            assert out["statuses"] == ["NULL_VALUE" if w is None else "PRESENT" for w in want]
+            json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize("bad", [b"\x00", 1 + 2j, np.complex64(1j), object(), [b"x"], {"k": {b"x"}}])
+def test_a_value_with_no_json_form_is_a_500_naming_the_feature_key_and_type(bad) -> None:
+    values = np.empty(2, dtype=object)
+    values[:] = [1.0, bad]
+    req = OnlineRequest("user", ["u1", "u2"], ["n", "odd"])
+    frame = pd.DataFrame({"user": ["u1", "u2"], "n": [1, 2], "odd": values})
+    with pytest.raises(HttpRequestError, match=r"feature 'odd': the value for key 'u2' is of type \w+") as info:
+        encode_response(req, frame)
+    assert info.value.status == 500
 
 
 def test_encode_response_is_feast_shaped_strict_json() -> None:
