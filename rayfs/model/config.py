@@ -15,7 +15,7 @@ Example (``configs/reddit.toml`` in the repository is a longer one)::
     shards = 4                # optional (default: 4 for a new store, the existing count on reopen)
     durability = "sync"       # optional: "sync" (default) | "group" | "none"
     namespace = "rayfs"       # optional: the Ray namespace of the store's actors (default "rayfs")
-    online_table = true       # optional (default true): shards keep an online table reads never wait behind
+    online_table = false      # optional: shards keep an online table that reads never wait behind
 
     [[streams]]
     name = "upvotes"
@@ -327,7 +327,7 @@ class StoreSettings:
         segment_bytes: the log segment size at which a shard starts a new segment file.
         snapshot_every: a shard snapshots its state every this many batches (and on close).
         online_table: whether shards keep an online table (LMDB) that online reads use without waiting
-            for ingests (see the README's "Online serving"; the default); without it reads go through the
+            for ingests (see the README's "Online serving"); without it (the default) reads go through the
             shards' state.
     """
 
@@ -338,7 +338,7 @@ class StoreSettings:
     namespace: str = DEFAULT_NAMESPACE
     segment_bytes: int = 64 << 20
     snapshot_every: int = 200
-    online_table: bool = True
+    online_table: bool = False
 
     @property
     def store_id(self) -> str:
@@ -669,7 +669,7 @@ class _Parser:
         if durability not in DURABILITY:
             raise self.error(p + ("durability",), f"must be one of {', '.join(DURABILITY)}, not {durability!r}")
         namespace = self.string(doc, p, "namespace", DEFAULT_NAMESPACE)
-        online_table = self.typed(doc, p, "online_table", bool, True)
+        online_table = self.typed(doc, p, "online_table", bool, False)
         return StoreSettings(path=path, name=name, shards=shards, durability=durability, namespace=namespace,
                              online_table=online_table)
 
@@ -891,8 +891,8 @@ def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = 
     if st.shards is not None:
         out.append(f"shards = {st.shards}")
     out += [f"durability = {_toml_str(st.durability)}", f"namespace = {_toml_str(st.namespace)}"]
-    if not st.online_table:
-        out.append("online_table = false")
+    if st.online_table:
+        out.append("online_table = true")
     if config.serve != ServeSettings():
         out += ["", "[serve]"] + [f"{k} = {_toml_value(getattr(config.serve, k), f'serve: {k}')}" for k in _SERVE_KEYS
                                   if getattr(config.serve, k) is not None]

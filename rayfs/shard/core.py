@@ -132,7 +132,7 @@ class ShardCore:
 
     def __init__(self, root: str, shard_id: int, n_shards: int, streams: list[dict], features: list[dict],
                  *, durability: str = "sync", segment_bytes: int = 64 << 20,
-                 snapshot_every: int = 200, online_table: bool = True) -> None:
+                 snapshot_every: int = 200, online_table: bool = False) -> None:
         self.shard_id, self.n_shards = shard_id, n_shards
         self.dir = os.path.join(root, "shards", f"shard-{shard_id:03d}")
         os.makedirs(self.dir, exist_ok=True)

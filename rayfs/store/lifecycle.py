@@ -42,7 +42,7 @@ class Connection(NamedTuple):
 
 def open_store(path: str | os.PathLike, shards: int | None, *, name: str | None, address: str | None,
                namespace: str, durability: str, segment_bytes: int, snapshot_every: int,
-               online_table: bool = True) -> Connection:
+               online_table: bool = False) -> Connection:
     """Open (or create) the store at ``path``; see :meth:`rayfs.FeatureStore.open` for the arguments.
 
     A failed open leaves no actor behind and shuts down a Ray it started.

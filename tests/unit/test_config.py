@@ -99,15 +99,13 @@ def test_minimal_config_defaults() -> None:
     assert cfg.store == StoreSettings(path="/abs/store", name=None, shards=None, durability="sync", namespace="rayfs")
     assert cfg.streams == () and cfg.features == ()
     assert cfg.store.open_kwargs() == {"path": "/abs/store", "shards": None, "name": None, "namespace": "rayfs",
-                                       "durability": "sync", "online_table": True}
+                                       "durability": "sync", "online_table": False}
 
 
-def test_online_table_can_be_turned_off_and_round_trips() -> None:
-    cfg = parse('[store]\npath = "/abs/store"\nonline_table = false\n')
-    assert cfg.store.online_table is False and cfg.store.open_kwargs()["online_table"] is False
+def test_online_table_can_be_turned_on_and_round_trips() -> None:
+    cfg = parse('[store]\npath = "/abs/store"\nonline_table = true\n')
+    assert cfg.store.online_table is True and cfg.store.open_kwargs()["online_table"] is True
     assert parse(dump_config(cfg)).store == cfg.store
-    on = parse('[store]\npath = "/abs/store"\nonline_table = true\n')
-    assert on.store.online_table is True and parse(dump_config(on)).store == on.store
     with pytest.raises(ConfigError, match="online_table"):
         parse('[store]\npath = "/abs/store"\nonline_table = "no"\n')
 
