@@ -105,9 +105,9 @@ class FeatureStore:
             segment_bytes: log segment size at which a new segment file is started.
             snapshot_every: a shard snapshots its state every this many batches (and on close).
             online_table: shards keep an online table that reads use without ever waiting for an ingest
-                (see the README's "Online serving"); it costs ingest throughput (about 2/3 of a shard's,
-                measured in process). Without it reads go through the shards' state and wait for the batch
-                being folded. Applies to the shards this call starts (a running store keeps its own).
+                (see the README's "Online serving"); it costs ingest throughput (a quarter at 1M events,
+                more as the store's keys grow). Without it reads go through the shards' state and wait for
+                the batch being folded. Applies to the shards this call starts (a running store keeps its own).
         """
         return cls(lifecycle.open_store(path, shards, name=name, address=address, namespace=namespace,
                                         durability=durability, segment_bytes=segment_bytes,
