@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 import pytest
 
+import rayfs
 from tests.ray.conftest import ray_session  # noqa: F401 - the same one private local Ray per session
 
 
@@ -141,3 +142,13 @@ def consumer_pid(store, stream: str, i: int, timeout: float = 60.0) -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def open_event_store(path, features) -> rayfs.FeatureStore:  # noqa: F821 - imported late (Ray)
+    """A 2-shard store with stream ``ev`` (entity ``user``, time ``ts``) and ``features`` registered."""
+    store = rayfs.FeatureStore.open(path, shards=2)
+    store.register_stream("ev", entities=["user"], timestamp="ts")
+    for f in features:
+        store.register_feature(f)
+    return store
+

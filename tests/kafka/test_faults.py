@@ -19,7 +19,7 @@ import pandas as pd
 import rayfs
 from rayfs.testing import assert_features_equal, kill_shard, oracle_online, oracle_training_set
 
-from .conftest import Producer, consumer_pid, create_topic
+from .conftest import Producer, consumer_pid, create_topic, open_event_store
 
 STREAM = rayfs.Stream(name="ev", entities=("user",), timestamp="ts")
 FEATURES = [  # counts and sums reveal a lost or doubled message; distinct times make order irrelevant
@@ -41,11 +41,7 @@ def make_events(seed: int, n: int) -> pd.DataFrame:
 
 
 def open_store(path) -> rayfs.FeatureStore:
-    store = rayfs.FeatureStore.open(path, shards=2)
-    store.register_stream("ev", entities=["user"], timestamp="ts")
-    for f in FEATURES:
-        store.register_feature(f)
-    return store
+    return open_event_store(path, FEATURES)
 
 
 class Feeder(threading.Thread):

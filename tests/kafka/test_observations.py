@@ -20,7 +20,7 @@ import rayfs
 from rayfs.model.timeutil import to_micros
 from rayfs.testing import assert_features_equal, oracle_training_set
 
-from .conftest import Producer, consumer_pid, create_topic
+from .conftest import Producer, consumer_pid, create_topic, open_event_store
 
 STREAM = rayfs.Stream(name="ev", entities=("user",), timestamp="ts")
 FEATURES = [
@@ -51,11 +51,7 @@ def labels(seed: int, n: int, first_id: int = 0) -> pd.DataFrame:
 
 
 def open_store(path) -> rayfs.FeatureStore:
-    store = rayfs.FeatureStore.open(path, shards=2)
-    store.register_stream("ev", entities=["user"], timestamp="ts")
-    for f in FEATURES:
-        store.register_feature(f)
-    return store
+    return open_event_store(path, FEATURES)
 
 
 def check_training_set(store: rayfs.FeatureStore, ev: pd.DataFrame, lab: pd.DataFrame, context: str) -> None:
