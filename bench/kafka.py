@@ -17,7 +17,8 @@ generator. JSON and PNG go to ``--out`` (``kafka-<time>.json``, ``kafka.json``, 
 
 ``--history N`` measures the catch-up of a long history instead: N messages are produced before the
 subscription (``start="earliest"``), and the time from ``subscribe`` to ``wait_caught_up`` is reported
-beside ``rayfs ingest`` of the same events from Parquet, with a profile of the catch-up: seconds per stage of
+beside ``rayfs ingest`` of the same events from Parquet, twice: reading the history by record batches (the
+default ``catch_up``) and through librdkafka alone (``catch_up=0``); with a profile of each: seconds per stage of
 each consumer's loop (polling Kafka, reading message fields, decoding, logging intents, handing batches to
 the store) and the CPU seconds of the consumer, shard and broker processes. Output:
 ``kafka-history-<time>.json``, ``kafka-history.json``, ``kafka-history.png``.
@@ -360,9 +361,9 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run_catch_up(store, bootstrap: str, topic: str, n: int, consumers: int, broker_pid: int | None,
-                 consumer_config: dict) -> dict:
+                 consumer_config: dict, catch_up: int = 100_000) -> dict:
     """Subscribe from the earliest offset to a topic holding ``n`` messages and wait until caught up; the
-    seconds, and where they went."""
+    seconds, and where they went. ``catch_up``: the source's setting (0: librdkafka reads everything)."""
     import ray
 
     import rayfs
@@ -375,7 +376,7 @@ def run_catch_up(store, bootstrap: str, topic: str, n: int, consumers: int, brok
         cpu0[("broker", broker_pid)] = _cpu_seconds(broker_pid)
     t0 = time.perf_counter()
     store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=consumers,
-                                            consumer_config=consumer_config))
+                                            consumer_config=consumer_config, catch_up=catch_up))
     t_sub = time.perf_counter() - t0
     store.wait_caught_up("ev", timeout=7200)
     dt = time.perf_counter() - t0
@@ -392,7 +393,7 @@ def run_catch_up(store, bootstrap: str, topic: str, n: int, consumers: int, brok
            "consumers": [_cpu_seconds(int(pid)) for pid in subs["pid"].drop_duplicates()]}  # (new processes)
     if broker_pid is not None:
         cpu["broker"] = _cpu_seconds(broker_pid) - cpu0[("broker", broker_pid)]
-    return {"seconds": dt, "subscribe_s": t_sub, "messages_per_s": n / dt, "consumers": consumers,
+    return {"seconds": dt, "subscribe_s": t_sub, "messages_per_s": n / dt, "consumers": consumers, "catch_up": catch_up,
             "partitions": len(subs), "stages": stages, "cpu_seconds": cpu}
 
 
@@ -403,9 +404,10 @@ def plot_history(doc: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    ing, cu = doc["ingest"], doc["catch_up"]
-    a.bar(["rayfs ingest\n(Parquet, sync)", f"Kafka catch-up\n({cu['consumers']} consumers, sync)"],
-          [ing["seconds"], cu["seconds"]], color=["#55a868", "#4c72b0"])
+    ing, cu, lib = doc["ingest"], doc["catch_up"], doc["catch_up_librdkafka"]
+    a.bar(["rayfs ingest\n(Parquet, sync)", f"Kafka catch-up\nrecord batches\n({cu['consumers']} consumers)",
+           "Kafka catch-up\nlibrdkafka only"],
+          [ing["seconds"], cu["seconds"], lib["seconds"]], color=["#55a868", "#4c72b0", "#8c8c8c"])
     a.set_ylabel("seconds")
     a.set_title(f"{doc['config']['history']:,} events, {doc['config']['shards']} shards")
     names = ["poll", "fields", "decode", "intent", "ingest"]
@@ -465,24 +467,27 @@ def main_history(a: argparse.Namespace) -> int:
         assert (got == expected).all(), "rayfs ingest: counts differ from the generator's"
         doc["ingest"] = ingest
         print(f"ingest from Parquet: {ingest['seconds']:.1f}s, {ingest['events_per_s']:,.0f} ev/s", flush=True)
-        store = open_store(os.path.join(tmp, "consume"), a.shards)
-        try:
-            doc["catch_up"] = run_catch_up(store, bootstrap, topic, n, a.consumers,
-                                           broker.pid if broker is not None else None, a.consumer_config)
-            assert (counts_of(store, users) == expected).all(), "Kafka catch-up: counts differ from the generator's"
-        finally:
-            store.close()
-        cu = doc["catch_up"]
-        doc["catch_up_vs_ingest"] = cu["seconds"] / ingest["seconds"]
-        print(f"catch-up from Kafka: {cu['seconds']:.1f}s, {cu['messages_per_s']:,.0f} msg/s "
-              f"({doc['catch_up_vs_ingest']:.2f}x the ingest time)", flush=True)
+        # The catch-up by record batches (the default), then librdkafka alone (catch_up=0), each into a store
+        # of its own.
+        for key, catch_up in (("catch_up", 100_000), ("catch_up_librdkafka", 0)):
+            store = open_store(os.path.join(tmp, key), a.shards)
+            try:
+                doc[key] = run_catch_up(store, bootstrap, topic, n, a.consumers,
+                                        broker.pid if broker is not None else None, a.consumer_config, catch_up)
+                assert (counts_of(store, users) == expected).all(), f"{key}: counts differ from the generator's"
+            finally:
+                store.close()
+            cu = doc[key]
+            doc[f"{key}_vs_ingest"] = cu["seconds"] / ingest["seconds"]
+            print(f"{key}: {cu['seconds']:.1f}s, {cu['messages_per_s']:,.0f} msg/s "
+                  f"({doc[f'{key}_vs_ingest']:.2f}x the ingest time)", flush=True)
         os.makedirs(a.out, exist_ok=True)
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
         for name in (f"kafka-history-{stamp}.json", "kafka-history.json"):
             with open(os.path.join(a.out, name), "w") as f:
                 json.dump(doc, f, indent=1)
         plot_history(doc, os.path.join(a.out, "kafka-history.png"))
-        print(json.dumps({k: doc[k] for k in ("produce", "ingest", "catch_up")}, indent=1))
+        print(json.dumps({k: doc[k] for k in ("produce", "ingest", "catch_up", "catch_up_librdkafka")}, indent=1))
     finally:
         if broker is not None:
             broker.kill()

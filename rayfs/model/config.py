@@ -47,7 +47,7 @@ Schema (every table rejects keys it does not list; every value's type is checked
 * ``[[streams]]``: ``name``, ``entities`` (array of strings), ``timestamp`` -- all required.
 * ``[streams.kafka]`` (optional, after a ``[[streams]]`` table): subscribes that stream to a Kafka topic;
   ``topic``, ``bootstrap_servers`` (required strings); ``format``, ``start``, ``timestamp``,
-  ``on_offset_reset`` (strings); ``consumers``, ``max_batch_rows`` (integers); ``max_delay`` (number);
+  ``on_offset_reset`` (strings); ``consumers``, ``max_batch_rows``, ``catch_up`` (integers); ``max_delay`` (number);
   ``consumer_config`` (a table of librdkafka settings). These are :class:`rayfs.KafkaSource`'s arguments;
   :meth:`FeatureStore.apply <rayfs.store.FeatureStore.apply>` and ``rayfs serve`` subscribe the stream.
 * ``[[observations]]`` (optional): an observation stream (labels for ``training_set("name", ...)``) fed by a
@@ -741,7 +741,7 @@ class _Parser:
         self.table(doc, p, keys, ("topic", "bootstrap_servers"))
         for k in ("topic", "bootstrap_servers", "format", "start", "timestamp", "on_offset_reset"):
             self.string(doc, p, k)
-        for k, kind in (("consumers", int), ("max_batch_rows", int), ("max_delay", (int, float)),
+        for k, kind in (("consumers", int), ("max_batch_rows", int), ("catch_up", int), ("max_delay", (int, float)),
                         ("consumer_config", dict)):
             self.typed(doc, p, k, kind)
         try:

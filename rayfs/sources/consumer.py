@@ -47,6 +47,8 @@ from rayfs.model.config import StoreSettings
 from rayfs.model.definitions import Stream
 from rayfs.model.kafka import KafkaSource
 from rayfs.sources.decode import Decoded, decode, locate_bad
+from rayfs.sources.fetch import CatchUp, usable
+from rayfs.sources.messages import Messages
 from rayfs.sources.offsets import OffsetsLog, consumer_dir
 from rayfs.storage.locks import wait_lock
 from rayfs.storage.observations import ObservationStreams
@@ -154,11 +156,13 @@ class KafkaConsumerCore:
         self._stop = threading.Event()
         self._mu = threading.Lock()  # the offsets log and the state, between the loop and status calls
         self._consumer = None
+        self._catchup: CatchUp | None = None
         self._last_commit = time.time()
         # Seconds spent per stage of the loop (what a catch-up's time goes to): polling Kafka, reading the
-        # messages' fields, decoding, logging intents, and the whole loop (the rest is the store's ingest).
+        # messages' fields, decoding, logging intents, and the whole loop (the rest is the store's ingest);
+        # the messages read, and how many of them a catch-up read (rayfs.sources.fetch).
         self._timings = dict.fromkeys(("poll", "fields", "decode", "intent", "loop"), 0.0)
-        self._timings["messages"] = 0
+        self._timings["messages"] = self._timings["catch_up_messages"] = 0
         self._thread = threading.Thread(target=self._run, name=f"kafka-{stream}-{index}", daemon=True)
         self._thread.start()
 
@@ -247,7 +251,9 @@ class KafkaConsumerCore:
         for rec in pending:
             known = {(d["partition"], d["offset"]) for d in rec.get("d", ())}
             self._complete(rec["id"], [tuple(r) for r in rec["r"]], None, known)
-        self._assign()
+        self._catchup = self._open_catch_up()
+        if self._catchup is None:
+            self._assign()
         with self._mu:
             self.state, self.error = "running", None
         while not self._stop.is_set():
@@ -266,6 +272,34 @@ class KafkaConsumerCore:
         with self._mu:
             tps = [TopicPartition(self.src.topic, p, self.offsets.next[p]) for p in self.parts]
         self._consumer.assign(tps)
+
+    def _open_catch_up(self) -> CatchUp | None:
+        """A catch-up read up to the current high watermarks when this consumer is at least
+        ``source.catch_up`` messages behind them (see :mod:`rayfs.sources.fetch`), else ``None``."""
+        src = self.src
+        with self._mu:
+            start = {p: self.offsets.next[p] for p in self.parts}
+        bound = {p: self.hw.get(p, 0) for p in self.parts}  # (read by _check_offsets just now)
+        behind = sum(max(0, bound[p] - start[p]) for p in self.parts)
+        if not src.catch_up or behind < src.catch_up or not usable(src.client_config()):
+            return None
+        try:
+            md = self._consumer.list_topics(src.topic, timeout=10)
+            leaders = {}
+            for p in self.parts:
+                b = md.brokers[md.topics[src.topic].partitions[p].leader]
+                leaders[p] = (b.host, b.port)
+        except Exception:  # noqa: BLE001 - no leader known: librdkafka reads everything
+            return None
+        return CatchUp(src.topic, leaders, start, bound)
+
+    def _end_catch_up(self) -> None:
+        """Hand the partitions to librdkafka at the offsets where the catch-up stopped."""
+        from confluent_kafka import TopicPartition
+
+        pos = self._catchup.positions()
+        self._catchup = None
+        self._consumer.assign([TopicPartition(self.src.topic, p, pos[p]) for p in self.parts])
 
     def _watermarks(self, p: int) -> tuple[int, int]:
         from confluent_kafka import KafkaException, TopicPartition
@@ -365,6 +399,19 @@ class KafkaConsumerCore:
     def _next_batch(self, prefix: str, k: int) -> _Batch | None:
         """Poll the next micro-batch, decode it and log its intent; ``None`` when idle or stopping."""
         src = self.src
+        while self._catchup is not None and not self._stop.is_set():
+            t0 = time.perf_counter()
+            chunk = self._catchup.poll(src.max_batch_rows)
+            self._timings["poll"] += time.perf_counter() - t0
+            for p, high in self._catchup.high.items():
+                self.hw[p] = max(self.hw.get(p, 0), high)
+            if chunk is None:
+                self._end_catch_up()
+                break
+            self._timings["catch_up_messages"] += len(chunk)
+            b = self._intent(prefix, k, chunk)
+            if b is not None:
+                return b
         got: list = []
         deadline = None
         idle_until = time.monotonic() + IDLE
@@ -391,16 +438,16 @@ class KafkaConsumerCore:
                 deadline = time.monotonic() + src.max_delay
         if not got:
             return None
-        return self._intent(prefix, k, got)
+        t0 = time.perf_counter()
+        msgs = Messages.of(src.topic, got)
+        self._timings["fields"] += time.perf_counter() - t0
+        return self._intent(prefix, k, msgs)
 
-    def _intent(self, prefix: str, k: int, msgs: list) -> _Batch | None:
+    def _intent(self, prefix: str, k: int, msgs: Messages) -> _Batch | None:
         """Decode a micro-batch and log its intent. Its id is ``f"{prefix}/{k}"``, the id the ingestor
         gives the ``k``-th batch it is handed, unless nothing of it goes to the shards (only dead letters)."""
         n = len(msgs)
-        t0 = time.perf_counter()
-        parts = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=n)
-        offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=n)
-        self._timings["fields"] += time.perf_counter() - t0
+        parts, offs = msgs.parts, msgs.offs
         self._timings["messages"] += n
         with self._mu:
             nxt = dict(self.offsets.next)
@@ -412,8 +459,8 @@ class KafkaConsumerCore:
         if not len(order):
             return None
         if len(order) != n or (np.diff(parts) < 0).any():
-            msgs = [msgs[i] for i in order]
-            parts, offs = parts[order], offs[order]
+            msgs = msgs.take(order)
+            parts, offs = msgs.parts, msgs.offs
         ends = np.flatnonzero(np.diff(parts)).tolist() + [len(parts) - 1]
         ranges = [(int(parts[e]), nxt[int(parts[e])], int(offs[e]) + 1) for e in ends]
         t0 = time.perf_counter()
@@ -424,7 +471,7 @@ class KafkaConsumerCore:
         events: dict[int, int] = {}
         for p, k in zip(*np.unique(parts[decoded.rows], return_counts=True), strict=True):
             events[int(p)] = int(k)
-        dead = [self._dead(msgs[i], why) for i, why in decoded.dead]
+        dead = [msgs.dead(i, why) for i, why in decoded.dead]
         with self._mu:
             self.offsets.intent(bid, ranges, events, dead)
         self._timings["intent"] += time.perf_counter() - t1
@@ -432,12 +479,10 @@ class KafkaConsumerCore:
             self.metrics.dead.inc(len(dead), tags=self.metrics.tags)
         return _Batch(bid, ranges, decoded, ts_ms, len(msgs))
 
-    def _decode(self, msgs: list) -> tuple[Decoded, np.ndarray]:
+    def _decode(self, msgs: Messages) -> tuple[Decoded, np.ndarray]:
         """The decoded batch, and the Kafka timestamps of a sample of its good messages."""
-        kafka_ts = None
-        if self.src.timestamp == "kafka":
-            kafka_ts = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
-        values = [m.value() for m in msgs]
+        kafka_ts = msgs.timestamps() if self.src.timestamp == "kafka" else None
+        values = msgs.values
         if self.obs_spec is not None:
             # The kinds the stream's columns hold (entity keys may mix numbers and strings); a column without
             # one yet takes the kind most of the batch's values have, and the append records it.
@@ -453,8 +498,7 @@ class KafkaConsumerCore:
         # Freshness needs a few timestamps, not one per message (a Python call each).
         good = decoded.rows
         sample = good[:: max(1, len(good) // 50)]
-        ts_ms = kafka_ts[sample] if kafka_ts is not None else np.fromiter(
-            (msgs[i].timestamp()[1] for i in sample.tolist()), dtype=np.int64, count=len(sample))
+        ts_ms = kafka_ts[sample] if kafka_ts is not None else msgs.timestamps(sample)
         return decoded, ts_ms
 
     def _send(self, bid: str, frame: pd.DataFrame) -> None:
@@ -490,10 +534,6 @@ class KafkaConsumerCore:
     def _obs_keys(self) -> set[str]:
         """Columns an observation's checks treat as entity keys (as ``append_observation`` does)."""
         return set(self.obs_spec.entities) | {e for s in self.session.catalog.streams.values() for e in s.entities}
-
-    def _dead(self, m, why: str) -> dict:
-        return {"topic": m.topic(), "partition": m.partition(), "offset": m.offset(), "key": m.key(),
-                "value": m.value(), "reason": why, "timestamp_ms": m.timestamp()[1]}
 
     def _commit(self, b: _Batch, dead: list[dict] = (), refused: dict[int, int] | None = None) -> None:
         with self._mu:
@@ -538,12 +578,12 @@ class KafkaConsumerCore:
             # the messages its intent made dead letters stay out, those dead now are dead letters of this
             # commit (no longer counted as events).
             for i, why in decoded.dead:
-                m = msgs[i]
-                if (m.partition(), m.offset()) not in known_dead:
-                    dead.append(self._dead(m, why))
-                    refused[m.partition()] = refused.get(m.partition(), 0) + 1
+                p = int(msgs.parts[i])
+                if (p, int(msgs.offs[i])) not in known_dead:
+                    dead.append(msgs.dead(i, why))
+                    refused[p] = refused.get(p, 0) + 1
             if known_dead:
-                keep = np.array([(msgs[i].partition(), msgs[i].offset()) not in known_dead
+                keep = np.array([(int(msgs.parts[i]), int(msgs.offs[i])) not in known_dead
                                  for i in decoded.rows.tolist()], dtype=bool)
                 if not keep.all():
                     decoded = Decoded(frame=decoded.frame[keep].reset_index(drop=True), rows=decoded.rows[keep],
@@ -563,9 +603,10 @@ class KafkaConsumerCore:
                 if src_msgs is None:
                     src_msgs = self._reread(ranges)
                 for i in bad:
-                    m = src_msgs[int(b.decoded.rows[i])]
-                    dead.append(self._dead(m, "refused by the store's checks"))
-                    refused[m.partition()] = refused.get(m.partition(), 0) + 1
+                    j = int(b.decoded.rows[i])
+                    p = int(src_msgs.parts[j])
+                    dead.append(src_msgs.dead(j, "refused by the store's checks"))
+                    refused[p] = refused.get(p, 0) + 1
                 frame = frame.drop(index=frame.index[bad]).reset_index(drop=True)
             except StoreClosedError:
                 raise
@@ -582,7 +623,7 @@ class KafkaConsumerCore:
                 self.state, self.error = "running", None
         self._commit(b, dead, refused)
 
-    def _reread(self, ranges: list[tuple[int, int, int]]) -> list:
+    def _reread(self, ranges: list[tuple[int, int, int]]) -> Messages:
         """The messages of ``ranges`` ``[(partition, first, end)]``, in (partition, offset) order."""
         from confluent_kafka import Consumer, TopicPartition
 
@@ -603,7 +644,7 @@ class KafkaConsumerCore:
                 out += got
         finally:
             c.close()
-        return out
+        return Messages.of(self.src.topic, out)
 
 
 _GONE: tuple = ()

@@ -129,6 +129,15 @@ class Producer:
 
 def consumer_pid(store, stream: str, i: int, timeout: float = 60.0) -> int:
     """The pid of consumer ``i`` of ``stream``'s subscription (waiting while Ray restarts it)."""
+    return _ask_consumer(store, stream, i, "pid", timeout)
+
+
+def consumer_timings(store, stream: str, i: int, timeout: float = 60.0) -> dict:
+    """What consumer ``i`` of ``stream``'s subscription read, and its seconds per stage."""
+    return _ask_consumer(store, stream, i, "timings", timeout)
+
+
+def _ask_consumer(store, stream: str, i: int, method: str, timeout: float):
     import ray
 
     from rayfs.sources.consumer import actor_name
@@ -137,7 +146,7 @@ def consumer_pid(store, stream: str, i: int, timeout: float = 60.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return ray.get(a.pid.remote(), timeout=timeout)
+            return ray.get(getattr(a, method).remote(), timeout=timeout)
         except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
             if time.monotonic() > deadline:
                 raise

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import rayfs
 from rayfs.testing import assert_features_equal, kill_shard, oracle_online, oracle_training_set
@@ -81,13 +82,16 @@ def check(store: rayfs.FeatureStore, ev: pd.DataFrame, context: str) -> None:
     assert (subs["lag"] == 0).all(), f"{context}: {subs}"
 
 
-def test_sigkill_consumers_and_shards_while_producing(tmp_path, bootstrap, topic):
+# catch_up=1: every (re)start of a consumer behind its partitions reads that history by record batches
+# first (rayfs.sources.fetch), then goes on through librdkafka; 0: librdkafka only.
+@pytest.mark.parametrize("catch_up", [0, 1])
+def test_sigkill_consumers_and_shards_while_producing(tmp_path, bootstrap, topic, catch_up):
     create_topic(bootstrap, topic, PARTITIONS)
     ev = make_events(11, 24_000)
     rng = np.random.default_rng(5)
     with open_store(tmp_path / "s") as store:
         store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=2,
-                                                max_batch_rows=300, max_delay=0.02))
+                                                max_batch_rows=300, max_delay=0.02, catch_up=catch_up))
         feeder = Feeder(bootstrap, topic, ev)
         feeder.start()
         kills = []
@@ -111,13 +115,14 @@ def test_sigkill_consumers_and_shards_while_producing(tmp_path, bootstrap, topic
         assert store.subscriptions()["state"].eq("running").all()
 
 
-def test_close_and_reopen_mid_stream(tmp_path, bootstrap, topic):
+@pytest.mark.parametrize("catch_up", [0, 1])
+def test_close_and_reopen_mid_stream(tmp_path, bootstrap, topic, catch_up):
     create_topic(bootstrap, topic, PARTITIONS)
     ev = make_events(12, 12_000)
     path = tmp_path / "s"
     store = open_store(path)
     store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=2,
-                                            max_batch_rows=500))
+                                            max_batch_rows=500, catch_up=catch_up))
     feeder = Feeder(bootstrap, topic, ev, pause=0.2)
     feeder.start()
     try:

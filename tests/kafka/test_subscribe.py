@@ -13,7 +13,7 @@ import pytest
 import rayfs
 from rayfs.testing import assert_features_equal, oracle_online, oracle_training_set
 
-from .conftest import Producer, create_topic
+from .conftest import Producer, consumer_timings, create_topic
 
 STREAM = rayfs.Stream(name="ev", entities=("user",), timestamp="ts")
 FEATURES = [
@@ -62,7 +62,8 @@ def in_offset_order(sent: list[tuple[int, dict]], partitions: int) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def test_json_subscription_matches_oracle_with_dead_letters(tmp_path, bootstrap, topic):
+@pytest.mark.parametrize("catch_up", [0, 1])  # 1: the history is read by record batches (rayfs.sources.fetch)
+def test_json_subscription_matches_oracle_with_dead_letters(tmp_path, bootstrap, topic, catch_up):
     create_topic(bootstrap, topic, 3)
     ev = events(1, 3000)
     prod = Producer(bootstrap, topic)
@@ -77,10 +78,13 @@ def test_json_subscription_matches_oracle_with_dead_letters(tmp_path, bootstrap,
         sent.append((p, row))
     prod.finish()
     with open_store(tmp_path / "s") as store:
-        src = rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=2, max_batch_rows=500)
+        src = rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=2, max_batch_rows=500,
+                                catch_up=catch_up)
         store.subscribe("ev", src)
         store.subscribe("ev", src)  # the same again: a no-op
         store.wait_caught_up("ev", timeout=120)
+        by_catch_up = sum(consumer_timings(store, "ev", i)["catch_up_messages"] for i in range(2))
+        assert by_catch_up == (len(ev) + len(bad) if catch_up else 0)
         check_against_oracle(store, in_offset_order(sent, 3), "json")
         dead = store.dead_letters("ev")
         assert len(dead) == len(bad)
@@ -111,7 +115,8 @@ def test_json_subscription_matches_oracle_with_dead_letters(tmp_path, bootstrap,
         assert store.subscriptions().empty
 
 
-def test_msgpack_with_kafka_timestamps(tmp_path, bootstrap, topic):
+@pytest.mark.parametrize("catch_up", [0, 1])
+def test_msgpack_with_kafka_timestamps(tmp_path, bootstrap, topic, catch_up):
     create_topic(bootstrap, topic, 2)
     ev = events(2, 800)
     prod = Producer(bootstrap, topic)
@@ -123,7 +128,7 @@ def test_msgpack_with_kafka_timestamps(tmp_path, bootstrap, topic):
     prod.finish()
     with open_store(tmp_path / "s") as store:
         store.subscribe("ev", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, format="msgpack",
-                                                timestamp="kafka"))
+                                                timestamp="kafka", catch_up=catch_up))
         store.wait_caught_up("ev", timeout=120)
         check_against_oracle(store, in_offset_order(sent, 2), "msgpack")
         assert store.dead_letters("ev").empty
