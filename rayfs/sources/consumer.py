@@ -237,6 +237,9 @@ class KafkaConsumerCore:
                     self.error = f"{type(exc).__name__}: {exc}"
                 return
             finally:
+                if self._catchup is not None:
+                    self._catchup.close()
+                    self._catchup = None
                 if self._consumer is not None:
                     self._consumer.close()
                     self._consumer = None
@@ -298,6 +301,7 @@ class KafkaConsumerCore:
         from confluent_kafka import TopicPartition
 
         pos = self._catchup.positions()
+        self._catchup.close()
         self._catchup = None
         self._consumer.assign([TopicPartition(self.src.topic, p, pos[p]) for p in self.parts])
 
@@ -403,7 +407,7 @@ class KafkaConsumerCore:
             t0 = time.perf_counter()
             chunk = self._catchup.poll(src.max_batch_rows)
             self._timings["poll"] += time.perf_counter() - t0
-            for p, high in self._catchup.high.items():
+            for p, high in self._catchup.high().items():
                 self.hw[p] = max(self.hw.get(p, 0), high)
             if chunk is None:
                 self._end_catch_up()

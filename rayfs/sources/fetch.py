@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from collections import deque
 from collections.abc import Mapping
 
@@ -65,11 +66,14 @@ class CatchUp:
         max_bytes: bytes per Fetch response at most (a response holds several micro-batches).
         partition_bytes: bytes per partition per response at most.
         timeout: seconds a broker may take to answer before the catch-up ends.
+        ahead: messages read ahead at most. A thread of its own fetches and splits record batches while
+            the caller decodes and ingests what :meth:`poll` returned (the socket and Arrow's JSON reader
+            release the GIL).
     """
 
     def __init__(self, topic: str, leaders: Mapping[int, tuple[str, int]], start: Mapping[int, int],
                  bound: Mapping[int, int], *, max_bytes: int = 32 << 20, partition_bytes: int = 8 << 20,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, ahead: int = 400_000) -> None:
         from aiokafka.record.default_records import DefaultRecordBatch
 
         self._batch = DefaultRecordBatch
@@ -77,47 +81,88 @@ class CatchUp:
         self._leaders = dict(leaders)
         self._pos = {int(p): int(o) for p, o in start.items()}
         self._bound = {int(p): int(bound[p]) for p in self._pos}
-        self.high: dict[int, int] = {}  # high watermark per partition, as the last response said
+        self._high: dict[int, int] = {}  # high watermark per partition, as the last response said
         self.ended: str | None = None  # why the catch-up ended before every bound (None: it did not)
         self._max_bytes, self._partition_bytes, self._timeout = max_bytes, partition_bytes, timeout
         self._stalls = 0  # rounds in a row that brought nothing
         self._socks: dict[tuple[str, int], socket.socket] = {}
-        self._buf: deque[Messages] = deque()  # read, not yet returned
         self._corr = 0
+        # Between the reading thread and poll(): what was read and not returned, and whether reading ended.
+        self._cv = threading.Condition()
+        self._buf: deque[Messages] = deque()
+        self._buffered = 0
+        self._ahead = ahead
+        self._finished = self._closed = False
+        self._thread = threading.Thread(target=self._read_ahead, name=f"catch-up-{topic}", daemon=True)
+        self._thread.start()
 
     # ------------------------------------------------------------------------------------------ public
     def positions(self) -> dict[int, int]:
         """The next offset per partition that :meth:`poll` has not returned."""
-        pos = dict(self._pos)
-        for m in self._buf:  # (read ahead, still to be returned)
-            for p in np.unique(m.parts).tolist():
-                pos[p] = min(pos[p], int(m.offs[m.parts == p].min()))
+        with self._cv:
+            pos = dict(self._pos)
+            for m in self._buf:  # (read ahead, still to be returned)
+                for p in np.unique(m.parts).tolist():
+                    pos[p] = min(pos[p], int(m.offs[m.parts == p].min()))
         return pos
+
+    def high(self) -> dict[int, int]:
+        """The high watermark per partition, as the newest Fetch response gave it."""
+        with self._cv:
+            return dict(self._high)
 
     def poll(self, max_rows: int) -> Messages | None:
         """Up to ``max_rows`` messages in (partition, offset) order per partition, or ``None`` once done."""
-        while not self._buf and not self._done():
-            self._fetch_round()
-        if not self._buf:
-            self.close()
-            return None
-        out, n = [], 0
-        while self._buf and n < max_rows:
-            m = self._buf.popleft()
-            if n + len(m) > max_rows:
-                cut = max_rows - n
-                self._buf.appendleft(m.take(np.arange(cut, len(m))))
-                m = m.take(np.arange(cut))
-            out.append(m)
-            n += len(m)
+        with self._cv:
+            while not self._buf and not self._finished:
+                self._cv.wait()
+            if not self._buf:
+                return None
+            out, n = [], 0
+            while self._buf and n < max_rows:
+                m = self._buf.popleft()
+                if n + len(m) > max_rows:
+                    cut = max_rows - n
+                    self._buf.appendleft(m.take(np.arange(cut, len(m))))
+                    m = m.take(np.arange(cut))
+                out.append(m)
+                n += len(m)
+            self._buffered -= n
+            self._cv.notify_all()
         return Messages.concat(out)
 
     def close(self) -> None:
+        """Stop reading (what was read and not returned is dropped) and close the connections."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        for s in list(self._socks.values()):
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # (wakes the reading thread out of a receive)
+            except OSError:
+                pass
+        self._thread.join(self._timeout)
         for s in self._socks.values():
             s.close()
         self._socks.clear()
 
     # ------------------------------------------------------------------------------------------ reading
+    def _read_ahead(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while self._buffered >= self._ahead and not self._closed:
+                        self._cv.wait()
+                    if self._closed or self._done():
+                        return
+                self._fetch_round()
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, the live consumer reads on
+            self._end(f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._cv:
+                self._finished = True
+                self._cv.notify_all()
+
     def _done(self) -> bool:
         return self.ended is not None or all(self._pos[p] >= self._bound[p] for p in self._pos)
 
@@ -144,7 +189,8 @@ class CatchUp:
                 if err:
                     self._end(f"partition {p}: Kafka error code {err}")
                     return
-                self.high[p] = high
+                with self._cv:
+                    self._high[p] = high
                 before = self._pos[p]
                 self._read(p, records)
                 if self.ended is not None:
@@ -205,11 +251,17 @@ class CatchUp:
             ts += b_ts
             nxt = min(bound, last + 1)
             at = end
-        self._pos[p] = nxt
+        chunk = None
         if offs:
             n = len(offs)
-            self._buf.append(Messages(self.topic, np.full(n, p, dtype=np.int64), np.array(offs, dtype=np.int64),
-                                      vals, keys=keys, ts_ms=np.array(ts, dtype=np.int64)))
+            chunk = Messages(self.topic, np.full(n, p, dtype=np.int64), np.array(offs, dtype=np.int64), vals,
+                             keys=keys, ts_ms=np.array(ts, dtype=np.int64))
+        with self._cv:  # (the position moves with the messages that took it there)
+            self._pos[p] = nxt
+            if chunk is not None:
+                self._buf.append(chunk)
+                self._buffered += len(chunk)
+                self._cv.notify_all()
 
     # ------------------------------------------------------------------------------------------ protocol
     def _call(self, addr: tuple[str, int], parts: list[int]) -> list[tuple[int, int, int, memoryview]]:

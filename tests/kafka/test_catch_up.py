@@ -67,6 +67,7 @@ def drain(cu: CatchUp, max_rows: int) -> list[Messages]:
     while (m := cu.poll(max_rows)) is not None:
         assert 0 < len(m) <= max_rows
         out.append(m)
+    cu.close()
     return out
 
 
@@ -113,7 +114,7 @@ def test_reads_exactly_from_start_to_bound(bootstrap, topic, max_rows):
     cu = CatchUp(topic, leaders(bootstrap, topic), start, ends)
     chunks = drain(cu, max_rows)
     assert cu.ended is None and cu.positions() == ends
-    assert cu.high == ends  # the broker's watermarks, as the responses gave them
+    assert cu.high() == ends  # the broker's watermarks, as the responses gave them
     assert_exact(chunks, held, start, ends)
 
 
@@ -157,9 +158,28 @@ def test_an_unreachable_broker_ends_the_catch_up_where_it_began(bootstrap, topic
     nobody = dict.fromkeys(ends, ("127.0.0.1", _free_port()))
     cu = CatchUp(topic, nobody, start, ends, timeout=2.0)
     assert cu.poll(100) is None
+    cu.close()
     assert "ConnectionRefusedError" in cu.ended and cu.positions() == start
     rest = live_from(bootstrap, topic, cu.positions(), ends)
     assert_exact(rest, held, start, ends)
+
+
+def test_closing_mid_read_stops_the_reading_thread(bootstrap, topic):
+    create_topic(bootstrap, topic, PARTS)
+    held = produce(bootstrap, topic, 3000, seed=9)
+    ends = {p: len(v) for p, v in held.items()}
+    start = dict.fromkeys(ends, 0)
+    # Read ahead at most 50 messages, in responses of a few KiB: the thread is mid-read when closed.
+    cu = CatchUp(topic, leaders(bootstrap, topic), start, ends, max_bytes=2048, partition_bytes=1024, ahead=50)
+    first = cu.poll(10)
+    assert first is not None and len(first) == 10
+    cu.close()
+    assert not cu._thread.is_alive()
+    # What was read ahead and not returned does not count: positions are where poll() stopped.
+    pos = cu.positions()
+    assert pos == {p: int(first.offs[first.parts == p].max()) + 1 if (first.parts == p).any() else start[p]
+                   for p in start}
+    assert_exact([first, *live_from(bootstrap, topic, pos, ends)], held, start, ends)
 
 
 def test_only_plaintext_sources_are_read_by_a_catch_up():
