@@ -127,8 +127,9 @@ def test_sigkill_consumers_and_reopen_while_labels_arrive(tmp_path, bootstrap, t
     store = open_store(path)
     try:
         store.ingest("ev", ev)
+        # catch_up=1: a consumer restarted behind reads that history by record batches, then librdkafka
         store.subscribe("labels", rayfs.KafkaSource(topic=topic, bootstrap_servers=bootstrap, consumers=2,
-                                                    max_batch_rows=300, max_delay=0.02),
+                                                    max_batch_rows=300, max_delay=0.02, catch_up=1),
                         observation_keys=["user"])
         prod = Producer(bootstrap, topic)
         kills = []

@@ -31,6 +31,7 @@ def test_source_defaults_round_trip_and_lazy_export():
     src = rayfs.KafkaSource(topic="up.votes_1", bootstrap_servers="b:9092", consumer_config={"client.id": "x"})
     assert src.format == "json" and src.start == "earliest" and src.max_batch_rows == 100_000
     assert src.max_delay == 0.05 and src.consumers == 1 and src.on_offset_reset is None
+    assert src.catch_up == 100_000
     assert KafkaSource.from_dict(src.to_dict()) == src
     assert src.client_config()["bootstrap.servers"] == "b:9092" and src.client_config()["client.id"] == "x"
     assert "KafkaSource" in rayfs.__all__ and "SourceError" in rayfs.__all__
@@ -48,6 +49,8 @@ def test_source_defaults_round_trip_and_lazy_export():
     ({"consumers": True}, "consumers must be"),
     ({"max_batch_rows": 1 << 25}, "max_batch_rows must be"),
     ({"max_delay": 0}, "max_delay must be"),
+    ({"catch_up": -1}, "catch_up must be"),
+    ({"catch_up": 1.5}, "catch_up must be"),
     ({"consumer_config": {"group.id": "g"}}, "may not set 'group.id'"),
     ({"consumer_config": {"x": [1]}}, "consumer_config\\['x'\\]"),
     ({"consumer_config": "a=b"}, "consumer_config must be a mapping"),
@@ -287,6 +290,7 @@ consumer_config = { "security.protocol" = "PLAINTEXT" }
 
 
 def test_config_kafka_table_parses_and_round_trips():
+    assert parse_config(CONFIG.replace("consumers = 2", "consumers = 2\ncatch_up = 0")).kafka[0][1].catch_up == 0
     cfg = parse_config(CONFIG)
     (stream, src), = cfg.kafka
     assert stream == "ev" and src == KafkaSource(topic="events", bootstrap_servers="b:9092", format="msgpack",
@@ -333,6 +337,8 @@ def test_config_observations_errors_name_the_table_and_key(edit, match):
 @pytest.mark.parametrize(("edit", "match"), [
     (("format = \"msgpack\"", "format = \"xml\""), r":13: streams\[0\]\.kafka\.format: stream 'ev'.*format must"),
     (("consumers = 2", "consumers = \"2\""), r":14: streams\[0\]\.kafka\.consumers: expected an integer"),
+    (("consumers = 2", "consumers = 2\ncatch_up = \"no\""), r"streams\[0\]\.kafka\.catch_up: expected an integer"),
+    (("consumers = 2", "consumers = 2\ncatch_up = -5"), r"streams\[0\]\.kafka\.catch_up: stream 'ev'.*catch_up must"),
     (("topic = \"events\"", "topik = \"events\""), r"unknown key 'topik' \(did you mean 'topic'\?\)"),
 ])
 def test_config_kafka_errors_name_line_and_key(edit, match):
