@@ -1,0 +1,61 @@
+"""Odd HTTP inputs found by the acceptance review of online serving, checked without Ray: a body nested deeper
+than the JSON parser's stack is a 400 (not a 500 naming a RecursionError), and pandas' missing value ``pd.NA``
+(an on-demand feature returning a nullable ``string``, ``boolean`` or ``Int64`` column) is sent as ``null``
+with status ``NULL_VALUE`` (not a 500)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rayfs.serve.http import FeatureServer
+from rayfs.serve.protocol import HttpRequestError, OnlineRequest, column_json, encode_response, parse_request
+
+DEPTH = 100_000  # far deeper than Python's recursion limit; the body stays under the 1 MiB limit
+
+
+@pytest.mark.parametrize("field", ["features", "entities", "request_context"])
+def test_deeply_nested_json_is_a_400_naming_the_nesting(field: str) -> None:
+    nested = "[" * DEPTH + "]" * DEPTH
+    doc = {"features": '["n"]', "entities": '{"user": ["u1"]}', "request_context": "{}"}
+    doc[field] = nested if field != "request_context" else '{"b": ' + nested + "}"
+    raw = ("{" + ", ".join(f'"{k}": {v}' for k, v in doc.items()) + "}").encode()
+    with pytest.raises(HttpRequestError, match="nested too deeply") as info:
+        parse_request(raw)
+    assert info.value.status == 400
+
+
+def test_the_server_answers_deep_nesting_with_a_400_before_reaching_a_store() -> None:
+    server = FeatureServer("nostore", token="tok")
+    raw = b'{"features": ' + b"[" * DEPTH + b"]" * DEPTH + b', "entities": {"user": ["u1"]}}'
+    assert len(raw) < server.max_body
+    status, payload = asyncio.run(server.handle("POST", "/get-online-features", {"authorization": "Bearer tok"}, raw))
+    doc = json.loads(payload)
+    assert status == 400 and "nested too deeply" in doc["error"]["message"], doc
+    assert server._store is None  # refused while parsing: no store was asked
+
+
+@pytest.mark.parametrize("values,want", [
+    (pd.array(["a", None], dtype="string").to_numpy(), ["a", None]),
+    (pd.array([True, None], dtype="boolean").to_numpy(dtype=object), [True, None]),
+    (pd.array([3, None], dtype="Int64").to_numpy(dtype=object), [3, None]),
+])
+def test_pandas_na_is_a_null_value(values: np.ndarray, want: list) -> None:
+    assert any(v is pd.NA for v in values)  # the column really holds pd.NA (pandas may change its defaults)
+    out = column_json(values)
+    assert out == {"values": want, "statuses": ["PRESENT", "NULL_VALUE"]}
+    json.dumps(out, allow_nan=False)
+
+
+def test_pandas_na_inside_lists_and_in_a_whole_response() -> None:
+    nested = np.empty(2, dtype=object)
+    nested[:] = [["x", pd.NA], {"k": pd.NA}]
+    assert column_json(nested)["values"] == [["x", None], {"k": None}]
+    req = OnlineRequest("user", ["u1", "zz"], ["label"])
+    frame = pd.DataFrame({"user": ["u1", "zz"], "label": pd.array(["2", None], dtype="string")})
+    doc = json.loads(encode_response(req, frame))
+    assert doc["results"][1] == {"values": ["2", None], "statuses": ["PRESENT", "NULL_VALUE"]}
