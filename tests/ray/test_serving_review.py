@@ -4,8 +4,8 @@
   through the shard actors equals ``training_set`` at the newest event + 1 µs, for stored features (windows
   whose events expire as time moves on included) and on-demand features over them with request fields;
 * the HTTP server, reading the same store, answers those values through real HTTP, and answers odd bodies
-  (nesting deeper than the JSON parser's stack, an on-demand feature returning pandas' NA) with a 400 and a
-  null instead of a 500.
+  (nesting deeper than the JSON parser's stack, an on-demand feature returning pandas' NA) with a 400 naming
+  the nesting and a ``null``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_http_answers_training_set_values(served):
         assert r["statuses"] == ["NULL_VALUE" if v is None else "PRESENT" for v in r["values"]], n
 
 
-def test_http_odd_bodies_get_a_4xx_or_a_null_not_a_500(served):
+def test_http_odd_bodies_get_a_400_or_a_null(served):
     _, _, url = served
     deep = b'{"features": ["n"], "entities": {"user": ["u1"]}, "request_context": {"weight": ' + \
         b"[" * 100_000 + b"]" * 100_000 + b"}}"

@@ -1,7 +1,6 @@
-"""Odd HTTP inputs found by the acceptance review of online serving, checked without Ray: a body nested deeper
-than the JSON parser's stack is a 400 (not a 500 naming a RecursionError), and pandas' missing value ``pd.NA``
-(an on-demand feature returning a nullable ``string``, ``boolean`` or ``Int64`` column) is sent as ``null``
-with status ``NULL_VALUE`` (not a 500)."""
+"""Odd HTTP inputs, checked without Ray: a body nested deeper than the JSON parser's stack is a 400 naming
+the nesting, and pandas' missing value ``pd.NA`` (an on-demand feature returning a nullable ``string``,
+``boolean`` or ``Int64`` column) is sent as ``null`` with status ``NULL_VALUE``."""
 
 from __future__ import annotations
 
