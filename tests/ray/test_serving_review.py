@@ -5,7 +5,8 @@
   whose events expire as time moves on included) and on-demand features over them with request fields;
 * the HTTP server, reading the same store, answers those values through real HTTP, and answers odd bodies
   (nesting deeper than the JSON parser's stack, an on-demand feature returning pandas' NA) with a 400 naming
-  the nesting and a ``null``.
+  the nesting and a ``null``;
+* once the store is stopped, readers of its tables (the HTTP server, another driver) are told so.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def served(tmp_path_factory):
             stop_http(name)
             serve.shutdown()
     finally:
-        store.stop()
+        if store.alive():  # the last test stops it
+            store.stop()
 
 
 def test_http_answers_training_set_values(served):
@@ -176,3 +178,22 @@ def test_http_odd_bodies_get_a_400_or_a_null(served):
     assert status == 200, doc
     n = doc["results"][1]["values"][0]
     assert n > 0 and doc["results"][2] == {"values": [str(n), None], "statuses": ["PRESENT", "NULL_VALUE"]}
+
+
+def test_after_stop_readers_of_the_tables_are_told_the_store_is_gone(served):
+    """Stopping the store must reach readers that read its tables without calling a shard: the HTTP server
+    answers 503 (not the last values, 200, for ever) and another driver gets StoreClosedError."""
+    store, _, url = served
+    body = json.dumps({"features": ["n"], "entities": {"user": ["u1"]}}).encode()
+    assert _post(url, body)[0] == 200
+    other = rayfs.connect(store.name)
+    try:
+        assert other.get_features("user", ["u1"], "n")["n"].tolist() == store.get_features("user", ["u1"], "n")[
+            "n"].tolist()
+        store.stop()
+        status, doc = _post(url, body)
+        assert status == 503 and "stopped" in doc["error"]["message"], doc
+        with pytest.raises(rayfs.StoreClosedError, match="stopped"):
+            other.get_features("user", ["u1"], "n")
+    finally:
+        other.close()

@@ -1,6 +1,7 @@
-"""Odd HTTP inputs, checked without Ray: a body nested deeper than the JSON parser's stack is a 400 naming
-the nesting, and pandas' missing value ``pd.NA`` (an on-demand feature returning a nullable ``string``,
-``boolean`` or ``Int64`` column) is sent as ``null`` with status ``NULL_VALUE``."""
+"""Serving rules checked without Ray: a body nested deeper than the JSON parser's stack is a 400 naming the
+nesting; pandas' missing value ``pd.NA`` (an on-demand feature returning a nullable ``string``, ``boolean``
+or ``Int64`` column) is sent as ``null`` with status ``NULL_VALUE``; a shard that stops marks its online
+table closed, so readers in other processes stop answering from it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rayfs.engine.columns import key_column
 from rayfs.serve.http import FeatureServer
 from rayfs.serve.protocol import HttpRequestError, OnlineRequest, column_json, encode_response, parse_request
+from rayfs.storage.online import OnlineReader, rows_to_values
+from tests.unit.test_shardcore import FEATS, core, events, record, stop_without_snapshot
 
 DEPTH = 100_000  # far deeper than Python's recursion limit; the body stays under the 1 MiB limit
 
@@ -58,3 +62,40 @@ def test_pandas_na_inside_lists_and_in_a_whole_response() -> None:
     frame = pd.DataFrame({"user": ["u1", "zz"], "label": pd.array(["2", None], dtype="string")})
     doc = json.loads(encode_response(req, frame))
     assert doc["results"][1] == {"values": ["2", None], "statuses": ["PRESENT", "NULL_VALUE"]}
+
+
+def _table_answer(path: str, names: list[str]) -> dict | None:
+    """What a reader in another process gets from the table at ``path`` for two users (then lets go of it:
+    LMDB opens an environment once per process, and the shard reopens it here)."""
+    reader = OnlineReader(path)
+    try:
+        meta, rows = reader.read_raw([("ev", "user", ["u0", "u1"])])
+        return rows_to_values(meta, {"ev": names}, "user", rows)
+    finally:
+        reader.close()
+
+
+def test_a_stopped_shards_table_sends_readers_to_the_shard_until_a_shard_opens_it_again(tmp_path):
+    """A reader in another process must not keep answering from a table no shard keeps current: after a clean
+    close the table says it is closed (a reader then asks the shard, which tells it the store is gone); a
+    shard opening it again clears that; a crashed shard's table is not marked (its restart updates it)."""
+    names = [f.key for f in FEATS if f.entity == "user"]
+    c = core(tmp_path, online_table=True)
+    c.ingest(record(events(2, 60), "a"))
+    path = c.online_view.path
+    c.close()
+    assert _table_answer(path, names) is None
+    c = core(tmp_path, online_table=True)  # a clean reopen keeps the table and opens it to readers again
+    keys = key_column(pd.Series(["u0", "u1"], dtype=object), what="keys")
+    want = c.get("user", keys, names)["values"]
+    assert c.online_view.read("user", ["u0", "u1"], names) is not None
+    stop_without_snapshot(c)  # a crash: the table stays readable
+    got = _table_answer(path, names)
+    assert got is not None
+    for n in names:
+        present, values = got["values"][n]
+        assert present.all() and repr(values.tolist()) == repr(want[n].tolist()), n
+    c = core(tmp_path, online_table=True)
+    c.ingest(record(events(3, 40), "b"))
+    c.close()
+    assert _table_answer(path, names) is None
