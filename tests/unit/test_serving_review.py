@@ -1,7 +1,8 @@
 """Serving rules checked without Ray: a body nested deeper than the JSON parser's stack is a 400 naming the
 nesting; pandas' missing value ``pd.NA`` (an on-demand feature returning a nullable ``string``, ``boolean``
-or ``Int64`` column) is sent as ``null`` with status ``NULL_VALUE``; a shard that stops marks its online
-table closed, so readers in other processes stop answering from it."""
+or ``Int64`` column) is sent as ``null`` with status ``NULL_VALUE``; an on-demand feature may return one
+list per row, of one length or not; a shard that stops marks its online table closed, so readers in other
+processes stop answering from it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pandas as pd
 import pytest
 
 from rayfs.engine.columns import key_column
+from rayfs.errors import OnDemandError
+from rayfs.model.ondemand import OnDemandFeature
 from rayfs.serve.http import FeatureServer
 from rayfs.serve.protocol import HttpRequestError, OnlineRequest, column_json, encode_response, parse_request
 from rayfs.storage.online import OnlineReader, rows_to_values
@@ -99,3 +102,27 @@ def test_a_stopped_shards_table_sends_readers_to_the_shard_until_a_shard_opens_i
     c.ingest(record(events(3, 40), "b"))
     c.close()
     assert _table_answer(path, names) is None
+
+
+@pytest.mark.parametrize("fn", [
+    lambda df: [[a, 2 * a] for a in df.a],  # lists of one length (numpy alone would make a 2-D array)
+    lambda df: [np.array([a, 2 * a]) for a in df.a],
+    lambda df: [(a, 2 * a) for a in df.a],
+    lambda df: ([a, 2 * a] for a in df.a),
+    lambda df: pd.Series([[a, 2 * a] for a in df.a]),
+])
+def test_an_on_demand_feature_may_return_one_list_per_row(fn) -> None:
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0]})
+    values = OnDemandFeature(name="vec", function=fn, inputs=["a"]).apply(frame)
+    assert values.shape == (3,) and values.dtype == object
+    assert [list(v) for v in values] == [[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]]
+    req = OnlineRequest("user", ["u1", "u2", "u3"], ["vec"])
+    doc = json.loads(encode_response(req, pd.DataFrame({"user": req.keys, "vec": values})))
+    assert doc["results"][1]["values"] == [[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]]
+
+
+def test_a_two_dimensional_answer_is_still_refused() -> None:
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0]})
+    for fn in (lambda df: np.zeros((3, 2)), lambda df: [[1.0, 2.0]]):
+        with pytest.raises(OnDemandError, match=r"'vec'.*values for 3 rows"):
+            OnDemandFeature(name="vec", function=fn, inputs=["a"]).apply(frame)
