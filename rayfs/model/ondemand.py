@@ -386,6 +386,10 @@ class OnDemandFeature:
             try:
                 values = np.asarray(out)
             except ValueError:  # ragged lists: one object per row
+                values = None
+            if values is None or (values.ndim > 1 and isinstance(out, list | tuple) and len(out) == len(frame)):
+                # One list (or tuple, array) per row, ragged or not: each row's value is that object, as a
+                # Series of lists gives (numpy would read lists of one length as a 2-D array).
                 values = np.empty(len(out), dtype=object)
                 for i, v in enumerate(out):
                     values[i] = v

@@ -26,7 +26,7 @@ Response (``200``), shaped like Feast's ``get-online-features`` answer::
 ``results[i]`` holds the column ``metadata.feature_names[i]``: first the entity keys as sent, then one
 entry per requested feature in request order, one value per key in key order. Values are those of
 :meth:`FeatureStore.get_features <rayfs.store.FeatureStore.get_features>`: a key never seen gets the
-feature's empty value (0 for counts, null otherwise); a null, NaN, NaT or infinite value is sent as
+feature's empty value (0 for counts, null otherwise); a null, NaN, NaT, pandas NA or infinite value is sent as
 ``null`` with status ``"NULL_VALUE"`` (JSON has no NaN), every other value with ``"PRESENT"``. Values JSON
 has no type for (an on-demand feature's outputs) are sent as: datetimes and dates as ISO-8601 strings
 (with their UTC offset if they have one), durations as seconds, decimals as numbers, sets as sorted
@@ -103,6 +103,8 @@ def parse_request(body: bytes, *, max_keys: int = DEFAULT_MAX_KEYS) -> OnlineReq
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HttpRequestError(400, f"malformed JSON body: {exc}") from None
+    except RecursionError:  # arrays or objects nested deeper than the parser's stack
+        raise HttpRequestError(400, "malformed JSON body: arrays or objects nested too deeply") from None
     if not isinstance(doc, dict):
         raise HttpRequestError(400, f"the body must be a JSON object with 'features' and 'entities', got "
                                     f"{_type_name(doc)}")
@@ -222,7 +224,7 @@ def _plain(v: Any) -> tuple[Any, bool]:
     seconds, decimals numbers, sets sorted arrays. Raises :class:`_Unencodable` for a value JSON has no form
     for (bytes, complex numbers, other objects).
     """
-    if v is None or v is pd.NaT:
+    if v is None or v is pd.NaT or v is pd.NA:  # pd.NA: the missing value of pandas' nullable dtypes
         return None, True
     if isinstance(v, np.datetime64 | np.timedelta64):
         if np.isnat(v):

@@ -643,7 +643,7 @@ class ShardCore:
         self.snapshot()
         self.log.close()
         if self.online_view is not None:
-            self.online_view.close()
+            self.online_view.close(stopped=True)
         self._dir_lock.close()  # releases the flock
         self.snap.close()
 

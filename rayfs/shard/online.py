@@ -92,6 +92,7 @@ class OnlineView:
         # group -> (LMDB key per slot, slots stored under a digest): slots are dense and never reused
         self._encoded: dict[tuple[str, str], tuple[np.ndarray, set[int]]] = {}
         self._rank: dict[tuple[str, str], np.ndarray] = {}  # group -> rank of each slot's LMDB key, see _in_key_order
+        self.closed = False
 
     def _groups(self) -> list[tuple[str, str]]:
         return [(s, e) for s, st in self._shard.streams.items() for e in st.entities]
@@ -168,6 +169,8 @@ class OnlineView:
                 and {k: v for k, v in meta.get("layouts", {}).items() if k in layouts} == layouts):
             self._written = {(s, e): self._layout(s, e) for s, e in self._groups()}
             self._codecs = {(s, e): meta.get("codecs", {}).get(f"{s}\x1f{e}") for s, e in self._groups()}
+            if meta.get("closed"):  # readers answer from it again
+                self.table.write([], self._meta())
             return
         self.rebuild()
 
@@ -238,7 +241,10 @@ class OnlineView:
 
     def read(self, entity: str, keys: list, names: list[str]) -> dict[str, Any] | None:
         """Values of feature keys ``names`` (all on field ``entity``) for ``keys`` from the table, as the shard
-        answers :meth:`ShardCore.get`; ``None`` when a feature is not in the table (being backfilled, unknown)."""
+        answers :meth:`ShardCore.get`; ``None`` when a feature is not in the table (being backfilled, unknown)
+        or the table is closed."""
+        if self.closed:
+            return None
         s = self._shard
         streams = {}
         for n in names:
@@ -249,5 +255,12 @@ class OnlineView:
         meta, rows = self.table.read_raw([(stream, entity, keys) for stream in streams])
         return rows_to_values(meta, streams, entity, rows)
 
-    def close(self) -> None:
+    def close(self, *, stopped: bool = False) -> None:
+        """Close the table. ``stopped``: the shard stops serving (its store is closed or stopped); the meta
+        entry then says ``"closed"``, so readers in other processes stop answering from a table no shard
+        keeps current any more (:func:`~rayfs.storage.online.rows_to_values`) and ask the shard, which tells
+        them the store is gone. A crashed shard's table is not marked: its restart brings it up to date."""
+        if stopped:
+            self.table.write([], dict(self._meta(), closed=True))
+        self.closed = True
         self.table.close()

@@ -16,7 +16,8 @@ Layout and invariants
   when the group has ``"o"`` values or the key is stored as a digest, by a msgpack array of the ``"o"``
   values in layout order (and the key).
 * ``b"meta"`` holds ``{"layouts": {"<stream>\\x1f<entity>": [feature keys]}, "codecs": {same: [dtypes]},
-  "watermark": {stream: µs}, "cv": catalog version, "offset": first log offset not reflected, ...}``.
+  "watermark": {stream: µs}, "cv": catalog version, "offset": first log offset not reflected, ...}``, and
+  ``"closed": true`` once its shard stopped serving (a clean close; cleared when a shard opens it again).
 * A group without features (no layout entries) has no rows.
 * Every change is one write transaction (rows and meta together), committed after the shard folded a
   batch and before it acknowledges it: a reader sees batch k or batch k-1 whole, never a mix, and after
@@ -411,7 +412,10 @@ def rows_to_values(meta: dict, streams: dict[str, list[str]], entity: str, rows:
     """Turn encoded table rows (:meth:`OnlineReader.read_raw`) into ``{"cv": version, "values": {feature key:
     (present, values)}}``: ``present`` a mask over the keys asked for (False: a key the shard never saw, which
     gets the empty value), ``values`` an array of the values of the present keys. ``None`` if a feature is
-    not in its group's layout."""
+    not in its group's layout, or the table's shard has stopped (meta ``"closed"``): the caller asks the
+    shard."""
+    if meta.get("closed"):
+        return None
     layouts = meta.get("layouts", {})
     values: dict[str, Any] = {}
     for (stream, names), (raws, hashed) in zip(streams.items(), rows, strict=True):
