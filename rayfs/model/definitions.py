@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -54,6 +55,9 @@ class Stream:
 
     def __post_init__(self) -> None:
         check_name(self.name, "stream")
+        if not isinstance(self.entities, str | Iterable):
+            raise DefinitionError(f"stream {self.name!r}: entities must be a field name or a list of them, not "
+                                  f"{type(self.entities).__name__}")
         ents = (self.entities,) if isinstance(self.entities, str) else tuple(self.entities)
         if not ents:
             raise DefinitionError(f"stream {self.name!r}: needs at least one entity field")
@@ -136,6 +140,8 @@ class Feature:
         self._check_params(REGISTRY[self.agg])
         if not isinstance(self.description, str) or not isinstance(self.owner, str):
             raise DefinitionError(f"feature {self.name!r}: description and owner must be strings")
+        if not isinstance(self.tags, str | Iterable):
+            raise DefinitionError(f"feature {self.name!r}: tags must be non-empty strings, got {self.tags!r}")
         tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
         if not all(isinstance(t, str) and t for t in tags):
             raise DefinitionError(f"feature {self.name!r}: tags must be non-empty strings, got {self.tags!r}")

@@ -103,6 +103,10 @@ def test_names_are_limited_in_bytes():
         Feature(name="f" * 600, stream="ev", entity="k", agg="count")
     with pytest.raises(DefinitionError, match="stream name"):
         Stream(name="s" * 600, entities=("k",), timestamp="ts")
+    with pytest.raises(DefinitionError, match="stream 's': entities must be a field name or a list of them, not int"):
+        Stream(name="s", entities=5, timestamp="ts")
+    with pytest.raises(DefinitionError, match="feature 'f': tags must be non-empty strings, got 5"):
+        Feature(name="f", stream="ev", entity="k", agg="count", tags=5)
     # a snapshot key built from the longest names fits LMDB's 511 bytes
     assert len(f"keys/{'s' * MAX_NAME_BYTES}/{'e' * MAX_NAME_BYTES}".encode()) < 511
     assert len(f"state/{'f' * MAX_NAME_BYTES}@{2**63}".encode()) < 511
