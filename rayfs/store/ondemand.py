@@ -26,7 +26,7 @@ import ray
 from rayfs.engine import columns as C
 from rayfs.errors import DefinitionError, OnDemandError, SchemaError, UnknownFeatureError
 from rayfs.model.ondemand import OnDemandFeature, input_frame, request_columns
-from rayfs.store.reads import OUTPUTS, Reader, check_collisions
+from rayfs.store.reads import OUTPUTS, Reader, check_collisions, feature_refs
 
 __all__ = ["OnDemandReads"]
 
@@ -51,9 +51,7 @@ class OnDemandReads:
 
     # ------------------------------------------------------------------------------------- planning
     def _refs(self, features: Iterable[str] | str | None) -> list[str] | None:
-        if features is None:
-            return None
-        return [features] if isinstance(features, str) else list(features)
+        return feature_refs(features)
 
     def _stored_only(self, refs: list[str] | None) -> bool:
         """Whether the read names no on-demand feature, as far as the cached catalog knows (cheap: it runs
