@@ -18,7 +18,7 @@ import numpy as np
 from rayfs.errors import AggregateError, DefinitionError
 from rayfs.model.timeutil import format_window, parse_window
 
-__all__ = ["Feature", "Stream", "check_name"]
+__all__ = ["MAX_BATCH_ROWS", "MAX_NAME_BYTES", "SEQ_ROW_BITS", "Feature", "Stream", "check_name"]
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -26,6 +26,13 @@ _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 MAX_NAME_BYTES = 200
 """The longest name, in UTF-8 bytes. Names become parts of snapshot keys (``state/<feature>@<version>``,
 ``keys/<stream>/<entity>``) whose limit in LMDB is 511 bytes, and of file names (255 bytes)."""
+
+SEQ_ROW_BITS = 24
+"""Bits of an event's sequence number that number its row in its logged batch: ``seq = log offset << 24 | row``
+(:mod:`rayfs.engine.fold`)."""
+MAX_BATCH_ROWS = 1 << SEQ_ROW_BITS
+"""The most rows one logged batch holds: a longer ingested batch is cut into chunks of this many rows, and a
+Kafka source's micro-batches are at most this long."""
 
 
 def check_name(name: str, what: str) -> str:

@@ -256,3 +256,35 @@ def test_errors_survive_pickling_with_their_fields() -> None:
     c = rayfs.ConfigError("c.toml", 2, "store.path", "missing")
     again = pickle.loads(pickle.dumps(c))
     assert type(again) is rayfs.ConfigError and str(again) == "c.toml:2: store.path: missing"
+
+
+# --------------------------------------------------------------------------------------------- constants
+# Constants allowed to be written in more than one module with the same value, and why.
+SAME_VALUE_ELSEWHERE = {
+    "_INT64_MAX": "a property of int64 (2**63 - 1), not a setting that could drift",
+    "_MAP_SIZE": "each LMDB environment's own address-space reservation (snapshot and online table)",
+}
+
+
+def module_constants(tree: ast.Module) -> dict[str, str]:
+    """UPPER_CASE names a module assigns at its top level -> the source form of their value."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id.lstrip("_").isupper():
+                    out[t.id] = ast.dump(node.value)
+    return out
+
+
+def test_each_constant_is_defined_once() -> None:
+    """A setting such as DURABILITY is written in one module and imported everywhere else."""
+    where: dict[tuple[str, str], list[str]] = {}
+    for path in MODULES:
+        for name, value in module_constants(parse(path)).items():
+            where.setdefault((name, value), []).append(rel(path))
+    twice = {name: paths for (name, _), paths in where.items() if len(paths) > 1 and name not in SAME_VALUE_ELSEWHERE}
+    assert twice == {}
+    assert module_constants(ast.parse("A = 1\n_B: int = 2\nc = 3\n")) == {"A": ast.dump(ast.Constant(1)),
+                                                                          "_B": ast.dump(ast.Constant(2))}
