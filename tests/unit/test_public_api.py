@@ -11,6 +11,7 @@ import ast
 import builtins
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,26 @@ def test_each_constant_is_defined_once() -> None:
     assert twice == {}
     assert module_constants(ast.parse("A = 1\n_B: int = 2\nc = 3\n")) == {"A": ast.dump(ast.Constant(1)),
                                                                           "_B": ast.dump(ast.Constant(2))}
+
+
+# ------------------------------------------------------------------------------------------- module map
+def readme_module_map(text: str) -> set[str]:
+    """The modules the README's module map names, as paths relative to the package."""
+    start = text.index("| package | what it holds |")
+    end = text.find("\n\n", start)
+    listed: set[str] = set()
+    for line in text[start:end].splitlines()[2:]:
+        package = line.split("|")[1]
+        folder = re.search(r"`(\w+)/`", package)
+        for name in re.findall(r"`(\w+\.py)`", line):
+            listed.add(f"{folder.group(1)}/{name}" if folder else name)
+    return listed
+
+
+def test_the_readme_module_map_matches_the_tree() -> None:
+    listed = readme_module_map((ROOT.parent / "README.md").read_text())
+    assert sorted(listed - {rel(p) for p in MODULES}) == [], "the README names modules that do not exist"
+    required = {rel(p) for p in MODULES if p.name != "__init__.py" or p.parent == ROOT}  # a package's own may go
+    assert sorted(required - listed) == [], "modules missing from the README's module map"
+    sample = "| package | what it holds |\n|---|---|\n| `store/` | `api.py` x, `reads.py` |\n| top | `cli.py` |\n"
+    assert readme_module_map(sample) == {"store/api.py", "store/reads.py", "cli.py"}
