@@ -670,7 +670,10 @@ def write_table(data: pd.DataFrame | pa.Table | pa.RecordBatch, path: str | os.P
     Raises:
         FileFormatError: an unknown format, or data the format cannot hold (Parquet: a column mixing
             types); names the column.
+        OptionError: ``data`` is not a table, or ``path`` not a path.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise OptionError(f"write_table: path must be a file path (a str or path), not {type(path).__name__}")
     path = os.fspath(path)
     fmt = format_of(path, format)
     compression = _split_ext(path)[1]

@@ -239,6 +239,12 @@ def test_paths_of_the_wrong_type_are_option_errors(paths, match) -> None:
             call(paths)
 
 
+def test_write_table_path_of_the_wrong_type_is_an_option_error() -> None:
+    for path in (5, None):
+        with pytest.raises(OptionError, match=f"write_table: path must be a file path .*not {type(path).__name__}"):
+            write_table(EVENTS, path)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Columns and types
 # ---------------------------------------------------------------------------------------------------
