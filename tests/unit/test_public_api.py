@@ -268,10 +268,13 @@ SAME_VALUE_ELSEWHERE = {
 
 
 def module_constants(tree: ast.Module) -> dict[str, str]:
-    """UPPER_CASE names a module assigns at its top level -> the source form of their value."""
+    """UPPER_CASE names a module assigns at its top level -> the source form of their value (type variables,
+    ``_T = TypeVar("_T")``, are no constants)."""
     out = {}
     for node in tree.body:
         if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "TypeVar":
+                continue
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for t in targets:
                 if isinstance(t, ast.Name) and t.id.lstrip("_").isupper():
@@ -287,8 +290,8 @@ def test_each_constant_is_defined_once() -> None:
             where.setdefault((name, value), []).append(rel(path))
     twice = {name: paths for (name, _), paths in where.items() if len(paths) > 1 and name not in SAME_VALUE_ELSEWHERE}
     assert twice == {}
-    assert module_constants(ast.parse("A = 1\n_B: int = 2\nc = 3\n")) == {"A": ast.dump(ast.Constant(1)),
-                                                                          "_B": ast.dump(ast.Constant(2))}
+    assert module_constants(ast.parse("A = 1\n_B: int = 2\nc = 3\n_T = TypeVar('_T')\n")) == {
+        "A": ast.dump(ast.Constant(1)), "_B": ast.dump(ast.Constant(2))}
 
 
 # ------------------------------------------------------------------------------------------- module map
