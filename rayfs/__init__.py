@@ -4,7 +4,7 @@ The public surface is everything in ``rayfs.__all__`` (the store, its definition
 files and every error class), plus the modules :mod:`rayfs.errors` and :mod:`rayfs.testing` (oracles and
 fault-injection helpers for tests). Everything under the subpackages (``rayfs.model``,
 ``rayfs.aggregates``, ``rayfs.engine``, ``rayfs.storage``, ``rayfs.shard``, ``rayfs.store``,
-``rayfs.sources``) is internal and may change without notice; import the names from ``rayfs``.
+``rayfs.sources``, ``rayfs.serve``) is internal and may change without notice; import the names from ``rayfs``.
 
 ``import rayfs`` does not import Ray: :class:`FeatureStore` and :func:`connect` (which need it), and
 :func:`iter_batches` and :func:`write_table` (which need pyarrow's file readers), are loaded on first use.

@@ -19,7 +19,7 @@ import pandas as pd
 
 from rayfs.errors import AggregateError
 
-__all__ = ["Aggregate", "KINDS", "State", "as_slots", "factorize_sorted", "objects", "optional_values",
+__all__ = ["EXPAND_LIMIT", "Aggregate", "KINDS", "State", "as_slots", "factorize_sorted", "objects", "optional_values",
            "run_lengths", "segments"]
 
 State = dict[str, np.ndarray]
@@ -27,6 +27,11 @@ State = dict[str, np.ndarray]
 
 KINDS = frozenset({"num", "str", "none"})
 """Every value kind: ``num`` (float64 values), ``str`` (object array of str), ``none`` (no column)."""
+
+EXPAND_LIMIT = 1 << 22
+"""The most event positions a range query expands at once (one ``np.repeat`` of its ranges): below it
+``count_distinct`` expands every range, above it switches to its block algorithm; ``top_k`` answers its
+ranges in chunks of at most this total length (one long range alone)."""
 
 
 def as_slots(slots: Any) -> np.ndarray:

@@ -13,12 +13,9 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from rayfs.aggregates.base import Aggregate, State
+from rayfs.aggregates.base import EXPAND_LIMIT, Aggregate, State
 
-__all__ = ["CountDistinct", "EXPAND_LIMIT", "distinct_in_ranges", "previous_occurrence"]
-
-EXPAND_LIMIT = 1 << 22
-"""Range queries whose total length is at most this are answered by expanding every range."""
+__all__ = ["CountDistinct", "distinct_in_ranges", "previous_occurrence"]
 
 
 def _dicts(items: list[dict]) -> np.ndarray:

@@ -18,13 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from rayfs.aggregates.base import State, objects
+from rayfs.aggregates.base import EXPAND_LIMIT, State, objects
 from rayfs.aggregates.distinct import CountDistinct
 
-__all__ = ["EXPAND_LIMIT", "TopK", "tie_key"]
-
-EXPAND_LIMIT = 1 << 22
-"""Range queries are answered in chunks whose total range length is at most this (one long range alone)."""
+__all__ = ["TopK", "tie_key"]
 
 
 def tie_key(v: Any) -> tuple:

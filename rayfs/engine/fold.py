@@ -34,14 +34,12 @@ import numpy as np
 from rayfs.aggregates import Aggregate, make_aggregate
 from rayfs.engine.columns import TS, Batch, null_mask
 from rayfs.errors import SchemaError
-from rayfs.model.definitions import Feature, Stream
+from rayfs.model.definitions import MAX_BATCH_ROWS, SEQ_ROW_BITS, Feature, Stream
 
 __all__ = ["MAX_BATCH_ROWS", "SEQ", "SEQ_ROW_BITS", "TS", "CompiledFeature", "StateTable", "WindowEvents",
            "compile_feature", "feature_rows", "fold_into", "slot_column", "value_kind"]
 
-SEQ_ROW_BITS = 24  # seq = log offset << 24 | row: batches are capped at 2**24 rows
-MAX_BATCH_ROWS = 1 << SEQ_ROW_BITS
-SEQ = "__seq"
+SEQ = "__seq"  # an event's sequence number: log offset << SEQ_ROW_BITS | row (batches hold <= MAX_BATCH_ROWS rows)
 
 
 def slot_column(entity: str) -> str:

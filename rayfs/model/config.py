@@ -472,6 +472,8 @@ def load_config(path: str | os.PathLike) -> StoreConfig:
         ConfigError: the file cannot be read, is not TOML, or describes an invalid store (the message
             names the file, line and key).
     """
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(repr(path), None, "", f"load_config takes a file path, not {type(path).__name__}")
     source = os.fspath(path)
     try:
         with open(source, "rb") as fh:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from rayfs.errors import AggregateError, DefinitionError
 from rayfs.model.timeutil import format_window, parse_window
 
-__all__ = ["Feature", "Stream", "check_name"]
+__all__ = ["MAX_BATCH_ROWS", "MAX_NAME_BYTES", "SEQ_ROW_BITS", "Feature", "Stream", "check_name"]
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -25,6 +26,13 @@ _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 MAX_NAME_BYTES = 200
 """The longest name, in UTF-8 bytes. Names become parts of snapshot keys (``state/<feature>@<version>``,
 ``keys/<stream>/<entity>``) whose limit in LMDB is 511 bytes, and of file names (255 bytes)."""
+
+SEQ_ROW_BITS = 24
+"""Bits of an event's sequence number that number its row in its logged batch: ``seq = log offset << 24 | row``
+(:mod:`rayfs.engine.fold`)."""
+MAX_BATCH_ROWS = 1 << SEQ_ROW_BITS
+"""The most rows one logged batch holds: a longer ingested batch is cut into chunks of this many rows, and a
+Kafka source's micro-batches are at most this long."""
 
 
 def check_name(name: str, what: str) -> str:
@@ -54,6 +62,9 @@ class Stream:
 
     def __post_init__(self) -> None:
         check_name(self.name, "stream")
+        if not isinstance(self.entities, str | Iterable):
+            raise DefinitionError(f"stream {self.name!r}: entities must be a field name or a list of them, not "
+                                  f"{type(self.entities).__name__}")
         ents = (self.entities,) if isinstance(self.entities, str) else tuple(self.entities)
         if not ents:
             raise DefinitionError(f"stream {self.name!r}: needs at least one entity field")
@@ -136,6 +147,8 @@ class Feature:
         self._check_params(REGISTRY[self.agg])
         if not isinstance(self.description, str) or not isinstance(self.owner, str):
             raise DefinitionError(f"feature {self.name!r}: description and owner must be strings")
+        if not isinstance(self.tags, str | Iterable):
+            raise DefinitionError(f"feature {self.name!r}: tags must be non-empty strings, got {self.tags!r}")
         tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
         if not all(isinstance(t, str) and t for t in tags):
             raise DefinitionError(f"feature {self.name!r}: tags must be non-empty strings, got {self.tags!r}")

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rayfs.errors import SourceError
+from rayfs.model.definitions import MAX_BATCH_ROWS
 
-__all__ = ["FORMATS", "KafkaSource", "MAX_BATCH_ROWS", "RESERVED_CONFIG", "RESETS", "STARTS"]
+__all__ = ["FORMATS", "KafkaSource", "RESERVED_CONFIG", "RESETS", "STARTS"]
 
 FORMATS = ("json", "msgpack")
 STARTS = ("earliest", "latest")
 RESETS = (None, "earliest", "latest")
-MAX_BATCH_ROWS = 1 << 24  # a batch's rows are numbered in 24 bits by the shards (rayfs.engine.fold)
 # librdkafka settings the consumer owns: changing them would break its bookkeeping of offsets.
 RESERVED_CONFIG = ("bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store",
                    "auto.offset.reset", "enable.partition.eof")

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from rayfs.errors import TimestampError, WindowError
 
-__all__ = ["US_PER_S", "format_window", "parse_window", "scalar_to_micros", "to_micros"]
+__all__ = ["NEVER", "US_PER_S", "format_window", "parse_window", "scalar_to_micros", "to_micros"]
 
 US_PER_S = 1_000_000
 _UNITS = {"us": 1, "ms": 1_000, "s": US_PER_S, "m": 60 * US_PER_S, "h": 3600 * US_PER_S,
@@ -79,6 +79,8 @@ MIN_US = -9_214_560_000_000_000
 """The earliest accepted time, 1678-01-01T00:00:00 UTC, in µs since the epoch."""
 MAX_US = 9_214_646_400_000_000
 """The first time past the accepted range, 2262-01-01T00:00:00 UTC, in µs since the epoch."""
+NEVER = -(2**62)
+"""A time below every accepted one, even less the longest window: a stream's newest time before any event."""
 RANGE = "1678-01-01 to 2261-12-31 (pandas' datetime64[ns] range)"
 _MIN_S, _MAX_S = MIN_US // US_PER_S, MAX_US // US_PER_S
 _DATETIMES = (_dt.datetime, pd.Timestamp, np.datetime64)

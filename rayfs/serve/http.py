@@ -46,10 +46,9 @@ import json
 import threading
 from typing import Any
 
-from rayfs.errors import DefinitionError, RayfsError, StoreClosedError, StoreOpenError
+from rayfs.errors import DefinitionError, HttpRequestError, RayfsError, StoreClosedError, StoreOpenError
 from rayfs.serve.protocol import (
     DEFAULT_MAX_KEYS,
-    HttpRequestError,
     OnlineRequest,
     check_token,
     encode_response,

@@ -54,6 +54,9 @@ import pandas as pd
 
 from rayfs.errors import HttpRequestError, TokenError
 
+__all__ = ["DEFAULT_MAX_KEYS", "TOKEN_ENV", "OnlineRequest", "check_token", "column_json", "encode_response",
+           "error_body", "parse_request", "resolve_token"]
+
 DEFAULT_MAX_KEYS = 1000
 """Keys one request may ask for unless the server is configured otherwise."""
 TOKEN_ENV = "RAYFS_HTTP_TOKEN"

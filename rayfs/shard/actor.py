@@ -22,6 +22,7 @@ import time
 import ray
 from ray.util import metrics
 
+from rayfs.engine.parts import Part
 from rayfs.shard.core import ShardCore
 
 __all__ = ["GAUGE_REFRESH_S", "SWITCH_INTERVAL_S", "ShardActor", "ShardService", "actor_name"]
@@ -86,7 +87,7 @@ class ShardService(ShardCore):
         if st["replay_events_per_s"] is not None:
             self._gauges["replay_events_per_second"].set(st["replay_events_per_s"])
 
-    def ingest(self, record: dict) -> dict:
+    def ingest(self, record: Part) -> dict:
         try:
             return super().ingest(record)
         finally:

@@ -74,10 +74,12 @@ from rayfs.engine.fold import (
     value_kind,
 )
 from rayfs.engine.keyindex import KeyIndex
+from rayfs.engine.parts import Part
 from rayfs.engine.routing import shard_of
 from rayfs.errors import StoreOpenError, UnknownFeatureError
 from rayfs.model.config import DURABILITY
 from rayfs.model.definitions import Feature, Stream
+from rayfs.model.timeutil import NEVER
 from rayfs.shard.backfill import Backfill
 from rayfs.shard.inspect import Inspection
 from rayfs.shard.online import OnlineView
@@ -91,7 +93,6 @@ from rayfs.storage.snapshot import SnapshotStore
 
 __all__ = ["REMEMBER_IDS", "ShardCore"]
 
-_NEVER = -(2**62)  # below every event time
 REMEMBER_IDS = 100_000  # batch ids remembered for exactly-once retries (also recoverable from the log)
 
 
@@ -353,8 +354,9 @@ class ShardCore:
         return [n for n, f in self.features.items() if f.stream == stream and f.window is None]
 
     # ------------------------------------------------------------------------------------- ingest
-    def ingest(self, record: dict) -> dict:
-        """Append one routed batch to the log and fold it; a repeated batch id is a no-op.
+    def ingest(self, record: Part) -> dict:
+        """Append one routed batch (a :class:`~rayfs.engine.parts.Part`) to the log and fold it; a repeated
+        batch id is a no-op.
 
         Returns once the batch is durable per the shard's durability mode and folded.
         """
@@ -366,7 +368,7 @@ class ShardCore:
             self.group.wait(ticket)
         return result
 
-    def _ingest_locked(self, record: dict) -> dict:
+    def _ingest_locked(self, record: Part) -> dict:
         bid = _batch_key(record)
         if bid in self.applied:
             self.counters["duplicates"] += 1
@@ -388,7 +390,7 @@ class ShardCore:
         self.counters["bytes_ingested"] += self.log.size_bytes() - size
         old = self.watermark.get(stream)
         expiring = None if self.online_view is None else self.online_view.expiring(
-            stream, old, max(old if old is not None else _NEVER, self._batch_watermark(record, n)))
+            stream, old, max(old if old is not None else NEVER, self._batch_watermark(record, n)))
         if n:
             self._fold(stream, cols, self._lifetime(stream), buffer=True, plan=plan)
             self.replays.add(stream, cols)
@@ -437,16 +439,16 @@ class ShardCore:
         self.counts[stream] = self.counts.get(stream, 0) + n
         self.events_since_snapshot += n
         wm = self._batch_watermark(record, n)
-        if wm != _NEVER:
-            self.watermark[stream] = max(self.watermark.get(stream, _NEVER), wm)
+        if wm != NEVER:
+            self.watermark[stream] = max(self.watermark.get(stream, NEVER), wm)
 
     @staticmethod
     def _batch_watermark(record: dict, n: int) -> int:
-        """The newest event time of the whole batch (``wm``), ``_NEVER`` for an empty one without it."""
+        """The newest event time of the whole batch (``wm``), ``NEVER`` for an empty one without it."""
         wm = record.get("wm")
         if wm is None and n:  # a batch logged before batches carried "wm"
             wm = int(decode(record["cols"][TS]).max())
-        return _NEVER if wm is None else int(wm)
+        return NEVER if wm is None else int(wm)
 
     def _remember(self, bid: str, offset: int) -> None:
         self.applied[bid] = offset

@@ -25,6 +25,7 @@ from rayfs.engine.featurestats import partial_stats
 from rayfs.engine.fold import CompiledFeature
 from rayfs.engine.pit import EventIndex
 from rayfs.model.definitions import Feature
+from rayfs.model.timeutil import NEVER
 from rayfs.shard.online import OnlineView
 from rayfs.shard.replay_cache import ReplayCache
 from rayfs.storage.log import SegmentedLog
@@ -131,7 +132,7 @@ class Inspection:
                 if f.stream not in indexes:
                     indexes[f.stream] = EventIndex(fresh.get(f.stream, []), entity)
                 slots = s.slots(f.stream, entity, keys)
-                t = s.watermark.get(f.stream, -(2**62)) + 1
+                t = s.watermark.get(f.stream, NEVER) + 1
                 at[n] = t
                 replay[n] = indexes[f.stream].evaluate([s.compiled_feature(n)], slots, np.full(len(keys), t))[0]
             for n in names if table is not None else ():

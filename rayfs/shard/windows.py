@@ -33,10 +33,9 @@ import numpy as np
 from rayfs.engine.columns import TS, Batch, concat, decode_batch, encode_batch, take
 from rayfs.engine.fold import CompiledFeature, WindowEvents
 from rayfs.model.definitions import Feature
+from rayfs.model.timeutil import NEVER
 
 __all__ = ["WindowBuffers"]
-
-_NEVER = -(2**62)  # below every event time
 
 
 class WindowBuffers:
@@ -86,7 +85,7 @@ class WindowBuffers:
 
     def advance(self, stream: str, max_ts: int) -> None:
         """Raise ``stream``'s newest event time to ``max_ts`` (a batch's newest event was logged)."""
-        self._local_max[stream] = max(self._local_max.get(stream, _NEVER), max_ts)
+        self._local_max[stream] = max(self._local_max.get(stream, NEVER), max_ts)
 
     # ------------------------------------------------------------------------------------- contents
     def append(self, stream: str, cols: Batch) -> None:
@@ -98,7 +97,7 @@ class WindowBuffers:
             self._parts.pop(stream, None)
             self._drop_runs(stream)
             return
-        floor = max(self._local_max.get(stream, _NEVER), int(cols[TS].max(initial=_NEVER))) - w
+        floor = max(self._local_max.get(stream, NEVER), int(cols[TS].max(initial=NEVER))) - w
         keep = cols[TS] >= floor
         if keep.any():
             chunk = take(cols, keep)

@@ -138,12 +138,21 @@ def resolve_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
 
     Raises:
         FileFormatError: a path that does not exist, a pattern or directory without files, no paths.
+        OptionError: ``paths`` is neither a path nor an iterable of paths.
     """
-    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if isinstance(paths, str | os.PathLike):
+        items = [paths]
+    elif isinstance(paths, Iterable) and not isinstance(paths, bytes):
+        items = list(paths)
+    else:
+        raise OptionError(f"paths must be a file, directory or glob pattern, or a list of them, not "
+                          f"{type(paths).__name__}")
     if not items:
         raise FileFormatError("<no files>", "no event files given")
     out: list[str] = []
     for item in items:
+        if not isinstance(item, str | bytes | os.PathLike):
+            raise OptionError(f"paths: {item!r} is not a file, directory or glob pattern (a str or path)")
         p = os.fspath(item)
         if os.path.isdir(p):
             found = sorted(os.path.join(root, f) for root, dirs, files in os.walk(p) for f in files
@@ -227,6 +236,7 @@ def iter_batches(paths: str | os.PathLike | Iterable[str | os.PathLike], format:
     Raises:
         FileFormatError: at once for a missing file or unknown format; during iteration for unreadable
             content (earlier batches have been yielded by then).
+        OptionError: at once for an option of the wrong type or value, naming the option.
 
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
@@ -258,6 +268,8 @@ class BatchReader(Iterator):
             raise OptionError(f"batch_rows must be a positive integer, not {batch_rows!r}")
         if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1024:
             raise OptionError(f"block_bytes must be an integer >= 1024, not {block_bytes!r}")
+        if isinstance(sample_bytes, bool) or not isinstance(sample_bytes, int):
+            raise OptionError(f"sample_bytes must be an integer, not {sample_bytes!r}")
         if columns is not None:
             columns = [columns] if isinstance(columns, str) else list(columns)
             if not columns or not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
@@ -271,8 +283,14 @@ class BatchReader(Iterator):
         self.path: str | None = None
         self._batch_rows = batch_rows
         self._columns = columns
+        if column_types is not None and not isinstance(column_types, Mapping):
+            raise OptionError(f"column_types must map column names to types, not {type(column_types).__name__}")
         self._types = {k: _dtype(v, k) for k, v in (column_types or {}).items()}
+        if not isinstance(timestamps, str | Iterable) or isinstance(timestamps, bytes):
+            raise OptionError(f"timestamps must be a column name or a list of them, not {type(timestamps).__name__}")
         self._timestamps = [timestamps] if isinstance(timestamps, str) else list(timestamps)
+        if not all(isinstance(c, str) for c in self._timestamps):
+            raise OptionError(f"timestamps must be column names, not {timestamps!r}")
         self._to_pandas = to_pandas
         self._block = block_bytes
         self._sample = sample_bytes
@@ -454,6 +472,8 @@ def _text_times(col: pa.ChunkedArray, path: str, name: str, first_row: int) -> p
 def _dtype(typ: str | pa.DataType, column: str) -> pa.DataType:
     if isinstance(typ, pa.DataType):
         return typ
+    if not isinstance(typ, str):
+        raise OptionError(f"column_types[{column!r}]: a pyarrow type or its name (e.g. 'int64'), not {typ!r}")
     try:
         return pa.type_for_alias(typ)
     except (ValueError, TypeError, KeyError):
@@ -650,7 +670,10 @@ def write_table(data: pd.DataFrame | pa.Table | pa.RecordBatch, path: str | os.P
     Raises:
         FileFormatError: an unknown format, or data the format cannot hold (Parquet: a column mixing
             types); names the column.
+        OptionError: ``data`` is not a table, or ``path`` not a path.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise OptionError(f"write_table: path must be a file path (a str or path), not {type(path).__name__}")
     path = os.fspath(path)
     fmt = format_of(path, format)
     compression = _split_ext(path)[1]

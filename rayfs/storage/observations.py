@@ -211,6 +211,7 @@ class ObservationStreams:
             TimestampError: a missing or unreadable time in the timestamp column (naming the row).
             TimeoutError: another writer held the stream's lock file for a minute (nothing was appended).
         """
+        check_name(name, "observation stream")
         if batch_id is not None and self.has_batch(name, batch_id):
             return 0
         cols, kinds, known, n = self._columns(name, rows, timestamp, keys)
@@ -317,7 +318,7 @@ class ObservationStreams:
 
     def read(self, name: str) -> pd.DataFrame:
         """Every observation of stream ``name``: its own appends, then each writer's (module docstring)."""
-        if name not in self._logs and not os.path.isdir(os.path.join(self.root, name)):
+        if not isinstance(name, str) or (name not in self._logs and not os.path.isdir(os.path.join(self.root, name))):
             raise UnknownStreamError(f"unknown observation stream {name!r}")
         batches = [C.decode_batch(r["cols"]) for r in self._records(name)]
         return pd.DataFrame(C.concat(batches)) if batches else pd.DataFrame()

@@ -9,8 +9,14 @@
 * :mod:`rayfs.store.ingest`: the ingest path (WAL, pipelining, shard calls, retries) over the pure
   :mod:`rayfs.engine.parts`.
 * :mod:`rayfs.store.dataio`: Ray Data in.
-* :mod:`rayfs.store.reads`: online reads and training sets (resolving, fan-out to shards, assembly).
+* :mod:`rayfs.store.reads`: online reads and training sets (resolving, fan-out to shards, assembly, the
+  one stale-catalog retry).
+* :mod:`rayfs.store.ondemand`: on-demand features applied on top of the reads.
+* :mod:`rayfs.store.subscriptions`: Kafka subscriptions (their consumers, status, catch-up).
 * :mod:`rayfs.store.monitor`: stats, feature statistics, describe, audit.
+
+This package is internal and may change: :class:`rayfs.FeatureStore` and :func:`rayfs.connect` are the
+public names.
 """
 
 from rayfs.store.api import FeatureStore, connect

@@ -1,10 +1,11 @@
 """FeatureStore: the public entry point, a driver's handle on a store's coordinator and shard actors.
 
 The class reads as the product's table of contents: lifecycle, definitions, ingest, reads, observations,
-monitoring. Each method checks the store is open and delegates: lifecycle to :mod:`rayfs.store.lifecycle`,
-definitions to :mod:`rayfs.store.definitions`, ingest to :mod:`rayfs.store.ingest` (and
-:mod:`rayfs.store.dataio` for Ray Data), reads to :mod:`rayfs.store.reads`, observation streams to
-:mod:`rayfs.storage.observations`, monitoring to :mod:`rayfs.store.monitor`.
+monitoring, Kafka subscriptions. Each method checks the store is open and delegates: lifecycle to
+:mod:`rayfs.store.lifecycle`, definitions to :mod:`rayfs.store.definitions`, ingest to
+:mod:`rayfs.store.ingest` (and :mod:`rayfs.store.dataio` for Ray Data), reads to :mod:`rayfs.store.ondemand`
+over :mod:`rayfs.store.reads`, observation streams to :mod:`rayfs.storage.observations`, monitoring to
+:mod:`rayfs.store.monitor`, subscriptions to :mod:`rayfs.store.subscriptions`.
 
 Embedded by default: :meth:`FeatureStore.open` starts a private local Ray (``address="local"``) unless
 Ray is already initialised in this process, ``address`` is given or ``RAY_ADDRESS`` names a cluster, and

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import ray
 
-from rayfs.errors import DefinitionError, RayfsError
+from rayfs.errors import DefinitionError, OptionError, RayfsError
 from rayfs.model.config import StoreConfig, load_config
 from rayfs.model.definitions import Feature, Stream
 from rayfs.model.ondemand import OnDemandFeature
@@ -26,8 +26,7 @@ Progress = Callable[[int, int], None]
 
 def register_stream(session: Session, name: str, entities: Sequence[str] | str, timestamp: str) -> Stream:
     """See :meth:`rayfs.FeatureStore.register_stream`."""
-    s = Stream(name=name, entities=tuple([entities] if isinstance(entities, str) else entities),
-               timestamp=timestamp)
+    s = Stream(name=name, entities=entities, timestamp=timestamp)  # it checks and normalises entities
     session.refresh(ray.get(session.coordinator.register_stream.remote(s.to_dict())))
     return session.catalog.streams[name]
 
@@ -37,6 +36,9 @@ def register_feature(session: Session, feature: Feature, progress: Progress | No
     if not isinstance(feature, Feature):
         hint = "; use register_on_demand" if isinstance(feature, OnDemandFeature) else ""
         raise DefinitionError(f"register_feature takes a rayfs.Feature, not {type(feature).__name__}{hint}")
+    if progress is not None and not callable(progress):
+        raise OptionError(f"register_feature({feature.name!r}): progress must be a function of (done, total), "
+                          f"not {type(progress).__name__}")
     session.fresh(lambda cat: cat.check_feature(feature))  # early, clear errors
     ref = session.coordinator.register_feature.remote(feature.to_dict())
     if progress is not None:
@@ -69,6 +71,10 @@ def register_sql(session: Session, sql: str, window, description: str, metadata:
     """See :meth:`rayfs.FeatureStore.register_sql`."""
     from rayfs.model.sql import features_from_sql
 
+    unknown = sorted(set(metadata) - {f.name for f in dataclasses.fields(Feature)})
+    if unknown:
+        raise DefinitionError(f"register_sql: no feature field {', '.join(map(repr, unknown))}; metadata are "
+                              f"fields such as owner and tags")
     feats = features_from_sql(sql, window=window, streams=session.catalog.streams, description=description)
     feats = [f if not metadata else Feature.from_dict({**f.to_dict(), **metadata}) for f in feats]
     for f in feats:  # validate all before registering any

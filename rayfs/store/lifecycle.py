@@ -13,6 +13,7 @@ store's folder) or attaches to the named store already running there.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import time
 import warnings
@@ -21,7 +22,7 @@ from typing import NamedTuple
 
 import ray
 
-from rayfs.errors import DefinitionError, StoreOpenError
+from rayfs.errors import DefinitionError, OptionError, StoreOpenError
 from rayfs.model.config import DURABILITY, StoreSettings
 from rayfs.model.definitions import check_name
 from rayfs.storage.catalog import Catalog
@@ -47,7 +48,15 @@ def open_store(path: str | os.PathLike, shards: int | None, *, name: str | None,
 
     A failed open leaves no actor behind and shuts down a Ray it started.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise OptionError(f"path must be a folder (a str or path), not {type(path).__name__}")
     path = os.path.abspath(os.fspath(path))
+    _check_namespace(namespace)
+    # The shards apply these; checked here so that a bad value is an error, not a shard that cannot start.
+    if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) or segment_bytes <= 0:
+        raise OptionError(f"segment_bytes must be a positive integer, not {segment_bytes!r}")
+    if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int):
+        raise OptionError(f"snapshot_every must be an integer (batches between snapshots), not {snapshot_every!r}")
     if durability not in DURABILITY:
         raise DefinitionError(f"durability must be one of {DURABILITY}, not {durability!r}")
     if name is not None:
@@ -60,6 +69,7 @@ def open_store(path: str | os.PathLike, shards: int | None, *, name: str | None,
 
 def connect(name: str, *, address: str | None, namespace: str) -> Connection:
     """Attach to the running store called ``name`` (see :func:`rayfs.connect`)."""
+    _check_namespace(namespace)
 
     def attach(started: bool) -> Connection:
         coord = cluster.lookup(cluster.coordinator_name(name), namespace)
@@ -69,6 +79,17 @@ def connect(name: str, *, address: str | None, namespace: str) -> Connection:
         return _attach(coord, None, started)
 
     return _in_ray(address, namespace, attach)
+
+
+def check_timeout(timeout: object, call: str) -> None:
+    """Refuse a ``timeout`` that is not a number of seconds (a bool is not one)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise OptionError(f"{call}: timeout must be a number of seconds, not {timeout!r}")
+
+
+def _check_namespace(namespace: object) -> None:
+    if namespace is not None and not isinstance(namespace, str):
+        raise OptionError(f"namespace must be a Ray namespace (a str), not {namespace!r}")
 
 
 def _in_ray(address: str | None, namespace: str, fn: Callable[[bool], Connection]) -> Connection:
@@ -172,6 +193,7 @@ def close(conn: Connection, *, stop: bool, local: Sequence[Callable[[], None]] =
 
 def wait_until_ready(session: Session, timeout: float = 60.0) -> None:
     """Block until every shard answers (e.g. after a node loss, while shards restart elsewhere)."""
+    check_timeout(timeout, "wait_until_ready")
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -7,15 +7,17 @@ Functions here take a :class:`rayfs.store.session.Session` and ask the shards; t
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import pandas as pd
 import ray
 
 from rayfs.engine.featurestats import FIELDS, merge_stats
-from rayfs.errors import OnDemandError
+from rayfs.errors import OnDemandError, OptionError
 from rayfs.model.definitions import Feature
 from rayfs.model.ondemand import KIND, OnDemandFeature
+from rayfs.store.reads import feature_refs
 from rayfs.store.session import Session
 
 __all__ = ["APPROXIMATE", "audit", "describe", "feature_sql", "feature_stats", "frame_feature_stats", "info",
@@ -153,10 +155,12 @@ def frame_feature_stats(frame: pd.DataFrame, features, known: dict[str, Feature]
     """
     from rayfs.engine.featurestats import frame_stats
 
-    if features is None:
+    if not isinstance(frame, pd.DataFrame):
+        raise OptionError(f"feature_stats: training_set must be a DataFrame (a training set), not "
+                          f"{type(frame).__name__}")
+    cols = feature_refs(features)
+    if cols is None:
         cols = [c for c in frame.columns if c in known or "@" in c]
-    else:
-        cols = [features] if isinstance(features, str) else list(features)
     return frame_stats(frame, cols)
 
 
@@ -187,6 +191,9 @@ def audit(session: Session, features: list[tuple[str, Feature]], n: int, seed: i
     ``exact``: False for ``approx_quantile``, whose KLL sketch is randomised (datasketches seeds it from the
     clock), so two computations agree only within its rank error; there a value and a null disagree.
     """
+    for what, v in (("n", n), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise OptionError(f"audit: {what} must be an integer, not {v!r}")
     handles = session.handles
     by_entity: dict[str, list[tuple[str, Feature]]] = {}
     for r, f in features:

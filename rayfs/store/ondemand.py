@@ -16,7 +16,7 @@ is; if the reader then finds a name unknown, its refreshed catalog is asked agai
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,11 +26,12 @@ import ray
 from rayfs.engine import columns as C
 from rayfs.errors import DefinitionError, OnDemandError, SchemaError, UnknownFeatureError
 from rayfs.model.ondemand import OnDemandFeature, input_frame, request_columns
-from rayfs.store.reads import OUTPUTS, Reader, check_collisions
+from rayfs.store.reads import OUTPUTS, Reader, check_collisions, feature_refs
 
 __all__ = ["OnDemandReads"]
 
 Plan = tuple[list[str], list[tuple[str, OnDemandFeature]], list[str]]  # (stored to read, on-demand, all names)
+_T = TypeVar("_T")
 
 
 def _column(values: np.ndarray, index: pd.Index) -> pd.Series:
@@ -51,9 +52,7 @@ class OnDemandReads:
 
     # ------------------------------------------------------------------------------------- planning
     def _refs(self, features: Iterable[str] | str | None) -> list[str] | None:
-        if features is None:
-            return None
-        return [features] if isinstance(features, str) else list(features)
+        return feature_refs(features)
 
     def _stored_only(self, refs: list[str] | None) -> bool:
         """Whether the read names no on-demand feature, as far as the cached catalog knows (cheap: it runs
@@ -95,6 +94,21 @@ class OnDemandReads:
             cat.on_demand_entity(f)  # inputs still resolve (names the on-demand feature if not)
         read = list(dict.fromkeys([*stored, *(i for _, f in ods for i in f.inputs)]))
         return read, ods, names
+
+    def _planned_read(self, plan: Callable[[], Plan], read: Callable[[Plan], _T]) -> tuple[Plan, _T]:
+        """``read(plan())``, planned and read once more if the catalog changed during the read and the new
+        plan applies other on-demand features (another driver redefined or dropped one meanwhile).
+
+        The stored features' own stale-catalog retry is the reader's (:meth:`rayfs.store.reads.Reader.get_features`);
+        this one keeps the functions applied equal to the definitions the stored values were read for.
+        """
+        for _ in range(2):
+            version = self.session.catalog.version
+            planned = plan()
+            out = read(planned)
+            if self.session.catalog.version == version or plan()[1] == planned[1]:
+                break
+        return planned, out
 
     def _check_entity(self, r: str, f: OnDemandFeature, entity: str) -> None:
         cat = self.session.catalog
@@ -150,16 +164,15 @@ class OnDemandReads:
         if isinstance(request, pd.DataFrame) and len(request) != n:
             raise OnDemandError(f"request: a DataFrame of {len(request)} rows for {n} keys (one row per key)")
         available = set(request.keys()) if request is not None else set()
-        for _ in range(2):  # once more if the stored read found the catalog changed
-            version = self.session.catalog.version
-            read, ods, names = self._plan(refs, entity, available, lambda e: e in (None, entity))
-            for r, f in ods:
+
+        def read(plan: Plan) -> tuple[list, pd.DataFrame]:
+            for r, f in plan[1]:
                 self._check_entity(r, f, entity)
-            reqs = [request_columns(f, request, n) for _, f in ods]  # missing fields fail before any read
-            frame = self.reader.get_features(entity, keys, read)
-            if self.session.catalog.version == version or self._plan(refs, entity, available,
-                                                                     lambda e: e in (None, entity))[1] == ods:
-                break
+            reqs = [request_columns(f, request, n) for _, f in plan[1]]  # missing fields fail before any read
+            return reqs, self.reader.get_features(entity, keys, plan[0])
+
+        (_, ods, names), (reqs, frame) = self._planned_read(
+            lambda: self._plan(refs, entity, available, lambda e: e in (None, entity)), read)
         values = {r: f.apply(input_frame(f, {i: frame[i].to_numpy() for i in f.inputs}, req, n))
                   for (r, f), req in zip(ods, reqs, strict=True)}
         out = {entity: frame[entity]}
@@ -185,9 +198,9 @@ class OnDemandReads:
         obs = C.to_frame(obs, what="observations")
         n = len(obs)
         available = set(map(str, obs.columns))
-        for _ in range(2):
-            version = self.session.catalog.version
-            read, ods, names = self._plan(refs, None, available, lambda e: e is None or e in available)
+
+        def read(plan: Plan) -> tuple[list, pd.DataFrame]:
+            stored, ods, names = plan
             for r, f in ods:
                 entity = self.session.catalog.on_demand_entity(f)
                 if entity is not None and entity not in obs.columns:
@@ -199,11 +212,11 @@ class OnDemandReads:
             # The stored features read from the keys and times alone: an input not asked for may share an
             # observation column's name (it is not returned, and does not replace that column).
             keys = {timestamp, *(e for s in self.session.catalog.streams.values() for e in s.entities)}
-            got = self.reader.training_set(obs[[c for c in obs.columns if c in keys]], read, timestamp,
-                                           "pandas") if read else obs
-            if self.session.catalog.version == version or self._plan(
-                    refs, None, available, lambda e: e is None or e in available)[1] == ods:
-                break
+            return reqs, (self.reader.training_set(obs[[c for c in obs.columns if c in keys]], stored, timestamp,
+                                                   "pandas") if stored else obs)
+
+        (_, ods, names), (reqs, got) = self._planned_read(
+            lambda: self._plan(refs, None, available, lambda e: e is None or e in available), read)
         values = {r: f.apply(input_frame(f, {i: got[i].to_numpy() for i in f.inputs}, req, n))
                   for (r, f), req in zip(ods, reqs, strict=True)}
         out = obs.copy()

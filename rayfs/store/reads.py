@@ -31,14 +31,14 @@ import ray
 from rayfs.engine import columns as C
 from rayfs.engine.fold import compile_feature, value_kind
 from rayfs.engine.routing import shard_of
-from rayfs.errors import DefinitionError, SchemaError, UnknownFeatureError
+from rayfs.errors import DefinitionError, OptionError, SchemaError, UnknownFeatureError
 from rayfs.model.definitions import Feature
 from rayfs.model.timeutil import to_micros
 from rayfs.storage.observations import ObservationStreams
 from rayfs.storage.online import OnlineReader, meta_of, rows_to_values
 from rayfs.store.session import Session
 
-__all__ = ["OUTPUTS", "REMOTE_TABLE", "Reader", "Request", "check_collisions", "fan_out"]
+__all__ = ["OUTPUTS", "REMOTE_TABLE", "Reader", "Request", "check_collisions", "fan_out", "feature_refs"]
 
 OUTPUTS = ("pandas", "arrow", "ray")
 """The output formats of a training set."""
@@ -197,6 +197,21 @@ def _frame(cols: dict[str, np.ndarray], n: int) -> pd.DataFrame:
         return pd.DataFrame({c: _column(v, index) if v.dtype == object else v for c, v in cols.items()}, copy=False)
 
 
+def feature_refs(features: Iterable[str] | str | None) -> list[str] | None:
+    """The ``features`` argument of a read as a list of names (``None``: every feature).
+
+    Raises:
+        OptionError: ``features`` is neither a name nor an iterable of names.
+    """
+    if features is None:
+        return None
+    if isinstance(features, str):
+        return [features]
+    if not isinstance(features, Iterable) or isinstance(features, bytes):
+        raise OptionError(f"features must be a feature name or a list of them, not {type(features).__name__}")
+    return list(features)
+
+
 def check_collisions(columns: Iterable, names: Iterable[str], every: bool) -> None:
     """Refuse a training set whose features include one named like an observation column.
 
@@ -326,7 +341,7 @@ class Reader:
             names = dict.fromkeys(f.name for f in catalog.features.values())  # in registration order
             latest = [(n, catalog.latest(n)) for n in names]
             return [(n, f) for n, f in latest if entity is None or f.entity == entity]
-        refs = [features] if isinstance(features, str) else list(features)
+        refs = feature_refs(features)
         try:
             return [(r, catalog.feature(r)) for r in refs]
         except UnknownFeatureError:

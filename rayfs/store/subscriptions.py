@@ -23,6 +23,7 @@ from rayfs.model.definitions import Stream
 from rayfs.model.kafka import KafkaSource
 from rayfs.sources.consumer import KafkaConsumerActor, actor_name, my_partitions
 from rayfs.sources.offsets import load_subscriptions, save_subscriptions, stream_dir
+from rayfs.store.lifecycle import check_timeout
 from rayfs.store.session import Session
 
 __all__ = ["dead_letters", "resume", "stop", "subscribe", "subscriptions", "unsubscribe", "wait_caught_up"]
@@ -251,6 +252,7 @@ def subscriptions(session: Session) -> pd.DataFrame:
 
 def wait_caught_up(session: Session, stream: str, timeout: float = 60.0) -> None:
     """See :meth:`rayfs.FeatureStore.wait_caught_up`."""
+    check_timeout(timeout, "wait_caught_up")
     deadline = time.monotonic() + timeout
     target = {r["partition"]: r["high_watermark"] for r in _with_watermarks(_status(session, stream))}
     while True:

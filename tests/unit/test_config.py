@@ -349,6 +349,9 @@ def test_load_config_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(wrong)
     assert str(info.value).startswith(f"{wrong}:17: features[0].agg: ")
+    for path in (None, 5, ["a.toml"]):
+        with pytest.raises(ConfigError, match=f"load_config takes a file path, not {type(path).__name__}"):
+            load_config(path)
 
 
 def test_inline_tables_fall_back_to_the_enclosing_key_line() -> None:

@@ -19,7 +19,7 @@ from rayfs.engine.columns import concat, key_column, to_frame, value_column
 from rayfs.errors import DefinitionError, SchemaError, TimestampError, WindowError
 from rayfs.model.definitions import MAX_NAME_BYTES, Feature, Stream, check_name
 from rayfs.model.sql import features_from_sql
-from rayfs.model.timeutil import MAX_US, MAX_WINDOW_US, MIN_US, parse_window, to_micros
+from rayfs.model.timeutil import MAX_US, MAX_WINDOW_US, MIN_US, NEVER, parse_window, to_micros
 from rayfs.storage.catalog import Catalog
 from rayfs.storage.observations import ObservationStreams
 
@@ -89,7 +89,7 @@ def test_windows_are_bounded_so_time_arithmetic_stays_in_int64():
         with pytest.raises(WindowError, match="longest accepted"):
             parse_window(w, feature="f")
     assert parse_window(f"{MAX_WINDOW_US}us") == MAX_WINDOW_US
-    assert MIN_US - MAX_WINDOW_US > -(2**62) and MAX_US + MAX_WINDOW_US < 2**62
+    assert MIN_US - MAX_WINDOW_US > NEVER and MAX_US + MAX_WINDOW_US < -NEVER
     with pytest.raises(WindowError, match="'f'"):
         Feature(name="f", stream="ev", entity="k", agg="count", window="999999999d")
 
@@ -103,6 +103,10 @@ def test_names_are_limited_in_bytes():
         Feature(name="f" * 600, stream="ev", entity="k", agg="count")
     with pytest.raises(DefinitionError, match="stream name"):
         Stream(name="s" * 600, entities=("k",), timestamp="ts")
+    with pytest.raises(DefinitionError, match="stream 's': entities must be a field name or a list of them, not int"):
+        Stream(name="s", entities=5, timestamp="ts")
+    with pytest.raises(DefinitionError, match="feature 'f': tags must be non-empty strings, got 5"):
+        Feature(name="f", stream="ev", entity="k", agg="count", tags=5)
     # a snapshot key built from the longest names fits LMDB's 511 bytes
     assert len(f"keys/{'s' * MAX_NAME_BYTES}/{'e' * MAX_NAME_BYTES}".encode()) < 511
     assert len(f"state/{'f' * MAX_NAME_BYTES}@{2**63}".encode()) < 511

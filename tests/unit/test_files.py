@@ -215,6 +215,36 @@ def test_bad_arguments(tmp_path: Path) -> None:
         iter_batches(tmp_path / "e.csv", column_types={"score": "float65"})
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    ({"column_types": {"score": 5}}, r"column_types\['score'\]: a pyarrow type or its name"),
+    ({"column_types": ["score"]}, "column_types must map column names to types, not list"),
+    ({"timestamps": 5}, "timestamps must be a column name or a list of them, not int"),
+    ({"timestamps": ["ts", 5]}, "timestamps must be column names"),
+    ({"sample_bytes": "8MiB"}, "sample_bytes must be an integer"),
+])
+def test_options_of_the_wrong_type_are_option_errors_naming_the_option(tmp_path: Path, kwargs, match) -> None:
+    write_table(EVENTS, tmp_path / "e.csv")
+    with pytest.raises(OptionError, match=match):
+        iter_batches(tmp_path / "e.csv", **kwargs)
+
+
+@pytest.mark.parametrize("paths,match", [
+    (5, "paths must be a file, directory or glob pattern, or a list of them, not int"),
+    (None, "not NoneType"),
+    ([5], "paths: 5 is not a file, directory or glob pattern"),
+])
+def test_paths_of_the_wrong_type_are_option_errors(paths, match) -> None:
+    for call in (iter_batches, count_rows, total_bytes):
+        with pytest.raises(OptionError, match=match):
+            call(paths)
+
+
+def test_write_table_path_of_the_wrong_type_is_an_option_error() -> None:
+    for path in (5, None):
+        with pytest.raises(OptionError, match=f"write_table: path must be a file path .*not {type(path).__name__}"):
+            write_table(EVENTS, path)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Columns and types
 # ---------------------------------------------------------------------------------------------------
