@@ -46,7 +46,7 @@ from rayfs.errors import RayfsError, SchemaError, SourceError, StoreClosedError
 from rayfs.model.config import StoreSettings
 from rayfs.model.definitions import Stream
 from rayfs.model.kafka import KafkaSource
-from rayfs.sources.decode import Decoded, decode, locate_bad
+from rayfs.sources.decode import Decoded, decode, locate_bad, parse
 from rayfs.sources.fetch import CatchUp, usable
 from rayfs.sources.messages import Messages
 from rayfs.sources.offsets import OffsetsLog, consumer_dir
@@ -294,7 +294,9 @@ class KafkaConsumerCore:
                 leaders[p] = (b.host, b.port)
         except Exception:  # noqa: BLE001 - no leader known: librdkafka reads everything
             return None
-        return CatchUp(src.topic, leaders, start, bound)
+        fmt = src.format
+        return CatchUp(src.topic, leaders, start, bound, batch_rows=src.max_batch_rows,
+                       prepare=lambda m: parse(m.values, fmt))
 
     def _end_catch_up(self) -> None:
         """Hand the partitions to librdkafka at the offsets where the catch-up stopped."""
@@ -405,15 +407,16 @@ class KafkaConsumerCore:
         src = self.src
         while self._catchup is not None and not self._stop.is_set():
             t0 = time.perf_counter()
-            chunk = self._catchup.poll(src.max_batch_rows)
+            got = self._catchup.poll()
             self._timings["poll"] += time.perf_counter() - t0
             for p, high in self._catchup.high().items():
                 self.hw[p] = max(self.hw.get(p, 0), high)
-            if chunk is None:
+            if got is None:
                 self._end_catch_up()
                 break
+            chunk, parsed = got
             self._timings["catch_up_messages"] += len(chunk)
-            b = self._intent(prefix, k, chunk)
+            b = self._intent(prefix, k, chunk, parsed)
             if b is not None:
                 return b
         got: list = []
@@ -447,9 +450,10 @@ class KafkaConsumerCore:
         self._timings["fields"] += time.perf_counter() - t0
         return self._intent(prefix, k, msgs)
 
-    def _intent(self, prefix: str, k: int, msgs: Messages) -> _Batch | None:
+    def _intent(self, prefix: str, k: int, msgs: Messages, parsed: tuple | None = None) -> _Batch | None:
         """Decode a micro-batch and log its intent. Its id is ``f"{prefix}/{k}"``, the id the ingestor
-        gives the ``k``-th batch it is handed, unless nothing of it goes to the shards (only dead letters)."""
+        gives the ``k``-th batch it is handed, unless nothing of it goes to the shards (only dead letters).
+        ``parsed``: the values parsed already (:func:`~rayfs.sources.decode.parse`), if they were."""
         n = len(msgs)
         parts, offs = msgs.parts, msgs.offs
         self._timings["messages"] += n
@@ -465,10 +469,11 @@ class KafkaConsumerCore:
         if len(order) != n or (np.diff(parts) < 0).any():
             msgs = msgs.take(order)
             parts, offs = msgs.parts, msgs.offs
+            parsed = None  # (of other messages)
         ends = np.flatnonzero(np.diff(parts)).tolist() + [len(parts) - 1]
         ranges = [(int(parts[e]), nxt[int(parts[e])], int(offs[e]) + 1) for e in ends]
         t0 = time.perf_counter()
-        decoded, ts_ms = self._decode(msgs)
+        decoded, ts_ms = self._decode(msgs, parsed)
         t1 = time.perf_counter()
         self._timings["decode"] += t1 - t0
         bid = f"{prefix}/{k}" if len(decoded.frame) else f"{prefix}/{k}/dead-{int(offs[0])}-{ranges[0][0]}"
@@ -483,7 +488,7 @@ class KafkaConsumerCore:
             self.metrics.dead.inc(len(dead), tags=self.metrics.tags)
         return _Batch(bid, ranges, decoded, ts_ms, len(msgs))
 
-    def _decode(self, msgs: Messages) -> tuple[Decoded, np.ndarray]:
+    def _decode(self, msgs: Messages, parsed: tuple | None = None) -> tuple[Decoded, np.ndarray]:
         """The decoded batch, and the Kafka timestamps of a sample of its good messages."""
         kafka_ts = msgs.timestamps() if self.src.timestamp == "kafka" else None
         values = msgs.values
@@ -492,13 +497,14 @@ class KafkaConsumerCore:
             # one yet takes the kind most of the batch's values have, and the append records it.
             keys = self._obs_keys()
             kinds = {c: k for c, k in self.obs.kinds(self.stream).items() if k in ("num", "str") and c not in keys}
-            decoded = decode(values, self.src.format, self.obs_spec, kinds, kafka_ts=kafka_ts, mixed=keys)
+            decoded = decode(values, self.src.format, self.obs_spec, kinds, kafka_ts=kafka_ts, mixed=keys,
+                             parsed=parsed)
             _epoch_seconds(decoded.frame, self.obs_spec.timestamp)
         else:
             s = self.session.fresh(lambda cat: cat.stream(self.stream))
             cat = self.session.catalog
             decoded = decode(values, self.src.format, s, cat.schema.get(self.stream, {}), kafka_ts=kafka_ts,
-                             required=list(cat.required_columns(self.stream)))
+                             required=list(cat.required_columns(self.stream)), parsed=parsed)
         # Freshness needs a few timestamps, not one per message (a Python call each).
         good = decoded.rows
         sample = good[:: max(1, len(good) // 50)]

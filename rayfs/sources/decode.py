@@ -348,9 +348,13 @@ def _keys(s: pd.Series) -> pd.Series:
 
 
 def decode(values: Sequence[bytes | None], fmt: str, stream: Stream, schema: Mapping[str, str], *,
-           kafka_ts: np.ndarray | None = None, required: Sequence[str] = (), mixed: Collection[str] = ()) -> Decoded:
-    """Decode message values into events of ``stream`` (see the module docstring and :func:`validate`)."""
-    df, rows, dead = parse(values, fmt)
+           kafka_ts: np.ndarray | None = None, required: Sequence[str] = (), mixed: Collection[str] = (),
+           parsed: tuple[pd.DataFrame, np.ndarray, list[tuple[int, str]]] | None = None) -> Decoded:
+    """Decode message values into events of ``stream`` (see the module docstring and :func:`validate`).
+
+    ``parsed``: what :func:`parse` gave for these very values, if it ran already (it depends on nothing
+    but the values, so it may run ahead, on another thread)."""
+    df, rows, dead = parsed if parsed is not None else parse(values, fmt)
     return validate(df.reset_index(drop=True), rows, dead, stream, schema, kafka_ts, required, mixed)
 
 

@@ -4,7 +4,7 @@ A consumer far behind its partitions (a long history, ``start="earliest"``) woul
 librdkafka's one ``Message`` object per message (about 1.5 µs each here). :class:`CatchUp` instead sends
 Fetch requests (protocol version 4: Kafka 0.11 to 4.x) straight to each partition's leader and splits the
 record batches it gets back with aiokafka's C reader (about 0.3 µs per message), handing the consumer's
-loop :class:`~rayfs.sources.messages.Messages` of up to ``max_rows`` messages.
+loop micro-batches of :class:`~rayfs.sources.messages.Messages`.
 
 Invariants:
 
@@ -28,7 +28,8 @@ import socket
 import struct
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -66,14 +67,17 @@ class CatchUp:
         max_bytes: bytes per Fetch response at most (a response holds several micro-batches).
         partition_bytes: bytes per partition per response at most.
         timeout: seconds a broker may take to answer before the catch-up ends.
-        ahead: messages read ahead at most. A thread of its own fetches and splits record batches while
-            the caller decodes and ingests what :meth:`poll` returned (the socket and Arrow's JSON reader
-            release the GIL).
+        batch_rows: messages per micro-batch :meth:`poll` returns at most.
+        prepare: applied to each micro-batch on the reading thread (the consumer parses JSON there).
+        ahead: micro-batches made ahead at most. A thread of its own fetches, splits record batches and
+            prepares micro-batches while the caller validates and ingests the one :meth:`poll` returned
+            (sockets and Arrow's JSON reader release the GIL).
     """
 
     def __init__(self, topic: str, leaders: Mapping[int, tuple[str, int]], start: Mapping[int, int],
-                 bound: Mapping[int, int], *, max_bytes: int = 32 << 20, partition_bytes: int = 8 << 20,
-                 timeout: float = 30.0, ahead: int = 400_000) -> None:
+                 bound: Mapping[int, int], *, batch_rows: int = 100_000,
+                 prepare: Callable[[Messages], Any] | None = None, ahead: int = 2, max_bytes: int = 32 << 20,
+                 partition_bytes: int = 8 << 20, timeout: float = 30.0) -> None:
         from aiokafka.record.default_records import DefaultRecordBatch
 
         self._batch = DefaultRecordBatch
@@ -83,25 +87,28 @@ class CatchUp:
         self._bound = {int(p): int(bound[p]) for p in self._pos}
         self._high: dict[int, int] = {}  # high watermark per partition, as the last response said
         self.ended: str | None = None  # why the catch-up ended before every bound (None: it did not)
+        self._rows, self._prepare, self._ahead = batch_rows, prepare, ahead
         self._max_bytes, self._partition_bytes, self._timeout = max_bytes, partition_bytes, timeout
         self._stalls = 0  # rounds in a row that brought nothing
         self._socks: dict[tuple[str, int], socket.socket] = {}
         self._corr = 0
-        # Between the reading thread and poll(): what was read and not returned, and whether reading ended.
+        # Between the reading thread and poll(): messages read and not yet in a batch (``_raw`` of them),
+        # batches made and not yet returned, and whether reading ended.
         self._cv = threading.Condition()
         self._buf: deque[Messages] = deque()
-        self._buffered = 0
-        self._ahead = ahead
+        self._raw = 0
+        self._ready: deque[tuple[Messages, Any]] = deque()
         self._finished = self._closed = False
         self._thread = threading.Thread(target=self._read_ahead, name=f"catch-up-{topic}", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------------------------------ public
     def positions(self) -> dict[int, int]:
-        """The next offset per partition that :meth:`poll` has not returned."""
+        """The next offset per partition that :meth:`poll` has not returned (once :meth:`poll` returned
+        ``None``, or after :meth:`close`)."""
         with self._cv:
             pos = dict(self._pos)
-            for m in self._buf:  # (read ahead, still to be returned)
+            for m in [b for b, _ in self._ready] + list(self._buf):  # (read ahead, still to be returned)
                 for p in np.unique(m.parts).tolist():
                     pos[p] = min(pos[p], int(m.offs[m.parts == p].min()))
         return pos
@@ -111,25 +118,18 @@ class CatchUp:
         with self._cv:
             return dict(self._high)
 
-    def poll(self, max_rows: int) -> Messages | None:
-        """Up to ``max_rows`` messages in (partition, offset) order per partition, or ``None`` once done."""
+    def poll(self) -> tuple[Messages, Any] | None:
+        """The next micro-batch: up to ``batch_rows`` messages ordered by partition, offsets ascending
+        within each, and what ``prepare`` made of them (``None`` without it, or if it raised); ``None``
+        once the catch-up is over."""
         with self._cv:
-            while not self._buf and not self._finished:
+            while not self._ready and not self._finished:
                 self._cv.wait()
-            if not self._buf:
+            if not self._ready:
                 return None
-            out, n = [], 0
-            while self._buf and n < max_rows:
-                m = self._buf.popleft()
-                if n + len(m) > max_rows:
-                    cut = max_rows - n
-                    self._buf.appendleft(m.take(np.arange(cut, len(m))))
-                    m = m.take(np.arange(cut))
-                out.append(m)
-                n += len(m)
-            self._buffered -= n
+            out = self._ready.popleft()
             self._cv.notify_all()
-        return Messages.concat(out)
+        return out
 
     def close(self) -> None:
         """Stop reading (what was read and not returned is dropped) and close the connections."""
@@ -151,17 +151,52 @@ class CatchUp:
         try:
             while True:
                 with self._cv:
-                    while self._buffered >= self._ahead and not self._closed:
+                    while len(self._ready) >= self._ahead and not self._closed:
                         self._cv.wait()
-                    if self._closed or self._done():
+                    if self._closed:
                         return
-                self._fetch_round()
+                done = self._done()
+                if not done:
+                    self._fetch_round()
+                    done = self._done()
+                while (batch := self._cut(done)) is not None:
+                    ready = None
+                    if self._prepare is not None:
+                        try:
+                            ready = self._prepare(batch)
+                        except Exception:  # noqa: BLE001 - the caller prepares it again and sees why
+                            ready = None
+                    with self._cv:
+                        self._ready.append((batch, ready))
+                        self._cv.notify_all()
+                if done:
+                    return
         except BaseException as exc:  # noqa: BLE001 - whatever it is, the live consumer reads on
             self._end(f"{type(exc).__name__}: {exc}")
         finally:
             with self._cv:
                 self._finished = True
                 self._cv.notify_all()
+
+    def _cut(self, last: bool) -> Messages | None:
+        """The next batch of ``batch_rows`` messages read (fewer when ``last``), ordered by partition."""
+        with self._cv:
+            if not self._raw or (self._raw < self._rows and not last):
+                return None
+            out, n = [], 0
+            while self._buf and n < self._rows:
+                m = self._buf.popleft()
+                if n + len(m) > self._rows:
+                    cut = self._rows - n
+                    self._buf.appendleft(m.take(np.arange(cut, len(m))))
+                    m = m.take(np.arange(cut))
+                out.append(m)
+                n += len(m)
+            self._raw -= n
+            batch = Messages.concat(out)
+        if (np.diff(batch.parts) < 0).any():
+            batch = batch.take(np.argsort(batch.parts, kind="stable"))
+        return batch
 
     def _done(self) -> bool:
         return self.ended is not None or all(self._pos[p] >= self._bound[p] for p in self._pos)
@@ -260,8 +295,7 @@ class CatchUp:
             self._pos[p] = nxt
             if chunk is not None:
                 self._buf.append(chunk)
-                self._buffered += len(chunk)
-                self._cv.notify_all()
+                self._raw += len(chunk)
 
     # ------------------------------------------------------------------------------------------ protocol
     def _call(self, addr: tuple[str, int], parts: list[int]) -> list[tuple[int, int, int, memoryview]]:

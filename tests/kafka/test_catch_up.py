@@ -64,8 +64,11 @@ def leaders(bootstrap: str, topic: str) -> dict[int, tuple[str, int]]:
 
 def drain(cu: CatchUp, max_rows: int) -> list[Messages]:
     out = []
-    while (m := cu.poll(max_rows)) is not None:
+    while (got := cu.poll()) is not None:
+        m, parsed = got
         assert 0 < len(m) <= max_rows
+        assert parsed == len(m)  # prepared on the reading thread, for this very batch
+        assert (np.diff(m.parts) >= 0).all()  # ordered by partition
         out.append(m)
     cu.close()
     return out
@@ -111,7 +114,7 @@ def test_reads_exactly_from_start_to_bound(bootstrap, topic, max_rows):
     held = produce(bootstrap, topic, 3000, seed=max_rows)
     ends = {p: len(v) for p, v in held.items()}
     start = {0: 0, 1: 5, 2: ends[2] // 2}
-    cu = CatchUp(topic, leaders(bootstrap, topic), start, ends)
+    cu = CatchUp(topic, leaders(bootstrap, topic), start, ends, batch_rows=max_rows, prepare=len)
     chunks = drain(cu, max_rows)
     assert cu.ended is None and cu.positions() == ends
     assert cu.high() == ends  # the broker's watermarks, as the responses gave them
@@ -126,7 +129,8 @@ def test_a_bound_inside_a_record_batch_and_small_responses(bootstrap, topic):
     start = dict.fromkeys(ends, 0)
     # Responses of a few KiB: batches cut short at the end of a response are fetched again, and partitions
     # that a full response left out come later.
-    cu = CatchUp(topic, leaders(bootstrap, topic), start, bound, max_bytes=4096, partition_bytes=2048)
+    cu = CatchUp(topic, leaders(bootstrap, topic), start, bound, max_bytes=4096, partition_bytes=2048,
+                 batch_rows=500, prepare=len)
     chunks = drain(cu, 500)
     assert cu.ended is None and cu.positions() == bound
     assert_exact(chunks, held, start, bound)
@@ -140,7 +144,7 @@ def test_compressed_batches_are_read_or_left_to_the_live_consumer(bootstrap, top
     held = produce(bootstrap, topic, 2000, seed=3, **{"compression.type": codec, "linger.ms": 5})
     ends = {p: len(v) for p, v in held.items()}
     start = dict.fromkeys(ends, 0)
-    cu = CatchUp(topic, leaders(bootstrap, topic), start, ends)
+    cu = CatchUp(topic, leaders(bootstrap, topic), start, ends, batch_rows=10_000, prepare=len)
     chunks = drain(cu, 10_000)
     if codec == "gzip" or importlib.util.find_spec("cramjam"):  # (aiokafka's codecs beside zlib)
         assert cu.ended is None
@@ -157,7 +161,7 @@ def test_an_unreachable_broker_ends_the_catch_up_where_it_began(bootstrap, topic
     start = {0: 3, 1: 0, 2: 1}
     nobody = dict.fromkeys(ends, ("127.0.0.1", _free_port()))
     cu = CatchUp(topic, nobody, start, ends, timeout=2.0)
-    assert cu.poll(100) is None
+    assert cu.poll() is None
     cu.close()
     assert "ConnectionRefusedError" in cu.ended and cu.positions() == start
     rest = live_from(bootstrap, topic, cu.positions(), ends)
@@ -169,10 +173,11 @@ def test_closing_mid_read_stops_the_reading_thread(bootstrap, topic):
     held = produce(bootstrap, topic, 3000, seed=9)
     ends = {p: len(v) for p, v in held.items()}
     start = dict.fromkeys(ends, 0)
-    # Read ahead at most 50 messages, in responses of a few KiB: the thread is mid-read when closed.
-    cu = CatchUp(topic, leaders(bootstrap, topic), start, ends, max_bytes=2048, partition_bytes=1024, ahead=50)
-    first = cu.poll(10)
-    assert first is not None and len(first) == 10
+    # Batches of 10 messages, one made ahead, responses of a few KiB: the thread is mid-read when closed.
+    cu = CatchUp(topic, leaders(bootstrap, topic), start, ends, max_bytes=2048, partition_bytes=1024,
+                 batch_rows=10, ahead=1)
+    first, _ = cu.poll()
+    assert len(first) == 10
     cu.close()
     assert not cu._thread.is_alive()
     # What was read ahead and not returned does not count: positions are where poll() stopped.
@@ -180,6 +185,25 @@ def test_closing_mid_read_stops_the_reading_thread(bootstrap, topic):
     assert pos == {p: int(first.offs[first.parts == p].max()) + 1 if (first.parts == p).any() else start[p]
                    for p in start}
     assert_exact([first, *live_from(bootstrap, topic, pos, ends)], held, start, ends)
+
+
+def test_a_failing_prepare_leaves_the_batch_to_the_caller(bootstrap, topic):
+    create_topic(bootstrap, topic, PARTS)
+    held = produce(bootstrap, topic, 300, seed=2)
+    ends = {p: len(v) for p, v in held.items()}
+    start = dict.fromkeys(ends, 0)
+
+    def prepare(m: Messages) -> int:
+        raise ValueError("cannot")
+
+    cu = CatchUp(topic, leaders(bootstrap, topic), start, ends, batch_rows=64, prepare=prepare)
+    got = []
+    while (b := cu.poll()) is not None:
+        assert b[1] is None
+        got.append(b[0])
+    cu.close()
+    assert cu.ended is None
+    assert_exact(got, held, start, ends)
 
 
 def test_only_plaintext_sources_are_read_by_a_catch_up():
