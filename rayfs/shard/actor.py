@@ -10,6 +10,15 @@ Metrics (``ray.util.metrics``, exported by Ray's Prometheus endpoint; tags ``sto
 (counters); ``rayfs_log_segments``, ``rayfs_log_bytes``, ``rayfs_snapshot_age_seconds``,
 ``rayfs_events_since_snapshot`` and ``rayfs_replay_events_per_second`` (gauges, refreshed after every
 ingest and replay).
+
+Every call runs on one of the actor's thread pools (Ray concurrency groups). Calls that take the shard's lock
+(ingests, replays, definitions, snapshots, inspection) share the default pool of :data:`MAX_CONCURRENCY`
+threads, so once that many wait for the lock every further call in the pool waits for a free thread. Reads
+therefore have pools of their own: :data:`READS` for :meth:`ShardService.get_online_raw`, which never takes
+the lock (a read from another node never waits behind an ingest), and :data:`STATE_READS` for
+:meth:`ShardService.get_online_packed` and :meth:`ShardService.get_packed`, which may wait for the lock (a
+shard without an online table, a feature being backfilled) and so must not hold the threads of the lock-free
+reads, nor those ingests need while they wait for a backfill.
 """
 
 from __future__ import annotations
@@ -25,10 +34,19 @@ from ray.util import metrics
 from rayfs.engine.parts import Part
 from rayfs.shard.core import ShardCore
 
-__all__ = ["GAUGE_REFRESH_S", "SWITCH_INTERVAL_S", "ShardActor", "ShardService", "actor_name"]
+__all__ = ["CONCURRENCY_GROUPS", "GAUGE_REFRESH_S", "MAX_CONCURRENCY", "READS", "STATE_READS", "SWITCH_INTERVAL_S",
+           "ShardActor", "ShardService", "actor_name"]
 
 GAUGE_REFRESH_S = 10.0
 SWITCH_INTERVAL_S = 0.0005  # the shard process's GIL switch interval (see ShardService.__init__)
+MAX_CONCURRENCY = 8  # threads of the default group: calls that take the shard's lock
+READS = "reads"
+"""The concurrency group of reads that never take the shard's lock (:meth:`ShardService.get_online_raw`)."""
+STATE_READS = "state_reads"
+"""The concurrency group of online reads that may wait for the shard's lock (:meth:`ShardService.get_online_packed`,
+:meth:`ShardService.get_packed`)."""
+CONCURRENCY_GROUPS = {READS: 8, STATE_READS: 8}
+"""Threads per read group (each thread serves one call at a time)."""
 _COUNTERS = {"events_ingested": "events appended to the shard's log",
              "bytes_ingested": "bytes appended to the shard's log",
              "errors": "batches the shard refused",
@@ -93,12 +111,14 @@ class ShardService(ShardCore):
         finally:
             self._export()
 
+    @ray.method(concurrency_group=STATE_READS)
     def get_packed(self, args: bytes) -> bytes:
         """:meth:`ShardCore.get` with its pickled arguments ``(entity, keys, names)`` and answer each in one
         buffer: Ray handles every argument and every numpy array of a reply separately, which for an online
         read of a few keys costs more than the read itself."""
         return pickle.dumps(self.get(*pickle.loads(args)), protocol=pickle.HIGHEST_PROTOCOL)
 
+    @ray.method(concurrency_group=STATE_READS)
     def get_online_packed(self, args: bytes) -> bytes:
         """Online values from the shard's online table, without taking the shard's lock: a read never waits
         for an ingest, a snapshot or a backfill of other features. Arguments and answer as
@@ -110,6 +130,7 @@ class ShardService(ShardCore):
             out = self.get(entity, keys, names)
         return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
 
+    @ray.method(concurrency_group=READS)
     def get_online_raw(self, args: bytes) -> bytes | None:
         """The encoded rows of pickled ``[(stream, entity, keys)]`` from the shard's online table and its meta
         entry as stored, pickled (``None`` without a table): the least work a read from another node can cost
@@ -128,7 +149,9 @@ class ShardService(ShardCore):
         return {**super().info(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
-ShardActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=8)(ShardService)
+# max_concurrency sizes the default group only; the read groups add their own threads (see the module's docstring).
+ShardActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=MAX_CONCURRENCY,
+                        concurrency_groups=CONCURRENCY_GROUPS)(ShardService)
 
 
 def actor_name(store_id: str, shard_id: int) -> str:
