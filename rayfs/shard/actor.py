@@ -140,6 +140,14 @@ class ShardService(ShardCore):
         return pickle.dumps(self.online_view.table.read_raw(pickle.loads(args), raw_meta=True),
                             protocol=pickle.HIGHEST_PROTOCOL)
 
+    @ray.method(concurrency_group=READS)
+    def table_location(self) -> dict:
+        """Where the shard's online table is (``online_table``: its path, ``None`` without one) and the
+        node it is on: what a reader needs before its first read, without the shard's lock."""
+        view = self.online_view
+        return {"online_table": view.path if view is not None else None,
+                "node_id": ray.get_runtime_context().get_node_id()}
+
     def replay(self, *args, **kwargs) -> dict:
         out = super().replay(*args, **kwargs)
         self._export()

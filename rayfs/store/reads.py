@@ -287,7 +287,7 @@ class LocalTables:
         if new:
             if self._node is None:
                 self._node = ray.get_runtime_context().get_node_id()
-            infos = ray.get([h.info.remote() for _, h in new])
+            infos = ray.get([h.table_location.remote() for _, h in new])
             for (_, h), info in zip(new, infos, strict=True):
                 reader: OnlineReader | str | None = None
                 if info.get("online_table"):

@@ -108,6 +108,10 @@ def test_reads_answer_while_every_lock_taking_thread_waits_for_the_lock(tmp_path
             fkeys["sum_x"]]
         assert sums.tolist() == want_sum[present].tolist()
 
+        # A process's first read asks where the table is: that answers too.
+        loc = ray.get(handle.table_location.remote(), timeout=ANSWER_S)
+        assert loc["online_table"].endswith("online.lmdb") and loc["node_id"]
+
         # The store's read path as a driver on another node takes it: through the actor.
         monkeypatch.setattr(LocalTables, "readers", lambda self, handles: [REMOTE_TABLE] * len(handles))
         got = store.get_features("user", KEYS, ["n", "sum_x"])
