@@ -15,6 +15,7 @@ outlives its driver; :func:`connect` reaches it by name from any other driver.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +24,7 @@ import pandas as pd
 import ray
 
 from rayfs.engine.parts import is_batches
-from rayfs.errors import DefinitionError, StoreClosedError
+from rayfs.errors import DefinitionError, OptionError, StoreClosedError
 from rayfs.model.definitions import Feature, Stream
 from rayfs.model.ondemand import OnDemandFeature
 from rayfs.storage.catalog import Catalog
@@ -435,7 +436,14 @@ class FeatureStore:
 
         Returns:
             One row per feature: ``feature, entity, checked, mismatches, examples``.
+
+        Raises:
+            OptionError: ``n`` is not a positive integer or ``seed`` not an integer.
         """
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise OptionError(f"audit: n must be a positive integer, not {n!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise OptionError(f"audit: seed must be an integer, not {seed!r}")
         return monitor.audit(self._session, self._reader.resolve(features, None), n, seed)
 
     # ------------------------------------------------------------------------------------- Kafka subscriptions

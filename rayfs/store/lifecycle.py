@@ -13,6 +13,7 @@ store's folder) or attaches to the named store already running there.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import time
 import warnings
@@ -21,7 +22,7 @@ from typing import NamedTuple
 
 import ray
 
-from rayfs.errors import DefinitionError, StoreOpenError
+from rayfs.errors import DefinitionError, OptionError, StoreOpenError
 from rayfs.model.config import DURABILITY, StoreSettings
 from rayfs.model.definitions import check_name
 from rayfs.storage.catalog import Catalog
@@ -48,8 +49,15 @@ def open_store(path: str | os.PathLike, shards: int | None, *, name: str | None,
     A failed open leaves no actor behind and shuts down a Ray it started.
     """
     path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreOpenError(f"store path {path} is a file; a store is a folder (new or holding a store)")
     if durability not in DURABILITY:
         raise DefinitionError(f"durability must be one of {DURABILITY}, not {durability!r}")
+    for option, value in (("segment_bytes", segment_bytes), ("snapshot_every", snapshot_every)):
+        # checked before any actor starts: a shard refusing it in its constructor would die, not say why
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise OptionError(f"{option} must be a positive integer, not {value!r}")
+    segment_bytes, snapshot_every = int(segment_bytes), int(snapshot_every)
     if name is not None:
         check_name(name, "store")
     settings = StoreSettings(path=path, name=name, shards=shards, durability=durability, namespace=namespace,
