@@ -139,11 +139,18 @@ def resolve_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     Raises:
         FileFormatError: a path that does not exist, a pattern or directory without files, no paths.
     """
-    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if isinstance(paths, str | os.PathLike):
+        items = [paths]
+    elif isinstance(paths, Iterable) and not isinstance(paths, bytes):
+        items = list(paths)
+    else:
+        items = [paths]  # refused below, naming it
     if not items:
         raise FileFormatError("<no files>", "no event files given")
     out: list[str] = []
     for item in items:
+        if not isinstance(item, str | os.PathLike):
+            raise FileFormatError(repr(item), f"a path is a str or os.PathLike, not {type(item).__name__}")
         p = os.fspath(item)
         if os.path.isdir(p):
             found = sorted(os.path.join(root, f) for root, dirs, files in os.walk(p) for f in files

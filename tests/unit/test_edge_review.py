@@ -6,7 +6,7 @@ column is all NaN says nothing of the column's type, so a where clause comparing
 type mismatch); a WAL record refused with a DefinitionError (e.g. a where clause's SqlError) is set aside on
 replay like a SchemaError, never blocking the store; float entity keys beyond 2**53 or not finite are refused
 in every column form; an observation batch with repeated column names is refused; a config that is not a
-path is an OptionError.
+path is an OptionError; event files given as something other than paths are a FileFormatError.
 """
 
 from __future__ import annotations
@@ -128,3 +128,9 @@ def test_an_observation_batch_with_repeated_column_names_is_refused_and_nothing_
 def test_a_config_that_is_not_a_path_is_an_option_error(config):
     with pytest.raises(OptionError, match=f"path of a TOML file.*not {type(config).__name__}"):
         rayfs.load_config(config)
+
+
+@pytest.mark.parametrize("paths", [None, 3, [3], [None, "e.csv"], b"e.csv"])
+def test_event_files_that_are_not_paths_are_a_file_format_error(paths):
+    with pytest.raises(rayfs.FileFormatError, match="a path is a str or os.PathLike, not"):
+        rayfs.iter_batches(paths)
