@@ -143,6 +143,7 @@ class FeatureStore:
         """Whether the store's coordinator still runs (False once someone has stopped the store)."""
         return lifecycle.alive(self._session.settings)
 
+    @_actors
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Block until every shard answers (e.g. after a node loss, while shards restart elsewhere)."""
         lifecycle.wait_until_ready(self._session, timeout)

@@ -186,6 +186,6 @@ def wait_until_ready(session: Session, timeout: float = 60.0) -> None:
             ray.get([h.info.remote() for h in session.handles], timeout=max(0.1, deadline - time.monotonic()))
             return
         except Exception:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or not alive(session.settings):  # stopped: no shard comes back
                 raise
             time.sleep(0.2)
