@@ -134,3 +134,16 @@ def test_a_config_that_is_not_a_path_is_an_option_error(config):
 def test_event_files_that_are_not_paths_are_a_file_format_error(paths):
     with pytest.raises(rayfs.FileFormatError, match="a path is a str or os.PathLike, not"):
         rayfs.iter_batches(paths)
+
+
+@pytest.mark.parametrize("dtype", ["Int64", "UInt64", "int64[pyarrow]"])
+def test_nullable_integer_keys_with_nulls_stay_exact_beyond_2_53(dtype):
+    big = 2**63 - 1
+    keys = pd.Series([big, None, 7], dtype=dtype)
+    assert C.key_column(keys, what="column 'k'").tolist() == [big, None, 7]
+
+
+@pytest.mark.parametrize("dtype", ["UInt64", "uint64[pyarrow]"])
+def test_nullable_unsigned_keys_beyond_int64_are_refused_naming_the_row(dtype):
+    with pytest.raises(SchemaError, match="'k'.*18446744073709551615 at row 1"):
+        C.key_column(pd.Series([None, 2**64 - 1], dtype=dtype), what="column 'k'")
