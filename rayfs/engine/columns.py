@@ -198,9 +198,22 @@ def key_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarr
                                   "signed 64-bit integers); send such keys as strings")
         return series.to_numpy(dtype=np.int64)
     nulls = pd.isna(series).to_numpy()
-    if pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+    if pd.api.types.is_integer_dtype(dtype):  # nullable integers holding nulls: exact, never through floats
+        if pd.api.types.is_unsigned_integer_dtype(dtype):
+            big = (series > _INT64_MAX).fillna(False).to_numpy(dtype=bool)
+            if big.any():
+                i = int(np.argmax(big))
+                raise SchemaError(f"{what}: integer key {int(series.iloc[i])} at row {i} does not fit in int64 "
+                                  "(keys are signed 64-bit integers); send such keys as strings")
+        out = np.empty(len(series), dtype=object)
+        out[~nulls] = series[~nulls].to_numpy(dtype=np.int64).tolist()
+        out[nulls] = None
+        return out
+    if pd.api.types.is_float_dtype(dtype):
         f = series.to_numpy(dtype=np.float64, na_value=np.nan)
         ok = f[~nulls]
+        if not np.isfinite(ok).all():
+            raise SchemaError(f"{what}: entity keys must be strings or integers, got {ok[~np.isfinite(ok)][0]}")
         if not np.all(ok == np.round(ok)):
             raise SchemaError(f"{what}: entity keys must be strings or integers, got fractional numbers")
         if len(ok) and np.abs(ok).max() > 2**53:
@@ -235,6 +248,9 @@ def key_column(series: pd.Series, *, what: str, coded: bool = False) -> np.ndarr
                 raise SchemaError(f"{what}: integer key {int(v)} does not fit in 64 bits; send such keys as strings")
             items[i] = int(v)
         elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            if abs(v) > 2**53:  # as in a float column: such a float is no longer the integer it was
+                raise SchemaError(f"{what}: float key {float(v)!r} at row {i} is above 2**53 and has lost "
+                                  "precision; send integer keys as integers")
             items[i] = int(v)
         else:
             raise SchemaError(f"{what}: entity keys must be strings or integers, got {type(v).__name__} {v!r}")

@@ -110,7 +110,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rayfs.errors import ConfigError, DefinitionError, RayfsError, SqlError, WindowError
+from rayfs.errors import ConfigError, DefinitionError, OptionError, RayfsError, SqlError, WindowError
 from rayfs.model.definitions import Feature, Stream, check_name
 
 try:
@@ -472,9 +472,11 @@ def load_config(path: str | os.PathLike) -> StoreConfig:
         ConfigError: the file cannot be read, is not TOML, or describes an invalid store (the message
             names the file, line and key).
     """
-    if not isinstance(path, str | os.PathLike):
-        raise ConfigError(repr(path), None, "", f"load_config takes a file path, not {type(path).__name__}")
-    source = os.fspath(path)
+    try:
+        source = os.fspath(path)
+    except TypeError:
+        raise OptionError(f"a config is the path of a TOML file (str or os.PathLike), not {type(path).__name__}; "
+                          "FeatureStore.apply also takes a StoreConfig") from None
     try:
         with open(source, "rb") as fh:
             raw = fh.read()

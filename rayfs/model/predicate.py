@@ -103,7 +103,10 @@ class _Ctx:
         if k in "iu":
             return _V(_NUM, arr, np.zeros(self.n, dtype=bool))
         if k == "f":
-            return _V(_NUM, arr, np.isnan(arr))
+            null = np.isnan(arr)
+            if null.all():  # as an all-None column: a batch's all-NaN column says nothing of the column's type
+                return _V(_NULL, False, True)
+            return _V(_NUM, arr, null)
         if k in "UT":
             arr = arr.astype(object)
             k = "O"

@@ -250,6 +250,9 @@ class ObservationStreams:
         df = C.to_frame(rows, what=stream)
         if len(df) == 0:
             raise SchemaError(f"{stream}: empty batch")
+        if df.columns.duplicated().any():  # a record holds one column of each name
+            raise SchemaError(f"{stream}: duplicate column names {list(df.columns[df.columns.duplicated()])}; "
+                              "nothing was appended")
         if timestamp not in df.columns:
             raise SchemaError(f"{stream}: the batch lacks the timestamp column {timestamp!r} "
                               f"(it has {[str(c) for c in df.columns]}); nothing was appended")

@@ -8,7 +8,7 @@ lives. Invariants:
 * A WAL is reset (deleted) only when every batch in it is acknowledged by every shard it routes to.
 * A WAL whose ``OWNER`` lock nobody holds belongs to a writer that died: any writer that opens the store
   re-sends its batches (shards drop batch ids they already applied, so a batch lands whole, once) and
-  deletes it. A batch the shards refuse as bad input (a SchemaError) is kept aside in
+  deletes it. A batch the shards refuse as bad input (one of :data:`REFUSED`) is kept aside in
   ``<store>/wal-rejected/`` with a warning, never lost, and leaves the WAL: on replay, and live (the
   caller of ``ingest`` gets the error; the next ingest is not blocked by re-sending it).
 * ``<store>/wal/`` holding segment files directly is the one-writer layout of rayfs 0.1: it is adopted
@@ -25,17 +25,22 @@ import uuid
 import warnings
 from collections.abc import Callable
 
-from rayfs.errors import SchemaError
+from rayfs.errors import DefinitionError, SchemaError
 from rayfs.storage.locks import try_lock, wait_lock
 from rayfs.storage.log import SegmentedLog
 
-__all__ = ["MAX_BATCHES", "MAX_BYTES", "REJECTED_DIR", "WAL_DIR", "WriteAheadLog", "recover_orphans", "set_aside"]
+__all__ = ["MAX_BATCHES", "MAX_BYTES", "REFUSED", "REJECTED_DIR", "WAL_DIR", "WriteAheadLog", "recover_orphans",
+           "set_aside"]
 
 WAL_DIR = "wal"
 REJECTED_DIR = "wal-rejected"
 MAX_BATCHES = 10_000  # far below the ids a shard remembers, so a WAL replay never double-applies
 MAX_BYTES = 256 << 20
 _OWNER = "OWNER"
+
+REFUSED = (SchemaError, DefinitionError)
+"""The errors a shard raises for a batch's content before it logs it (a bad column, or a where clause that
+cannot read it): re-sending that batch cannot succeed, so it is kept aside instead of blocking the WAL."""
 
 
 class WriteAheadLog:
@@ -89,7 +94,7 @@ def recover_orphans(store_path: str, send: Callable[[dict], None], *, skip: str 
 
     Args:
         store_path: the store's folder.
-        send: routes one WAL record to its shards and waits for the acks (raises SchemaError if refused).
+        send: routes one WAL record to its shards and waits for the acks (raises one of REFUSED if refused).
         skip: a WAL directory to leave alone (the caller's own).
 
     Returns:
@@ -147,7 +152,7 @@ def _replay(store_path: str, wal_dir: str, send: Callable[[dict], None], *, segm
         for _, record in log.read(0):
             try:
                 send(record)
-            except SchemaError as exc:  # refused as bad input by a shard: keep it aside, never block open
+            except REFUSED as exc:  # refused as bad input by a shard: keep it aside, never block open
                 set_aside(store_path, record, exc, "on replay")
             n += 1
     finally:

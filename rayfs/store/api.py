@@ -16,6 +16,7 @@ outlives its driver; :func:`connect` reaches it by name from any other driver.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,7 +25,7 @@ import pandas as pd
 import ray
 
 from rayfs.engine.parts import is_batches
-from rayfs.errors import DefinitionError, StoreClosedError
+from rayfs.errors import DefinitionError, OptionError, StoreClosedError
 from rayfs.model.definitions import Feature, Stream
 from rayfs.model.ondemand import OnDemandFeature
 from rayfs.storage.catalog import Catalog
@@ -143,6 +144,7 @@ class FeatureStore:
         """Whether the store's coordinator still runs (False once someone has stopped the store)."""
         return lifecycle.alive(self._session.settings)
 
+    @_actors
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Block until every shard answers (e.g. after a node loss, while shards restart elsewhere)."""
         lifecycle.wait_until_ready(self._session, timeout)
@@ -436,7 +438,14 @@ class FeatureStore:
 
         Returns:
             One row per feature: ``feature, entity, checked, mismatches, examples``.
+
+        Raises:
+            OptionError: ``n`` is not a positive integer or ``seed`` not an integer.
         """
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise OptionError(f"audit: n must be a positive integer, not {n!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise OptionError(f"audit: seed must be an integer, not {seed!r}")
         return monitor.audit(self._session, self._reader.resolve(features, None), n, seed)
 
     # ------------------------------------------------------------------------------------- Kafka subscriptions

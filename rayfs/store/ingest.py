@@ -21,9 +21,9 @@ import ray
 from rayfs.engine import columns as C
 from rayfs.engine import parts as P
 from rayfs.engine.fold import TS
-from rayfs.errors import RayfsError, SchemaError, StoreOpenError
+from rayfs.errors import RayfsError, StoreOpenError
 from rayfs.model.definitions import Stream
-from rayfs.storage.wal import WriteAheadLog, recover_orphans, set_aside
+from rayfs.storage.wal import REFUSED, WriteAheadLog, recover_orphans, set_aside
 from rayfs.store.session import Session
 
 __all__ = ["Ingestor"]
@@ -122,7 +122,7 @@ class Ingestor:
                 self.send_record(record, part)
             except BaseException as exc:
                 self._finish(record, False, exc)
-                if not isinstance(exc, SchemaError):  # kept in the WAL (see _finish): say so, and how to retry
+                if not isinstance(exc, REFUSED):  # kept in the WAL (see _finish): say so, and how to retry
                     exc.add_note(f"rayfs: batch {bid!r} is in this process's write-ahead log and WILL be applied, "
                                  "once, by its next ingest or when the store is next opened; to retry it yourself "
                                  f"pass batch_id={bid!r} (without it its events would count twice)")
@@ -210,7 +210,7 @@ class Ingestor:
     def _finish(self, record: dict, ok: bool, exc: BaseException | None = None) -> None:
         """The end of one logged record's journey: acknowledged (``ok``), or failed with ``exc``."""
         key = (record["stream"], record["batch_id"])
-        if not ok and isinstance(exc, SchemaError):
+        if not ok and isinstance(exc, REFUSED):
             # Refused by a shard as bad input (e.g. this driver's catalog was stale): re-sending cannot
             # succeed, and would block every later ingest of this process. Keep it aside, whole. (Other
             # errors, a stopped store or an unreachable shard, keep it in the WAL to be completed later.)
@@ -304,7 +304,7 @@ class Ingestor:
                 continue
             try:
                 self.send_record(record)  # raises while shards are unreachable: nothing new is logged meanwhile
-            except SchemaError as exc:  # refused as bad input: kept aside (see _finish), never re-sent again
+            except REFUSED as exc:  # refused as bad input: kept aside (see _finish), never re-sent again
                 set_aside(self.session.path, record, exc, "by a shard on re-send")
             with self._lock:
                 self.wal.acked(key)

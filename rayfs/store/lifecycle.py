@@ -57,8 +57,15 @@ def open_store(path: str | os.PathLike, shards: int | None, *, name: str | None,
         raise OptionError(f"segment_bytes must be a positive integer, not {segment_bytes!r}")
     if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int):
         raise OptionError(f"snapshot_every must be an integer (batches between snapshots), not {snapshot_every!r}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreOpenError(f"store path {path} is a file; a store is a folder (new or holding a store)")
     if durability not in DURABILITY:
         raise DefinitionError(f"durability must be one of {DURABILITY}, not {durability!r}")
+    for option, value in (("segment_bytes", segment_bytes), ("snapshot_every", snapshot_every)):
+        # checked before any actor starts: a shard refusing it in its constructor would die, not say why
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise OptionError(f"{option} must be a positive integer, not {value!r}")
+    segment_bytes, snapshot_every = int(segment_bytes), int(snapshot_every)
     if name is not None:
         check_name(name, "store")
     settings = StoreSettings(path=path, name=name, shards=shards, durability=durability, namespace=namespace,
@@ -200,6 +207,6 @@ def wait_until_ready(session: Session, timeout: float = 60.0) -> None:
             ray.get([h.info.remote() for h in session.handles], timeout=max(0.1, deadline - time.monotonic()))
             return
         except Exception:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or not alive(session.settings):  # stopped: no shard comes back
                 raise
             time.sleep(0.2)

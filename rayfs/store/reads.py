@@ -165,6 +165,10 @@ def _scatter(defaults: dict[str, np.ndarray], res: dict, pos: np.ndarray) -> Non
         col[at] = vals
 
 
+def _has_entity(catalog, entity) -> bool:
+    return any(entity in s.entities for s in catalog.streams.values())
+
+
 def _key_array(keys: list, entity: str) -> np.ndarray:
     """The normalised keys of a read (:func:`rayfs.engine.columns.key_column`); strings without pandas."""
     what = f"keys of entity {entity!r}"
@@ -337,6 +341,13 @@ class Reader:
         ``features=None`` means the latest version of every feature (of ``entity`` if given).
         """
         catalog = self.session.catalog
+        if features is None and entity is not None and not _has_entity(catalog, entity):
+            self.session.refresh()  # a stream another driver registered
+            catalog = self.session.catalog
+            if not _has_entity(catalog, entity):
+                known = sorted({e for s in catalog.streams.values() for e in s.entities})
+                raise DefinitionError(f"entity {entity!r}: no stream has this entity field (entity fields: "
+                                      f"{known})")
         if features is None:
             names = dict.fromkeys(f.name for f in catalog.features.values())  # in registration order
             latest = [(n, catalog.latest(n)) for n in names]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rayfs.errors import ConfigError, DefinitionError
+from rayfs.errors import ConfigError, DefinitionError, OptionError
 from rayfs.model.config import KeyLines, StoreConfig, StoreSettings, dump_config, load_config, parse_config
 from rayfs.model.definitions import Feature, Stream
 from rayfs.model.sql import features_from_sql
@@ -350,7 +350,7 @@ def test_load_config_file_errors(tmp_path: Path) -> None:
         load_config(wrong)
     assert str(info.value).startswith(f"{wrong}:17: features[0].agg: ")
     for path in (None, 5, ["a.toml"]):
-        with pytest.raises(ConfigError, match=f"load_config takes a file path, not {type(path).__name__}"):
+        with pytest.raises(OptionError, match=f"path of a TOML file.*not {type(path).__name__}"):
             load_config(path)
 
 
