@@ -234,7 +234,7 @@ CASES = [
     ("observations_name_not_a_str", lambda s: s.observations(5), E.UnknownStreamError, "5"),
     ("feature_stats_not_names", lambda s: s.feature_stats(5), E.OptionError, "features"),
     ("feature_stats_of_not_a_frame", lambda s: s.feature_stats(training_set=5), E.OptionError, "training_set"),
-    ("audit_n_not_an_int", lambda s: s.audit(n="10"), E.OptionError, "n must be an integer"),
+    ("audit_n_not_an_int", lambda s: s.audit(n="10"), E.OptionError, "n must be a positive integer"),
     ("audit_seed_not_an_int", lambda s: s.audit(seed="x"), E.OptionError, "seed"),
     ("wait_until_ready_timeout_not_a_number", lambda s: s.wait_until_ready(timeout="1"), E.OptionError,
      "timeout"),
