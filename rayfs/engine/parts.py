@@ -149,6 +149,9 @@ def normalise(s: Stream, catalog: CatalogView, data) -> Normalised:
             cols[c] = C.conform(col, schema.get(c, kind))
         kinds[c] = kind
     changed = {c: k for c, k in kinds.items() if k is not None and schema.get(c) != k}
+    seen = catalog.null_columns.get(s.name, ())
+    # first sight of a column holding nulls only: recorded (kind None) so that features may read it
+    changed.update((c, None) for c, k in kinds.items() if k is None and c not in schema and c not in seen)
     if changed:  # first sight of a column's type: it must suit every feature that reads it
         merged = {**schema, **changed}
         for f in catalog.features.values():

@@ -50,6 +50,8 @@ class Catalog:
         self.features: dict[str, Feature] = {}
         self.on_demand: dict[str, OnDemandFeature] = {}
         self.schema: dict[str, dict[str, str]] = {}
+        # columns a stream's batches carried with nulls only (no kind yet): features may read them
+        self.null_columns: dict[str, list[str]] = {}
         self.next_version: dict[str, int] = {}  # a dropped version number is never reused
 
     @classmethod
@@ -73,6 +75,7 @@ class Catalog:
         cat.features = {f.key: f for f in map(Feature.from_dict, d["features"])}
         cat.on_demand = {f.key: f for f in map(OnDemandFeature.from_dict, d.get("on_demand", []))}
         cat.schema = d["schema"]
+        cat.null_columns = {k: list(v) for k, v in d.get("null_columns", {}).items()}
         cat.next_version = dict(d.get("next_version", {}))
         for f in [*cat.features.values(), *cat.on_demand.values()]:
             cat.next_version[f.name] = max(cat.next_version.get(f.name, 1), f.version + 1)
@@ -83,7 +86,7 @@ class Catalog:
                 "streams": [s.to_dict() for s in self.streams.values()],
                 "features": [f.to_dict() for f in self.features.values()],
                 "on_demand": [f.to_dict() for f in self.on_demand.values()], "schema": self.schema,
-                "next_version": self.next_version}
+                "null_columns": self.null_columns, "next_version": self.next_version}
 
     def save(self) -> None:
         """Write the catalog atomically, counting one more change."""
@@ -304,7 +307,8 @@ class Catalog:
         need: set[str] = {f.column} if f.column else set()
         if f.where:
             need |= Predicate.parse(f.where, feature=f.name).columns
-        missing = sorted(c for c in need if c not in kinds and c not in s.entities)
+        seen = set(self.null_columns.get(f.stream, ()))
+        missing = sorted(c for c in need if c not in kinds and c not in seen and c not in s.entities)
         if missing:
             raise DefinitionError(f"feature {f.name!r}: stream {f.stream!r} has no column(s) {missing}; "
                                   f"it has {sorted(kinds)}")

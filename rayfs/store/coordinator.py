@@ -161,11 +161,17 @@ class Coordinator:
         ray.get([h.drop_feature.remote(f.key, version) for h in self.handles()])
         return f.to_dict(), self.get_catalog()
 
-    def update_schema(self, stream: str, kinds: dict[str, str]) -> dict:
-        """Record column kinds first seen by some driver; refuse a kind that conflicts with an earlier one."""
+    def update_schema(self, stream: str, kinds: dict[str, str | None]) -> dict:
+        """Record column kinds first seen by some driver; refuse a kind that conflicts with an earlier one.
+
+        A kind ``None`` is a column seen with nulls only: it is recorded as existing, kind still unknown.
+        """
         with self._lock:
             schema = self.catalog.schema.setdefault(stream, {})
             entities = self.catalog.streams[stream].entities
+            nulls = sorted(c for c, k in kinds.items() if k is None and c not in schema
+                           and c not in self.catalog.null_columns.get(stream, ()))
+            kinds = {c: k for c, k in kinds.items() if k is not None}
             changed = {}
             for c, k in kinds.items():
                 old = schema.get(c)
@@ -184,5 +190,8 @@ class Coordinator:
                     if f.stream == stream:
                         self.catalog.check_types(f, merged, error=SchemaError)
                 schema.update(changed)
+            if nulls:
+                self.catalog.null_columns.setdefault(stream, []).extend(nulls)
+            if changed or nulls:
                 self.catalog.save()
             return self.catalog.to_dict()

@@ -247,3 +247,20 @@ def test_waiting_for_a_store_another_driver_stopped_is_a_store_closed_error(ray_
     with pytest.raises(E.StoreClosedError, match=f"'{name}' was stopped"):
         a.wait_until_ready(timeout=600)  # raised as soon as the store is found stopped, not at the timeout
     a.close()
+
+
+def test_a_column_sent_with_nulls_only_can_be_read_by_features_registered_later(ray_session, tmp_path):
+    with rayfs.FeatureStore.open(tmp_path / "s", shards=2) as st:
+        st.register_stream("evn", entities=["k"], timestamp="ts")
+        st.ingest("evn", pd.DataFrame({"k": ["a", "b"], "ts": [T, T], "v": [None, None], "s": ["x", "y"]}))
+        with pytest.raises(rayfs.DefinitionError, match=r"no column\(s\) \['vv'\]"):  # a typo is still refused
+            st.register_feature(rayfs.Feature(name="mv", stream="evn", entity="k", agg="max", column="vv"))
+        st.register_feature(rayfs.Feature(name="mv", stream="evn", entity="k", agg="max", column="v"))
+        st.register_sql("SELECT k, COUNT(*) AS pos FROM evn WHERE v > 0 GROUP BY k")
+        st.ingest("evn", pd.DataFrame({"k": ["a"], "ts": [T + S], "v": [2.0]}))
+    with rayfs.FeatureStore.open(tmp_path / "s") as st:
+        st.register_feature(rayfs.Feature(name="lv", stream="evn", entity="k", agg="last", column="v", window="1d"))
+        got = st.get_features("k", ["a", "b"], features=["mv", "pos", "lv"])
+        assert got["pos"].tolist() == [1, 0]
+        for f in ("mv", "lv"):
+            assert got[f].iloc[0] == 2.0 and np.isnan(got[f].iloc[1]), f

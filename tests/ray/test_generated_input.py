@@ -303,6 +303,7 @@ FEATURE_MENU = [  # (agg, column, window, where)
     ("count", None, None, None), ("sum", "v", None, None), ("mean", "v", "1h", None), ("max", "v", "90s", None),
     ("last", "v", None, "v > 0"), ("count_distinct", "v", "1d", None), ("stddev", "v", None, "v IS NOT NULL"),
     ("first", "s", None, None), ("count", "s", "10m", "s <> 'x'"),
+    ("count", None, "1h", "v > 0"),  # a row count: a where's null handling shows (the others skip null values)
 ]
 BAD_FEATURES = [  # (overrides, expected error)
     ({"name": "k"}, rayfs.DefinitionError), ({"name": "ts"}, rayfs.DefinitionError),
@@ -342,7 +343,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.ev = f"m{next(NAMES)}"
         self.labs = [f"{self.ev}_lab1", f"{self.ev}_lab2"]
         self.store.register_stream(self.ev, entities=["k"], timestamp="ts")
-        for agg, column, window, where in (FEATURE_MENU[1], FEATURE_MENU[4]):  # checked from the first step
+        for agg, column, window, where in (FEATURE_MENU[1], FEATURE_MENU[4], FEATURE_MENU[-1]):  # from the start
             f = self.store.register_feature(rayfs.Feature(name=f"f{next(NAMES)}", stream=self.ev, entity="k",
                                                           agg=agg, column=column, window=window, where=where))
             self.features[f.name] = f

@@ -182,7 +182,9 @@ def test_normalise_reports_first_seen_kinds(tmp_path):
     assert list(cols) == [TS, "user", "item", "x", "s"]
     assert cols[TS].tolist() == [1_000_000, 2_000_000]
     assert kinds == {"user": "str", "item": "num", "x": "num", "s": None}
-    assert changed == {"item": "num", "x": "num"}  # user is known; s is all null: no kind yet
+    assert changed == {"item": "num", "x": "num", "s": None}  # user is known; s is all null: seen, no kind yet
+    cat.null_columns["ev"] = ["s"]
+    assert P.normalise(TWO, cat, df)[2] == {"item": "num", "x": "num"}  # s reported once
 
 
 def test_normalise_marks_keys_of_a_new_type_mixed(tmp_path):
