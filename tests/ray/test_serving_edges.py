@@ -135,7 +135,7 @@ def served(tmp_path_factory):
 
     from rayfs.serve.http import serve_http, stop_http
 
-    name = "review" + uuid.uuid4().hex[:8]
+    name = "edges" + uuid.uuid4().hex[:8]
     store = open_store(tmp_path_factory.mktemp("served"), name=name)
     try:
         seen = events(3, 900)

@@ -1,5 +1,4 @@
-"""Edge inputs beyond the twelve of the bad-input report, through the public API, and every public entry
-point's error path.
+"""Edge inputs through the public API, and every public entry point's error path.
 
 Pinned: a where clause on a column whose first batch holds only NaN neither fails that ingest nor blocks
 later ones or the next open; float keys beyond 2**53 are refused in reads as in ingest; an observation append
@@ -28,7 +27,7 @@ S = pd.Timedelta(seconds=1)
 
 @pytest.fixture(scope="module")
 def store(ray_session, tmp_path_factory):
-    path = tmp_path_factory.mktemp("review") / "s"
+    path = tmp_path_factory.mktemp("edges") / "s"
     with rayfs.FeatureStore.open(path, shards=2) as st:
         st.register_stream("ev", entities=["k"], timestamp="ts")
         st.register_sql("SELECT k, COUNT(*) AS n, SUM(v) AS sv FROM ev GROUP BY k")
@@ -240,7 +239,7 @@ def test_a_closed_handle_refuses_every_entry_point_that_needs_the_store(ray_sess
 
 
 def test_waiting_for_a_store_another_driver_stopped_is_a_store_closed_error(ray_session, tmp_path):
-    name = f"review_{os.getpid()}"
+    name = f"edges_{os.getpid()}"
     a = rayfs.FeatureStore.open(tmp_path / "s", shards=1, name=name)
     a.wait_until_ready(timeout=30)
     rayfs.connect(name).stop()

@@ -1,4 +1,4 @@
-"""Edge inputs found by reviewing bad-input handling, Ray-free parts: each either works exactly or is refused
+"""Edge inputs, Ray-free parts: each either works exactly or is refused
 with a RayfsError naming the culprit, and nothing is written.
 
 Pinned: a where clause reads a batch's all-NaN float column as the all-null column it is (a batch whose
