@@ -53,10 +53,11 @@ def open_store(path: str | os.PathLike, shards: int | None, *, name: str | None,
     path = os.path.abspath(os.fspath(path))
     _check_namespace(namespace)
     # The shards apply these; checked here so that a bad value is an error, not a shard that cannot start.
-    if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) or segment_bytes <= 0:
+    if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, numbers.Integral) or segment_bytes <= 0:
         raise OptionError(f"segment_bytes must be a positive integer, not {segment_bytes!r}")
-    if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int):
+    if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, numbers.Integral):
         raise OptionError(f"snapshot_every must be an integer (batches between snapshots), not {snapshot_every!r}")
+    segment_bytes, snapshot_every = int(segment_bytes), int(snapshot_every)
     if os.path.exists(path) and not os.path.isdir(path):
         raise StoreOpenError(f"store path {path} is a file; a store is a folder (new or holding a store)")
     if durability not in DURABILITY:
