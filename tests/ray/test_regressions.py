@@ -1,4 +1,4 @@
-"""Regressions found in review, pinned on a real store: typed reads of entity columns, per-stream batch
+"""Regressions pinned on a real store: typed reads of entity columns, per-stream batch
 ids, observation streams whose timestamp type changes."""
 
 from __future__ import annotations

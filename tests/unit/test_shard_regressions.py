@@ -1,4 +1,4 @@
-"""Regressions found in review, pinned on the shard state machine (no Ray)."""
+"""Regressions pinned on the shard state machine (no Ray)."""
 
 from __future__ import annotations
 
