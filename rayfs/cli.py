@@ -175,6 +175,8 @@ def _apply(cfg, store) -> None:
             store.register_feature(f, progress=bar.update)
         finally:
             bar.close()
+    for od in cfg.on_demand:  # [[on_demand]] tables
+        store.register_on_demand(od.feature())
     for stream, source in cfg.kafka:  # [streams.kafka] tables
         store.subscribe(stream, source)
     for o in cfg.observations:  # [[observations]] tables

@@ -62,13 +62,18 @@ Schema (every table rejects keys it does not list; every value's type is checked
 * ``[[sql]]``: ``query`` (required: ``SELECT <entity>, <AGG>(...) [AS name], ... FROM <stream> [WHERE ...]
   GROUP BY <entity>``, see :mod:`rayfs.model.sql`); ``window``, ``description``, ``owner``, ``tags`` (given to
   every feature of the statement).
+* ``[[on_demand]]``: an on-demand feature (see :class:`rayfs.OnDemandFeature`): ``name``, ``function``
+  (required; ``"package.module:attribute"``, a vectorised function importable where the config is applied:
+  the store keeps it by value, as :meth:`FeatureStore.register_on_demand
+  <rayfs.store.FeatureStore.register_on_demand>` does); ``inputs`` (stored features it reads),
+  ``request`` (request fields), ``tags`` (arrays of strings); ``description``, ``owner`` (strings).
 * ``[serve]`` (optional; the HTTP feature server of ``rayfs serve --http``, see :class:`ServeSettings`):
   ``port`` (integer 1-65535), ``host`` (string), ``token`` or ``token_env`` (strings, not both),
   ``max_keys`` (integer >= 1), ``num_replicas`` (integer >= 1 or ``"auto"``).
 
 Rules beyond the types: a feature's (or SQL statement's) stream must be a stream of the same config and
 its entity one of that stream's entities; stream names are unique, and feature names are unique across
-``[[features]]`` and the features of every ``[[sql]]`` statement. ``[[sql]]`` statements expand to
+``[[features]]``, the features of every ``[[sql]]`` statement and ``[[on_demand]]``. ``[[sql]]`` statements expand to
 features in file order, after the ``[[features]]`` tables.
 
 Paths: a relative ``store.path`` is resolved against the directory of the config file (not the current
@@ -118,14 +123,16 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["DEFAULT_NAMESPACE", "DURABILITY", "KeyLines", "ServeSettings", "StoreConfig", "StoreSettings",
-           "dump_config", "format_path", "load_config", "parse_config"]
+__all__ = ["DEFAULT_NAMESPACE", "DURABILITY", "KeyLines", "OnDemandSpec", "ServeSettings", "StoreConfig",
+           "StoreSettings", "dump_config", "format_path", "load_config", "parse_config"]
 
 DURABILITY = ("sync", "group", "none")
 """The store's durability modes (as :meth:`FeatureStore.open <rayfs.store.FeatureStore.open>` takes them)."""
 DEFAULT_NAMESPACE = "rayfs"
 
-_TOP_KEYS = ("store", "streams", "features", "sql", "serve", "observations")
+_TOP_KEYS = ("store", "streams", "features", "sql", "serve", "observations", "on_demand")
+_ON_DEMAND_KEYS = ("name", "function", "inputs", "request", "description", "owner", "tags")
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 _STORE_KEYS = ("name", "path", "shards", "durability", "namespace", "online_table")
 _STREAM_KEYS = ("name", "entities", "timestamp")
 _FEATURE_KEYS = ("name", "stream", "entity", "agg", "column", "window", "where", "k", "q", "description",
@@ -401,6 +408,60 @@ class ObservationSubscription:
 
 
 @dataclass(frozen=True)
+class OnDemandSpec:
+    """An ``[[on_demand]]`` table: an on-demand feature whose function is named by its import path.
+
+    Attributes:
+        name: the feature's name.
+        function: ``"package.module:attribute"`` (the attribute may be dotted).
+        inputs: stored features it reads (``name`` or ``name@version``).
+        request: request fields it reads.
+        description: free text.
+        owner: who answers for it.
+        tags: labels for discovery.
+
+    >>> import math
+    >>> OnDemandSpec("root", "math:sqrt").load() is math.sqrt
+    True
+    """
+
+    name: str
+    function: str
+    inputs: tuple[str, ...] = ()
+    request: tuple[str, ...] = ()
+    description: str = ""
+    owner: str = ""
+    tags: tuple[str, ...] = ()
+
+    def load(self) -> Any:
+        """The function, imported.
+
+        Raises:
+            DefinitionError: its module cannot be imported or has no such attribute (naming the feature).
+        """
+        import importlib
+
+        module, _, attr = self.function.partition(":")
+        try:
+            out: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                out = getattr(out, part)
+        except Exception as exc:  # noqa: BLE001 - any import failure of user code is the config's problem
+            raise DefinitionError(f"on-demand feature {self.name!r}: cannot load function {self.function!r}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        if not callable(out):
+            raise DefinitionError(f"on-demand feature {self.name!r}: {self.function!r} is not callable")
+        return out
+
+    def feature(self) -> Any:
+        """The :class:`rayfs.OnDemandFeature` it declares, its function imported (see :meth:`load`)."""
+        from rayfs.model.ondemand import OnDemandFeature
+
+        return OnDemandFeature(name=self.name, function=self.load(), inputs=self.inputs, request=self.request,
+                               description=self.description, owner=self.owner, tags=self.tags)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """A parsed store config (see the module docstring).
 
@@ -412,6 +473,7 @@ class StoreConfig:
         serve: the ``[serve]`` settings (defaults when the table is absent).
         kafka: ``(stream, rayfs.KafkaSource)`` of each ``[streams.kafka]`` table, in file order.
         observations: the ``[[observations]]`` tables, in file order.
+        on_demand: the ``[[on_demand]]`` tables, in file order.
     """
 
     store: StoreSettings
@@ -421,6 +483,7 @@ class StoreConfig:
     serve: ServeSettings = ServeSettings()
     kafka: tuple[tuple[str, Any], ...] = ()
     observations: tuple[ObservationSubscription, ...] = ()
+    on_demand: tuple[OnDemandSpec, ...] = ()
 
     @property
     def stream_map(self) -> dict[str, Stream]:
@@ -641,6 +704,11 @@ class _Parser:
             for f in self.sql(entry, ("sql", i), streams):
                 self.unique(f.name, ("sql", i, "query"), seen, "feature")
                 features.append(f)
+        on_demand: list[OnDemandSpec] = []
+        for i, entry in enumerate(self.array(doc, "on_demand")):
+            od = self.on_demand(entry, ("on_demand", i))
+            self.unique(od.name, ("on_demand", i, "name"), seen, "feature")
+            on_demand.append(od)
         serve = self.serve(doc["serve"]) if "serve" in doc else ServeSettings()
         observations: list[ObservationSubscription] = []
         seen = {}
@@ -649,7 +717,8 @@ class _Parser:
             self.unique(o.name, ("observations", i, "name"), seen, "observation stream")
             observations.append(o)
         return StoreConfig(store=store, streams=tuple(streams.values()), features=tuple(features),
-                           source=self.source, serve=serve, kafka=tuple(kafka), observations=tuple(observations))
+                           source=self.source, serve=serve, kafka=tuple(kafka), observations=tuple(observations),
+                           on_demand=tuple(on_demand))
 
     def unique(self, name: str, path: Path, seen: dict[str, Path], what: str) -> None:
         if name in seen:
@@ -773,6 +842,20 @@ class _Parser:
             return Feature(**kw)
         except RayfsError as exc:
             raise self.error(p + (_blame(exc, doc),), str(exc)) from None
+
+    def on_demand(self, doc: dict, p: Path) -> OnDemandSpec:
+        self.table(doc, p, _ON_DEMAND_KEYS, ("name", "function"))
+        name = self.string(doc, p, "name")
+        self.name(name, p + ("name",), "on-demand feature")
+        function = self.string(doc, p, "function")
+        if not _IMPORT_PATH.fullmatch(function):
+            raise self.error(p + ("function",), f"on-demand feature {name!r}: function must be an import path "
+                                                f"'package.module:attribute', not {function!r}")
+        return OnDemandSpec(name=name, function=function, inputs=self.strings(doc, p, "inputs") or (),
+                            request=self.strings(doc, p, "request") or (),
+                            description=self.string(doc, p, "description", "", empty=True),
+                            owner=self.string(doc, p, "owner", "", empty=True),
+                            tags=self.strings(doc, p, "tags") or ())
 
     def sql(self, doc: dict, p: Path, streams: Mapping[str, Stream]) -> list[Feature]:
         from rayfs.model.sql import features_from_sql
@@ -917,4 +1000,10 @@ def dump_config(config: StoreConfig, *, relative_to: str | os.PathLike | None = 
             v = getattr(f, k)
             if v is not None and v != "" and v != ():
                 out.append(f"{k} = {_toml_value(v, f'feature {f.name!r}: {k}')}")
+    for od in config.on_demand:
+        out += ["", "[[on_demand]]"]
+        for k in _ON_DEMAND_KEYS:
+            v = getattr(od, k)
+            if v != "" and v != ():
+                out.append(f"{k} = {_toml_value(v, f'on-demand feature {od.name!r}: {k}')}")
     return "\n".join(out) + "\n"

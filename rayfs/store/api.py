@@ -273,18 +273,20 @@ class FeatureStore:
     def apply(self, config) -> dict:
         """Register the streams and features of a config (a path or a :class:`rayfs.model.config.StoreConfig`).
 
-        Returns ``{"streams": [...], "features": [...], "subscriptions": [...]}`` with what was registered
-        (no-ops included); a stream with a ``[streams.kafka]`` table is subscribed to its topic, and so is
-        each ``[[observations]]`` stream.
+        Returns ``{"streams": [...], "features": [...], "on_demand": [...], "subscriptions": [...]}`` with
+        what was registered (no-ops included); a stream with a ``[streams.kafka]`` table is subscribed to its
+        topic, and so is each ``[[observations]]`` stream. Each ``[[on_demand]]`` function is imported here
+        and kept by value in the store, so processes without its module apply it too.
         """
         cfg = definitions.as_config(config)
         streams = [self.register_stream(s.name, s.entities, s.timestamp) for s in cfg.streams]
         features = [self.register_feature(f) for f in cfg.features]
+        on_demand = [self.register_on_demand(od.feature()) for od in cfg.on_demand]
         for stream, source in cfg.kafka:
             self.subscribe(stream, source)
         for o in cfg.observations:
             self.subscribe(o.name, o.source, observation_keys=list(o.keys), timestamp=o.timestamp)
-        return {"streams": streams, "features": features,
+        return {"streams": streams, "features": features, "on_demand": on_demand,
                 "subscriptions": [s for s, _ in cfg.kafka] + [o.name for o in cfg.observations]}
 
     # ------------------------------------------------------------------------------------- ingest

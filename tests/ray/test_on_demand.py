@@ -331,3 +331,52 @@ def test_bad_definitions_and_requests_name_the_feature_and_register_nothing(stor
     finally:
         s.drop_feature("boom")
         s.drop_feature("short")
+
+
+def test_a_config_declares_on_demand_features_by_import_path(tmp_path, capsys):
+    # ``rayfs apply`` (the CLI) and FeatureStore.apply register [[on_demand]] tables alike; the function is
+    # imported where the config is applied and kept by value, so training sets (computed beside the shards)
+    # apply the same function.
+    path = tmp_path / "s"
+    config = tmp_path / "store.toml"
+    config.write_text(textwrap.dedent(f"""\
+        [store]
+        path = "{path}"
+        shards = 2
+
+        [[streams]]
+        name = "ev"
+        entities = ["user", "post"]
+        timestamp = "ts"
+
+        [[features]]
+        name = "n"
+        stream = "ev"
+        entity = "user"
+        agg = "count"
+
+        [[features]]
+        name = "n_1d"
+        stream = "ev"
+        entity = "user"
+        agg = "count"
+        window = "1d"
+
+        [[on_demand]]
+        name = "ratio"
+        function = "{__name__}:ratio"
+        inputs = ["n_1d", "n"]
+        owner = "ann"
+        """))
+    assert main(["apply", str(config)]) == 0
+    capsys.readouterr()
+    ev = events(9, 600)
+    with rayfs.FeatureStore.open(path) as s:
+        assert s.describe("ratio")["owner"] == "ann"
+        s.ingest("ev", ev)
+        got = s.get_features("user", USERS, ["n", "n_1d", "ratio"])
+        np.testing.assert_allclose(got["ratio"].to_numpy(dtype=float), ratio(got).to_numpy(dtype=float))
+        obs = pd.DataFrame({"user": USERS, "ts": T0 + 2 * DAY})
+        ts = s.training_set(obs, ["n", "n_1d", "ratio"])
+        np.testing.assert_allclose(ts["ratio"].to_numpy(dtype=float), ratio(ts).to_numpy(dtype=float))
+        assert s.apply(str(config))["on_demand"][0].version == 1  # applying again changes nothing

@@ -520,3 +520,58 @@ def test_config_error_pickles() -> None:
     e = error(replace_line(GOOD, 'agg = "count"', 'agg = "cnt"'))
     again = pickle.loads(pickle.dumps(e))
     assert type(again) is ConfigError and str(again) == str(e) and (again.line, again.key) == (17, "features[0].agg")
+
+
+ON_DEMAND = """
+[[on_demand]]
+name = "root_n"
+function = "math:sqrt"
+inputs = ["n"]
+request = ["lat"]
+description = "a function named by its import path"
+tags = ["demo"]
+"""
+
+
+def test_on_demand_tables_parse_round_trip_and_load() -> None:
+    import math
+
+    cfg = parse_config(GOOD + ON_DEMAND)
+    (od,) = cfg.on_demand
+    assert (od.name, od.function, od.inputs, od.request, od.tags) == ("root_n", "math:sqrt", ("n",), ("lat",),
+                                                                      ("demo",))
+    assert parse_config(dump_config(cfg)) == cfg
+    assert od.load() is math.sqrt
+    f = od.feature()
+    assert (f.name, f.inputs, f.request, f.description) == ("root_n", ("n",), ("lat",), od.description)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (('function = "math:sqrt"', 'function = "math.sqrt"'), r"on_demand\[0\]\.function: .*import path"),
+    (('function = "math:sqrt"', 'function = "math:"'), r"on_demand\[0\]\.function: .*import path"),
+    (('function = "math:sqrt"\n', ""), r"on_demand\[0\].*function"),
+    (('inputs = ["n"]', 'inputs = "n"'), r"on_demand\[0\]\.inputs: expected an array"),
+    (('name = "root_n"', 'name = "x y"'), r"on_demand\[0\]\.name"),
+    (("tags = [", "tagz = ["), r"unknown key 'tagz'"),
+])
+def test_on_demand_table_errors_name_the_table_and_key(edit: tuple[str, str], match: str) -> None:
+    assert edit[0] in ON_DEMAND
+    with pytest.raises(ConfigError, match=match):
+        parse_config(GOOD + ON_DEMAND.replace(*edit))
+
+
+def test_on_demand_names_are_unique_across_features() -> None:
+    name = parse_config(GOOD).features[0].name
+    with pytest.raises(ConfigError, match=f"duplicate feature name '{name}'"):
+        parse_config(GOOD + ON_DEMAND.replace('name = "root_n"', f'name = "{name}"'))
+
+
+@pytest.mark.parametrize(("function", "match"), [
+    ("no_such_module_xyz:f", "ModuleNotFoundError"),
+    ("math:no_such_attribute", "AttributeError"),
+    ("math:pi", "not callable"),
+])
+def test_an_on_demand_function_that_cannot_be_loaded_is_a_definition_error(function: str, match: str) -> None:
+    (od,) = parse_config(GOOD + ON_DEMAND.replace("math:sqrt", function)).on_demand
+    with pytest.raises(DefinitionError, match=f"on-demand feature 'root_n': .*{match}"):
+        od.load()
