@@ -165,7 +165,7 @@ class CatchUp:
                         try:
                             ready = self._prepare(batch)
                         except Exception:  # noqa: BLE001 - the caller prepares it again and sees why
-                            ready = None
+                            pass
                     with self._cv:
                         self._ready.append((batch, ready))
                         self._cv.notify_all()
@@ -194,6 +194,8 @@ class CatchUp:
                 n += len(m)
             self._raw -= n
             batch = Messages.concat(out)
+        # In the order the consumer logs a batch in (by partition), so that what prepare makes of it is
+        # what the consumer would have made of the batch it logs.
         if (np.diff(batch.parts) < 0).any():
             batch = batch.take(np.argsort(batch.parts, kind="stable"))
         return batch
